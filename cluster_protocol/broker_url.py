@@ -1,0 +1,52 @@
+"""Broker addresses: `mqtt://[user[:pass]@]host[:port]`, and `mqtts://` for TLS."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+from urllib.parse import unquote, urlsplit
+
+DEFAULT_PORTS: Final = {"mqtt": 1883, "mqtts": 8883}
+
+
+class BrokerUrlError(ValueError):
+    """A broker URL that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    """Where and how to reach the broker."""
+
+    host: str
+    port: int
+    tls: bool
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    def redacted(self) -> str:
+        """The URL with the password left out, safe for logs and the API."""
+        scheme = "mqtts" if self.tls else "mqtt"
+        user = f"{self.username}@" if self.username else ""
+        return f"{scheme}://{user}{self.host}:{self.port}"
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """Parse a broker URL; raise BrokerUrlError naming what is wrong."""
+    parts = urlsplit(url)
+    if parts.scheme not in DEFAULT_PORTS:
+        raise BrokerUrlError(f"broker URL {url!r} must start with mqtt:// or mqtts://")
+    if not parts.hostname:
+        raise BrokerUrlError(f"broker URL {url!r} has no host")
+    try:
+        port = parts.port or DEFAULT_PORTS[parts.scheme]
+    except ValueError as error:
+        raise BrokerUrlError(f"broker URL {url!r} has a bad port: {error}") from error
+    if parts.path not in ("", "/") or parts.query:
+        raise BrokerUrlError(f"broker URL {url!r} must not have a path or query")
+    return BrokerAddress(
+        host=parts.hostname,
+        port=port,
+        tls=parts.scheme == "mqtts",
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+    )
