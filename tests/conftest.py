@@ -1,0 +1,84 @@
+"""Shared fixtures: a real Mosquitto per test session (and fresh ones on demand), watchers."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pytest_mqtt.model import MqttSettings
+
+from tests.support.broker import MosquittoBroker
+from tests.support.watcher import Watcher
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PI_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures" / "raspberry-pi"
+TEST_FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark everything under tests/integration as `integration`."""
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def mosquitto_binary() -> str:
+    """The mosquitto executable; the test command installs it, so missing is a failure."""
+    path = shutil.which("mosquitto") or shutil.which("/usr/sbin/mosquitto")
+    if path is None:
+        pytest.fail("mosquitto is not installed: run the README's test command, which installs it")
+    return path
+
+
+@pytest.fixture(scope="session")
+def broker(
+    tmp_path_factory: pytest.TempPathFactory, mosquitto_binary: str
+) -> Iterator[MosquittoBroker]:
+    """One anonymous broker shared by the session's tests (give each test its own node ids)."""
+    with MosquittoBroker(tmp_path_factory.mktemp("broker")) as running:
+        yield running
+
+
+@pytest.fixture
+def make_broker(
+    tmp_path_factory: pytest.TempPathFactory, mosquitto_binary: str
+) -> Iterator[Callable[..., MosquittoBroker]]:
+    """Start brokers of one's own (auth, ACL, persistence); all are stopped after the test."""
+    started: list[MosquittoBroker] = []
+
+    def start(**options: Any) -> MosquittoBroker:
+        running = MosquittoBroker(tmp_path_factory.mktemp("own-broker"), **options).start()
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+@pytest.fixture
+def mqtt_settings(broker: MosquittoBroker) -> MqttSettings:
+    """Point pytest-mqtt's `capmqtt` at the session's own broker, never localhost:1883."""
+    return MqttSettings(
+        host=broker.host, port=broker.port, username="", password="", subscribe_all=True
+    )
+
+
+@pytest.fixture
+def watch(broker: MosquittoBroker) -> Iterator[Callable[..., Watcher]]:
+    """Open watchers (paho subscribers that record QoS and retain) on the session broker."""
+    opened: list[Watcher] = []
+
+    def open_watcher(topic_filter: str = "cluster/#", on: MosquittoBroker | None = None) -> Watcher:
+        target = on or broker
+        watcher = Watcher(target.host, target.port, topic_filter)
+        opened.append(watcher)
+        return watcher
+
+    yield open_watcher
+    for watcher in opened:
+        watcher.close()
