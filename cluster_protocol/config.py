@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
+import types
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, get_args, get_type_hints
 
 ENV_PREFIX: Final = "CLUSTER_"
 
@@ -80,3 +82,37 @@ def read_secret_file(field: str, path: str) -> str:
         return Path(path).read_text(encoding="utf-8").splitlines()[0].strip()
     except (OSError, IndexError) as error:
         raise SettingsError(field, f"cannot read a password from {path}: {error}") from error
+
+
+def check_types(settings: Any) -> None:
+    """Raise SettingsError when a settings field holds a value of the wrong type (e.g. from TOML)."""
+    hints = get_type_hints(type(settings))
+    for item in dataclasses.fields(settings):
+        value = getattr(settings, item.name)
+        allowed = _allowed_types(hints[item.name])
+        if isinstance(value, bool) and bool not in allowed:
+            ok = False
+        else:
+            ok = isinstance(value, allowed)
+        if not ok:
+            names = " or ".join(sorted(t.__name__ for t in allowed))
+            raise SettingsError(item.name, f"must be {names}, got {type(value).__name__} {value!r}")
+
+
+def _allowed_types(hint: Any) -> tuple[type, ...]:
+    members = get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    allowed = tuple(type(None) if m is None else m for m in members)
+    if float in allowed:
+        allowed += (int,)  # TOML and env give 10 for 10.0
+    return allowed
+
+
+def field_defaults(settings_class: type) -> dict[str, Any]:
+    """Each field's default value of a settings dataclass (default factories called)."""
+    defaults: dict[str, Any] = {}
+    for item in dataclasses.fields(settings_class):
+        if item.default is not dataclasses.MISSING:
+            defaults[item.name] = item.default
+        elif item.default_factory is not dataclasses.MISSING:
+            defaults[item.name] = item.default_factory()
+    return defaults
