@@ -85,7 +85,7 @@ def read_secret_file(field: str, path: str) -> str:
 
 
 def check_types(settings: Any) -> None:
-    """Raise SettingsError when a settings field holds a value of the wrong type (e.g. from TOML)."""
+    """Raise SettingsError when a settings field holds a wrong type (e.g. from TOML)."""
     hints = get_type_hints(type(settings))
     for item in dataclasses.fields(settings):
         value = getattr(settings, item.name)
