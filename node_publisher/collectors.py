@@ -1,0 +1,251 @@
+"""Metric collectors: small functions of an injected psutil-like object, run from one table."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+from node_publisher import pi
+
+logger = logging.getLogger(__name__)
+
+# Pseudo file systems that are not disks a user cares about (snap images, for one).
+IGNORED_FSTYPES: Final = frozenset({"squashfs", "iso9660"})
+
+
+class PsutilLike(Protocol):
+    """The part of psutil the collectors use; the psutil module itself satisfies it."""
+
+    @property
+    def cpu_percent(self) -> Callable[..., Any]:
+        """`cpu_percent(interval=None, percpu=False) -> float | list[float]`."""
+        ...
+
+    @property
+    def cpu_count(self) -> Callable[..., Any]:
+        """`cpu_count(logical=True) -> int | None`."""
+        ...
+
+    @property
+    def virtual_memory(self) -> Callable[..., Any]:
+        """`virtual_memory() -> .total, .available, .percent`."""
+        ...
+
+    @property
+    def swap_memory(self) -> Callable[..., Any]:
+        """`swap_memory() -> .total, .percent`."""
+        ...
+
+    @property
+    def disk_partitions(self) -> Callable[..., Any]:
+        """`disk_partitions(all=False) -> [.mountpoint, .fstype]`."""
+        ...
+
+    @property
+    def disk_usage(self) -> Callable[..., Any]:
+        """`disk_usage(path) -> .total, .used, .percent`."""
+        ...
+
+    @property
+    def disk_io_counters(self) -> Callable[..., Any]:
+        """`disk_io_counters() -> .read_bytes, .write_bytes, or None`."""
+        ...
+
+    @property
+    def net_io_counters(self) -> Callable[..., Any]:
+        """`net_io_counters() -> .bytes_recv, .bytes_sent`."""
+        ...
+
+    @property
+    def net_if_addrs(self) -> Callable[..., Any]:
+        """`net_if_addrs() -> {nic: [.family, .address]}`."""
+        ...
+
+    @property
+    def boot_time(self) -> Callable[..., Any]:
+        """`boot_time() -> Unix seconds`."""
+        ...
+
+    @property
+    def pids(self) -> Callable[..., Any]:
+        """`pids() -> list of process ids`."""
+        ...
+
+
+@dataclass
+class SampleContext:
+    """What collectors share between samples: clocks, counters for rates, Pi sources."""
+
+    temperature_sensor: str = "auto"
+    thermal_zone: Path = pi.THERMAL_ZONE_TEMP
+    throttle: pi.ThrottleReader = field(default_factory=pi.ThrottleReader)
+    monotonic: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time
+    # name -> (monotonic time, counter values) of the previous sample, for rates
+    previous: dict[str, tuple[float, tuple[float, ...]]] = field(default_factory=dict)
+
+    def rates(self, name: str, counters: tuple[float, ...]) -> tuple[float | None, ...]:
+        """Per-second rates since the previous call for `name`; None on the first or a reset."""
+        now = self.monotonic()
+        before = self.previous.get(name)
+        self.previous[name] = (now, counters)
+        if before is None:
+            return tuple(None for _ in counters)
+        elapsed = now - before[0]
+        if elapsed <= 0:
+            return tuple(None for _ in counters)
+        # A counter that went backwards was reset (reboot of a NIC, wrap): no honest rate.
+        return tuple(
+            (value - old) / elapsed if value >= old else None
+            for value, old in zip(counters, before[1], strict=True)
+        )
+
+
+Metrics = dict[str, Any]
+Collector = Callable[[PsutilLike, SampleContext], Metrics]
+
+
+def collect_cpu(ps: PsutilLike, ctx: SampleContext) -> Metrics:
+    """CPU use since the previous call, overall and per core; never blocks."""
+    return {
+        "cpu_percent": ps.cpu_percent(interval=None),
+        "cpu_percent_per_core": list(ps.cpu_percent(interval=None, percpu=True)),
+    }
+
+
+def collect_load(ps: PsutilLike, ctx: SampleContext) -> Metrics:
+    """Load averages over 1, 5 and 15 minutes; None where the platform has none."""
+    getloadavg = getattr(ps, "getloadavg", None)
+    if getloadavg is None:
+        return {"load_1": None, "load_5": None, "load_15": None}
+    load_1, load_5, load_15 = getloadavg()
+    return {"load_1": load_1, "load_5": load_5, "load_15": load_15}
+
+
+def collect_memory(ps: PsutilLike, ctx: SampleContext) -> Metrics:
+    """RAM total, available and percent used, and swap percent used (None without swap)."""
+    memory = ps.virtual_memory()
+    swap = ps.swap_memory()
+    return {
+        "memory_total_bytes": int(memory.total),
+        "memory_available_bytes": int(memory.available),
+        "memory_percent": memory.percent,
+        "swap_percent": swap.percent if swap.total else None,
+    }
+
+
+def collect_disks(ps: PsutilLike, ctx: SampleContext) -> Metrics:
+    """Size and use of each mounted file system, one entry per mount point."""
+    disks: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for partition in ps.disk_partitions(all=False):
+        if partition.mountpoint in seen or partition.fstype in IGNORED_FSTYPES:
+            continue
+        seen.add(partition.mountpoint)
+        try:
+            usage = ps.disk_usage(partition.mountpoint)
+        except OSError as error:  # unplugged USB drive, no permission
+            logger.debug("skipping %s: %s", partition.mountpoint, error)
+            continue
+        disks.append(
+            {
+                "mount": partition.mountpoint,
+                "total_bytes": int(usage.total),
+                "used_bytes": int(usage.used),
+                "percent": usage.percent,
+            }
+        )
+    return {"disks": disks}
+
+
+def collect_disk_io(ps: PsutilLike, ctx: SampleContext) -> Metrics:
+    """Bytes read and written per second since the previous sample, all disks together."""
+    counters = ps.disk_io_counters()
+    if counters is None:  # no disks psutil can see (some containers)
+        return {"disk_read_bytes_per_s": None, "disk_write_bytes_per_s": None}
+    read, write = ctx.rates("disk_io", (counters.read_bytes, counters.write_bytes))
+    return {"disk_read_bytes_per_s": read, "disk_write_bytes_per_s": write}
+
+
+def collect_net(ps: PsutilLike, ctx: SampleContext) -> Metrics:
+    """Bytes received and sent per second since the previous sample, all interfaces."""
+    counters = ps.net_io_counters()
+    if counters is None:
+        return {"net_rx_bytes_per_s": None, "net_tx_bytes_per_s": None}
+    rx, tx = ctx.rates("net_io", (counters.bytes_recv, counters.bytes_sent))
+    return {"net_rx_bytes_per_s": rx, "net_tx_bytes_per_s": tx}
+
+
+def collect_temperature(ps: PsutilLike, ctx: SampleContext) -> Metrics:
+    """CPU temperature from the configured sensor; None where the machine has none."""
+    return {
+        "temperature_celsius": pi.read_temperature(ps, ctx.temperature_sensor, ctx.thermal_zone)
+    }
+
+
+def collect_uptime(ps: PsutilLike, ctx: SampleContext) -> Metrics:
+    """Seconds since boot."""
+    return {"uptime_s": max(0.0, ctx.wall() - ps.boot_time())}
+
+
+def collect_processes(ps: PsutilLike, ctx: SampleContext) -> Metrics:
+    """Number of processes; counts PIDs only (enumerating processes costs a Pi Zero 20 %)."""
+    return {"process_count": len(ps.pids())}
+
+
+def collect_throttled(ps: PsutilLike, ctx: SampleContext) -> Metrics:
+    """Raspberry Pi under-voltage and throttling flags; None off a Pi."""
+    return {"throttled": ctx.throttle.read()}
+
+
+COLLECTORS: Final[Mapping[str, Collector]] = {
+    "cpu": collect_cpu,
+    "load": collect_load,
+    "memory": collect_memory,
+    "disks": collect_disks,
+    "disk_io": collect_disk_io,
+    "net": collect_net,
+    "temperature": collect_temperature,
+    "uptime": collect_uptime,
+    "processes": collect_processes,
+    "throttled": collect_throttled,
+}
+
+
+def finite_or_none(value: Any) -> Any:
+    """Replace NaN and infinities (which JSON cannot carry) by None, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_none(item) for item in value]
+    return value
+
+
+def prime(ps: PsutilLike, ctx: SampleContext) -> None:
+    """Start the CPU and rate counters so the first real sample measures an interval."""
+    collect_cpu(ps, ctx)
+    for name in ("disk_io", "net"):
+        try:
+            COLLECTORS[name](ps, ctx)
+        except Exception:
+            logger.debug("priming %s failed", name, exc_info=True)
+
+
+def collect_metrics(
+    ps: PsutilLike, ctx: SampleContext, collectors: Mapping[str, Collector] = COLLECTORS
+) -> Metrics:
+    """Run every collector; one that fails is logged and its keys left out."""
+    metrics: Metrics = {}
+    for name, collector in collectors.items():
+        try:
+            metrics.update(collector(ps, ctx))
+        except Exception:
+            logger.exception("collector %s failed", name)
+    return finite_or_none(metrics)  # type: ignore[no-any-return]

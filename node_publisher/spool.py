@@ -1,0 +1,152 @@
+"""The on-disk outbox: envelopes wait here until the broker acknowledges them; also owns `seq`."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+logger = logging.getLogger(__name__)
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY,
+    topic TEXT NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledEnvelope:
+    """One encoded envelope waiting for its PUBACK."""
+
+    seq: int
+    topic: str
+    data: bytes
+
+
+class Spool:
+    """A bounded SQLite outbox (WAL) plus the node's persistent `seq` counter.
+
+    Safe to use from several threads; every method is one short transaction.
+    """
+
+    def __init__(self, path: Path, max_entries: int) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be >= 1, got {max_entries}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.max_entries = max_entries
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            path, check_same_thread=False, isolation_level=None, timeout=10.0
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a power cut must not roll `seq` back, or the master would drop the next
+        # envelopes as duplicates of ones it already has.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def current_seq(self) -> int:
+        """The last seq handed out (0 before the first), without advancing it."""
+        with self._lock:
+            return self._meta("seq")
+
+    def allocate_seq(self) -> int:
+        """Advance and persist seq for an envelope that is not spooled (e.g. machine_details)."""
+        with self._lock, self._transaction():
+            seq = self._meta("seq") + 1
+            self._set_meta("seq", seq)
+            return seq
+
+    def append(self, topic: str, build: Callable[[int], bytes]) -> int:
+        """Spool the envelope `build(seq)` under the next seq; return that seq.
+
+        If `build` raises (oversize, not finite) nothing is stored and seq does not advance.
+        When the spool is full, the oldest entries are dropped and counted.
+        """
+        with self._lock, self._transaction():
+            seq = self._meta("seq") + 1
+            data = build(seq)
+            self._set_meta("seq", seq)
+            self._db.execute(
+                "INSERT INTO outbox (seq, topic, data) VALUES (?, ?, ?)", (seq, topic, data)
+            )
+            (count,) = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()
+            excess = int(count) - self.max_entries
+            if excess > 0:
+                self._db.execute(
+                    "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?)",
+                    (excess,),
+                )
+                self._set_meta("dropped", self._meta("dropped") + excess)
+                logger.warning("spool full (%d): dropped the %d oldest", self.max_entries, excess)
+            return seq
+
+    def pending(self, after_seq: int, limit: int) -> list[SpooledEnvelope]:
+        """Up to `limit` envelopes with seq > after_seq, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, topic, data FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            ).fetchall()
+        return [SpooledEnvelope(int(seq), str(topic), bytes(data)) for seq, topic, data in rows]
+
+    def remove(self, seq: int) -> None:
+        """Forget an envelope the broker acknowledged."""
+        with self._lock:
+            self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+
+    def take_dropped(self) -> int:
+        """The number of entries dropped since the last call (reset to 0)."""
+        with self._lock, self._transaction():
+            dropped = self._meta("dropped")
+            if dropped:
+                self._set_meta("dropped", 0)
+            return dropped
+
+    def __len__(self) -> int:
+        with self._lock:
+            (count,) = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()
+        return int(count)
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    def _meta(self, key: str) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _set_meta(self, key: str, value: int) -> None:
+        self._db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on error (another process may share the file)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
