@@ -1,0 +1,483 @@
+"""Home Assistant MQTT discovery: topics and payloads for the nodes and the cluster (pure).
+
+Follows Home Assistant's MQTT discovery documentation (see docs/home-assistant.md): the
+device-based form `<prefix>/device/<object_id>/config` with `dev`, `o` and `cmps`, and the
+older per-entity form `<prefix>/<platform>/<object_id>/<key>/config`. Entities read the nodes'
+own topics through value templates, so nothing is re-published per sample.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, Final
+
+from cluster_protocol import DEFAULT_PREFIX, MessageType, master_status_topic, topic_for
+
+DEFAULT_HA_PREFIX: Final = "homeassistant"
+HA_STATUS_LEVEL: Final = "status"
+HA_ONLINE: Final = b"online"
+
+ID_PREFIX: Final = "picluster"
+ORIGIN_NAME: Final = "picluster"
+# The cluster is keyed like a reserved node id ('_' cannot start a real node id), so a node
+# named "cluster" can never share its device topic or identifiers.
+CLUSTER_KEY: Final = "_cluster"
+CLUSTER_DEVICE_NAME: Final = "picluster"
+CLUSTER_SUMMARY_TYPE: Final = "cluster"
+CLUSTER_SUMMARY_KEYS: Final = (
+    "nodes_total",
+    "online",
+    "offline",
+    "stale",
+    "cores_total",
+    "ram_total_bytes",
+    "cpu_percent_avg",
+)
+PI_MANUFACTURER: Final = "Raspberry Pi Ltd"
+
+DEFAULT_INTERVAL_S: Final = 10.0  # the node's default, used when details carry no interval
+EXPIRE_INTERVALS: Final = 3
+MIN_EXPIRE_AFTER_S: Final = 10
+GIB: Final = 1024**3
+
+# The envelope's status payload is {"state": "online"|"offline"}: HA's default
+# payload_available / payload_not_available compare against exactly those words.
+STATUS_TEMPLATE: Final = "{{ value_json.payload.state }}"
+
+_SLUG_UNSAFE: Final = re.compile(r"[^a-z0-9]+")
+_CLEAN_MOUNT: Final = re.compile(r"^(/[a-z0-9]+)+$")
+_TOPIC_UNSAFE: Final = re.compile(r"[+#\x00]")
+
+
+@dataclass(frozen=True, slots=True)
+class Component:
+    """One entity: its key (cmps id and unique_id suffix), platform and HA options."""
+
+    key: str
+    platform: str
+    config: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryMessage:
+    """One retained discovery publish; an empty payload clears the topic."""
+
+    topic: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NodeShape:
+    """What a node's metrics carry that changes which entities exist."""
+
+    mounts: tuple[str, ...] = ()
+    has_throttled: bool = False
+
+
+def origin_version() -> str:
+    """The installed picluster version, for the origin and the cluster device."""
+    try:
+        return metadata.version("picluster")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def origin_info(sw_version: str | None = None, url: str | None = None) -> dict[str, str]:
+    """The `o` mapping: which application sent the discovery (required by device discovery)."""
+    info = {"name": ORIGIN_NAME, "sw": sw_version or origin_version()}
+    if url:
+        info["url"] = url
+    return info
+
+
+def validate_prefix(prefix: str, what: str = "discovery prefix") -> str:
+    """Return the prefix when it is a usable topic prefix; raise ValueError otherwise."""
+    if not prefix or prefix.startswith("/") or prefix.endswith("/") or _TOPIC_UNSAFE.search(prefix):
+        raise ValueError(f"{what} {prefix!r} must be non-empty, without wildcards or edge '/'")
+    return prefix
+
+
+def object_id(node: str) -> str:
+    """The device's id in topics and identifiers: `picluster_<node>`."""
+    return f"{ID_PREFIX}_{node}"
+
+
+def unique_id(node: str, key: str) -> str:
+    """An entity's stable unique_id: `picluster_<node>_<key>`; never change it."""
+    return f"{ID_PREFIX}_{node}_{key}"
+
+
+def cluster_object_id() -> str:
+    """The cluster device's id in topics and identifiers."""
+    return object_id(CLUSTER_KEY)
+
+
+def ha_status_topic(prefix: str = DEFAULT_HA_PREFIX) -> str:
+    """Where Home Assistant publishes its birth (`online`) and will (`offline`)."""
+    return f"{prefix}/{HA_STATUS_LEVEL}"
+
+
+def cluster_summary_topic(cluster_prefix: str = DEFAULT_PREFIX) -> str:
+    """The master's retained cluster summary the cluster device's sensors read."""
+    return f"{cluster_prefix}/_master/{CLUSTER_SUMMARY_TYPE}"
+
+
+def device_topic(prefix: str, device_object_id: str) -> str:
+    """Device-based discovery topic (Home Assistant 2024.12 and later)."""
+    return f"{prefix}/device/{device_object_id}/config"
+
+
+def entity_topic(prefix: str, platform: str, device_object_id: str, key: str) -> str:
+    """Per-entity discovery topic, the older form: one message per entity."""
+    return f"{prefix}/{platform}/{device_object_id}/{key}/config"
+
+
+def expire_after_s(interval_s: object) -> int:
+    """Seconds without a sample before HA marks a value stale: 3 intervals, rounded up."""
+    interval = DEFAULT_INTERVAL_S
+    if (
+        isinstance(interval_s, int | float)
+        and not isinstance(interval_s, bool)
+        and math.isfinite(interval_s)
+        and interval_s > 0
+    ):
+        interval = float(interval_s)
+    return max(MIN_EXPIRE_AFTER_S, math.ceil(EXPIRE_INTERVALS * interval))
+
+
+def disk_key(mount: str) -> str:
+    """A stable component key for a mount point, e.g. "/" -> "disk_root_percent".
+
+    A mount of only lower-case letters, digits and single slashes maps one-to-one to its
+    slug; any other mount gets a short hash of its exact path as well, so two mounts that
+    slug alike ("/mnt/a-b", "/mnt/a_b") never share a unique_id.
+    """
+    slug = _SLUG_UNSAFE.sub("_", mount.lower()).strip("_") or "root"
+    if mount != "/" and not _CLEAN_MOUNT.match(mount):
+        slug = f"{slug}_{hashlib.sha256(mount.encode()).hexdigest()[:8]}"
+    return f"disk_{slug}_percent"
+
+
+def node_device(node: str, details: Mapping[str, Any]) -> dict[str, Any]:
+    """The `dev` mapping of a node: name, model, manufacturer, software, via the cluster."""
+    hostname = details.get("hostname")
+    device: dict[str, Any] = {
+        "ids": [object_id(node)],
+        "name": hostname if isinstance(hostname, str) and hostname else node,
+    }
+    model = details.get("model")
+    if isinstance(model, str) and model.strip():
+        device["mdl"] = model.strip()
+        if model.startswith("Raspberry Pi"):
+            device["mf"] = PI_MANUFACTURER
+    agent_version = details.get("agent_version")
+    if isinstance(agent_version, str) and agent_version:
+        device["sw"] = agent_version
+    device["via_device"] = cluster_object_id()
+    return device
+
+
+def cluster_device(sw_version: str | None = None) -> dict[str, Any]:
+    """The `dev` mapping of the cluster itself, the parent of every node device."""
+    return {
+        "ids": [cluster_object_id()],
+        "name": CLUSTER_DEVICE_NAME,
+        "mdl": "Cluster",
+        "sw": sw_version or origin_version(),
+    }
+
+
+def _availability(*topics: str) -> list[dict[str, str]]:
+    return [{"topic": topic, "value_template": STATUS_TEMPLATE} for topic in topics]
+
+
+def _sensor(
+    node: str,
+    key: str,
+    name: str,
+    state_topic: str,
+    template: str,
+    availability: list[dict[str, str]],
+    **options: Any,
+) -> Component:
+    platform = options.pop("platform", "sensor")
+    config: dict[str, Any] = {
+        "name": name,
+        "unique_id": unique_id(node, key),
+        "state_topic": state_topic,
+        "value_template": template,
+        "availability": availability,
+        "availability_mode": "all",
+    }
+    config.update({option: value for option, value in options.items() if value is not None})
+    return Component(key, platform, config)
+
+
+def _metric_template(key: str) -> str:
+    return "{{ value_json.payload." + key + " }}"
+
+
+def disk_template(mount: str) -> str:
+    """Template picking one mount's percent out of the `disks` list ("None" when absent)."""
+    literal = json.dumps(mount)  # a valid Jinja string literal, quotes and all escaped
+    return (
+        "{% for d in value_json.payload.disks if d.mount == " + literal + " %}"
+        "{% if loop.first %}{{ d.percent }}{% endif %}{% else %}None{% endfor %}"
+    )
+
+
+THROTTLED_TEMPLATE: Final = (
+    "{% set t = value_json.payload.throttled %}"
+    "{% if t is mapping %}"
+    "{{ 'ON' if t.under_voltage or t.freq_capped or t.throttled or t.soft_temp_limit"
+    " else 'OFF' }}"
+    "{% else %}None{% endif %}"
+)
+BOOT_TIME_TEMPLATE: Final = "{{ as_datetime(value_json.payload.boot_time | int) }}"
+RAM_TOTAL_TEMPLATE: Final = (
+    "{{ (value_json.payload.ram_total_bytes / " + str(GIB) + ") | round(2) }}"
+)
+
+
+def node_components(
+    node: str,
+    details: Mapping[str, Any],
+    shape: NodeShape,
+    cluster_prefix: str = DEFAULT_PREFIX,
+) -> list[Component]:
+    """Every entity of one node, in a stable order."""
+    metrics = topic_for(node, MessageType.METRICS, cluster_prefix)
+    status = topic_for(node, MessageType.STATUS, cluster_prefix)
+    master = master_status_topic(cluster_prefix)
+    both = _availability(status, master)
+    expire = expire_after_s(details.get("interval_s"))
+
+    def metric(key: str, name: str, **options: Any) -> Component:
+        return _sensor(
+            node,
+            key,
+            name,
+            metrics,
+            _metric_template(key),
+            both,
+            state_class="measurement",
+            expire_after=expire,
+            **options,
+        )
+
+    components = [
+        metric(
+            "cpu_percent",
+            "CPU",
+            unit_of_measurement="%",
+            icon="mdi:cpu-64-bit",
+            suggested_display_precision=1,
+        ),
+        metric("load_1", "Load (1 min)", icon="mdi:gauge", suggested_display_precision=2),
+        metric(
+            "memory_percent",
+            "Memory",
+            unit_of_measurement="%",
+            icon="mdi:memory",
+            suggested_display_precision=1,
+        ),
+        metric(
+            "swap_percent",
+            "Swap",
+            unit_of_measurement="%",
+            icon="mdi:swap-horizontal",
+            suggested_display_precision=1,
+        ),
+    ]
+    for mount in sorted(set(shape.mounts)):
+        key = disk_key(mount)
+        components.append(
+            _sensor(
+                node,
+                key,
+                f"Disk {mount}",
+                metrics,
+                disk_template(mount),
+                both,
+                state_class="measurement",
+                expire_after=expire,
+                unit_of_measurement="%",
+                icon="mdi:harddisk",
+                suggested_display_precision=1,
+            )
+        )
+    components += [
+        metric(
+            "temperature_celsius",
+            "Temperature",
+            device_class="temperature",
+            unit_of_measurement="°C",
+            suggested_display_precision=1,
+        ),
+        metric(
+            "net_rx_bytes_per_s",
+            "Network receive",
+            device_class="data_rate",
+            unit_of_measurement="B/s",
+            suggested_display_precision=0,
+        ),
+        metric(
+            "net_tx_bytes_per_s",
+            "Network send",
+            device_class="data_rate",
+            unit_of_measurement="B/s",
+            suggested_display_precision=0,
+        ),
+        # machine_details is retained and re-sent on every connect, so no expire_after.
+        _sensor(
+            node,
+            "boot_time",
+            "Last boot",
+            topic_for(node, MessageType.MACHINE_DETAILS, cluster_prefix),
+            BOOT_TIME_TEMPLATE,
+            both,
+            device_class="timestamp",
+            entity_category="diagnostic",
+        ),
+    ]
+    if shape.has_throttled:
+        components.append(
+            _sensor(
+                node,
+                "throttled",
+                "Throttling",
+                metrics,
+                THROTTLED_TEMPLATE,
+                both,
+                platform="binary_sensor",
+                device_class="problem",
+                expire_after=expire,
+            )
+        )
+    # Connectivity must stay readable while the node is offline: only the master gates it.
+    components.append(
+        _sensor(
+            node,
+            "online",
+            "Connectivity",
+            status,
+            STATUS_TEMPLATE,
+            _availability(master),
+            platform="binary_sensor",
+            device_class="connectivity",
+            payload_on="online",
+            payload_off="offline",
+            entity_category="diagnostic",
+        )
+    )
+    return components
+
+
+def cluster_components(cluster_prefix: str = DEFAULT_PREFIX) -> list[Component]:
+    """The cluster device's entities, read from the master's retained summary."""
+    summary = cluster_summary_topic(cluster_prefix)
+    master = _availability(master_status_topic(cluster_prefix))
+
+    def total(key: str, name: str, template: str, **options: Any) -> Component:
+        return _sensor(
+            CLUSTER_KEY, key, name, summary, template, master, state_class="measurement", **options
+        )
+
+    return [
+        total(
+            "nodes_online", "Nodes online", _metric_template("online"), icon="mdi:server-network"
+        ),
+        total("cores_total", "Total cores", _metric_template("cores_total"), icon="mdi:cpu-64-bit"),
+        total(
+            "ram_total",
+            "Total RAM",
+            RAM_TOTAL_TEMPLATE,
+            device_class="data_size",
+            unit_of_measurement="GiB",
+            suggested_display_precision=1,
+        ),
+        total(
+            "cpu_percent_avg",
+            "Average CPU",
+            _metric_template("cpu_percent_avg"),
+            unit_of_measurement="%",
+            icon="mdi:cpu-64-bit",
+            suggested_display_precision=1,
+        ),
+    ]
+
+
+def encode(payload: Mapping[str, Any]) -> bytes:
+    """Compact UTF-8 JSON, stable for equal inputs (so unchanged configs compare equal)."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def device_message(
+    prefix: str,
+    device_object_id: str,
+    device: Mapping[str, Any],
+    origin: Mapping[str, Any],
+    components: Sequence[Component],
+) -> DiscoveryMessage:
+    """One device-based discovery message holding every component under `cmps`."""
+    payload = {
+        "dev": dict(device),
+        "o": dict(origin),
+        "cmps": {c.key: {"p": c.platform, **c.config} for c in components},
+    }
+    return DiscoveryMessage(device_topic(prefix, device_object_id), encode(payload))
+
+
+def entity_messages(
+    prefix: str,
+    device_object_id: str,
+    device: Mapping[str, Any],
+    origin: Mapping[str, Any],
+    components: Sequence[Component],
+) -> list[DiscoveryMessage]:
+    """One per-entity discovery message per component (no `p`: it is device-form only)."""
+    return [
+        DiscoveryMessage(
+            entity_topic(prefix, c.platform, device_object_id, c.key),
+            encode({**c.config, "dev": dict(device), "o": dict(origin)}),
+        )
+        for c in components
+    ]
+
+
+def discovery_messages(
+    prefix: str,
+    device_object_id: str,
+    device: Mapping[str, Any],
+    origin: Mapping[str, Any],
+    components: Sequence[Component],
+    per_entity: bool,
+) -> list[DiscoveryMessage]:
+    """The messages announcing one device in the chosen form."""
+    if per_entity:
+        return entity_messages(prefix, device_object_id, device, origin, components)
+    return [device_message(prefix, device_object_id, device, origin, components)]
+
+
+def clear_messages(
+    prefix: str,
+    device_object_id: str,
+    components: Iterable[Component],
+    per_entity: bool | None = None,
+) -> list[DiscoveryMessage]:
+    """Empty retained payloads that remove a device; both forms when per_entity is None."""
+    messages: list[DiscoveryMessage] = []
+    if per_entity is not True:
+        messages.append(DiscoveryMessage(device_topic(prefix, device_object_id), b""))
+    if per_entity is not False:
+        messages += [
+            DiscoveryMessage(entity_topic(prefix, c.platform, device_object_id, c.key), b"")
+            for c in components
+        ]
+    return messages
