@@ -1,0 +1,339 @@
+// picluster dashboard: polls the master's JSON API and keeps the page in step with it.
+// Views: the overview ("#/") and a node page ("#/node/<id>"). No framework; DOM nodes are
+// created once and updated in place, so values change without the layout jumping.
+
+import * as fmt from "/static/format.js";
+import { drawSparkline, renderChart } from "/static/chart.js";
+
+const POLL_MS = 2000;          // nodes + cluster; stale/offline must show within seconds
+const SPARK_MS = 30000;        // sparklines change slowly; no need to hit history every poll
+const SPARK_WINDOW_S = 900;
+const REQUEST_TIMEOUT_MS = 5000;
+const STATE_LABEL = { online: "Online", stale: "Stale", offline: "Offline", unknown: "Unknown" };
+
+const $ = (sel, root = document) => root.querySelector(sel);
+
+/** Create an element: h("span", {class: "x"}, "text", child). Text is never parsed as HTML. */
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  el.append(...children);
+  return el;
+}
+
+const app = {
+  nodes: new Map(),      // node id -> latest NodeView
+  cluster: null,
+  clockOffset: 0,        // server clock minus ours: "ago" texts use the server's notion of now
+  lastOk: null,          // server time of the last successful poll
+  failures: 0,
+};
+
+const serverNow = () => Date.now() / 1000 + app.clockOffset;
+
+async function getJSON(path) {
+  const ctl = new AbortController();
+  const timer = setTimeout(() => ctl.abort(), REQUEST_TIMEOUT_MS);
+  try {
+    const res = await fetch(path, { signal: ctl.signal, cache: "no-store" });
+    const body = await res.json().catch(() => null);
+    if (!res.ok) throw new Error(body?.detail ? String(body.detail) : `HTTP ${res.status}`);
+    return body;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+// ---------------------------------------------------------------- polling
+
+async function poll() {
+  try {
+    const [nodes, cluster] = await Promise.all([getJSON("/api/nodes"), getJSON("/api/cluster")]);
+    app.clockOffset = nodes.generated_at - Date.now() / 1000;
+    app.lastOk = nodes.generated_at;
+    app.cluster = cluster;
+    app.nodes = new Map(nodes.nodes.map((n) => [n.node, n]));
+    app.failures = 0;
+    setConnection(true);
+    render();
+  } catch (err) {
+    app.failures++;
+    setConnection(false, err);
+  } finally {
+    setTimeout(poll, POLL_MS);
+  }
+}
+
+function setConnection(ok, err) {
+  document.body.dataset.connection = ok ? "ok" : "lost";
+  const banner = $("#banner");
+  if (ok) { banner.hidden = true; return; }
+  // One failed poll can be a blip; say so only after the second in a row.
+  if (app.failures < 2 && app.lastOk !== null) return;
+  const since = app.lastOk ? ` Values shown are from ${fmt.clock(app.lastOk)}.` : "";
+  banner.textContent = `Connection to the master lost (${err?.message || "no answer"}). Retrying every ${POLL_MS / 1000} s…${since}`;
+  banner.hidden = false;
+}
+
+/** "Updated 14:02:11 · 3 s ago", refreshed every second so a frozen page is obvious. */
+function tickUpdated() {
+  const text = $("#updated-text");
+  if (app.lastOk === null) return;
+  const age = serverNow() - app.lastOk;
+  text.textContent = `Updated ${fmt.clock(app.lastOk)}${age >= 5 ? ` · ${fmt.ago(age)}` : ""}`;
+}
+
+// ---------------------------------------------------------------- shared bits
+
+function rootDisk(metrics) {
+  const disks = metrics?.disks || [];
+  return disks.find((d) => d.mount === "/") || disks[0] || null;
+}
+
+/** Throttling flags that are set, split into "now" and "since boot" (`*_occurred`). */
+function throttleFlags(metrics) {
+  const t = metrics?.throttled;
+  if (!t || typeof t !== "object") return { now: [], past: [] };
+  const set = Object.entries(t).filter(([k, v]) => v === true && k !== "raw").map(([k]) => k);
+  const words = (k) => k.replace(/_occurred$/, "").replace(/_/g, "-");
+  return {
+    now: set.filter((k) => !k.endsWith("_occurred")).map(words),
+    past: set.filter((k) => k.endsWith("_occurred")).map(words),
+  };
+}
+
+function setThrottleBadge(el, metrics) {
+  const { now, past } = throttleFlags(metrics);
+  el.hidden = !now.length && !past.length;
+  el.classList.toggle("warn", now.length > 0);
+  const text = now.length ? now.join(", ") : `${past.join(", ")} since boot`;
+  el.textContent = `⚠ ${text.charAt(0).toUpperCase()}${text.slice(1)}`;
+  el.title = "Raspberry Pi firmware throttling flags (vcgencmd get_throttled)";
+}
+
+function setState(el, view) {
+  const state = STATE_LABEL[view.state] ? view.state : "unknown";
+  el.dataset.state = state;
+  el.className = `state ${state}`;
+  const since = view.state_since ? ` for ${fmt.duration(serverNow() - view.state_since).split(" ").slice(0, 2).join(" ")}` : "";
+  el.replaceChildren(h("span", { class: "dot", "aria-hidden": "true" }), STATE_LABEL[state]);
+  el.title = `${STATE_LABEL[state]}${since}`;
+}
+
+function modelLine(details) {
+  if (!details) return "Waiting for machine details…";
+  const parts = [details.model, details.cpu, details.cpu_cores ? `${details.cpu_cores} ${details.cpu_cores === 1 ? "core" : "cores"}` : null, details.ram ? fmt.bytes(details.ram) : null];
+  return parts.filter(Boolean).join(" · ");
+}
+
+function setBar(el, pct) {
+  el.style.width = `${Number.isFinite(pct) ? Math.min(100, Math.max(0, pct)) : 0}%`;
+  el.classList.toggle("high", pct >= 90);
+}
+
+// ---------------------------------------------------------------- overview
+
+function renderCluster() {
+  const c = app.cluster;
+  if (!c) return;
+  const show = {
+    nodes_total: c.nodes_total, online: c.online, stale: c.stale, offline: c.offline,
+    cores_total: c.cores_total, ram_total_bytes: fmt.bytes(c.ram_total_bytes),
+    cpu_percent_avg: fmt.percent(c.cpu_percent_avg), load_1_avg: fmt.load(c.load_1_avg),
+  };
+  for (const [k, v] of Object.entries(show)) {
+    const el = $(`#cluster [data-stat="${k}"]`);
+    if (el) el.textContent = v ?? fmt.DASH;
+  }
+}
+
+const METRIC_CELLS = [
+  ["cpu", "CPU", true], ["mem", "Memory", true], ["temp", "Temp", false],
+  ["disk", "Disk /", true], ["uptime", "Uptime", false], ["seen", "Last seen", false],
+];
+
+function buildCard(id) {
+  const link = h("a", { href: `#/node/${encodeURIComponent(id)}` }, id);
+  const cells = METRIC_CELLS.map(([key, label, bar]) =>
+    h("div", { class: "cell" },
+      h("dt", {}, label),
+      h("dd", { "data-field": key }, fmt.DASH),
+      ...(bar ? [h("span", { class: "bar", "aria-hidden": "true" }, h("span", { "data-bar": key }))] : [])));
+  const spark = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  for (const [k, v] of Object.entries({ class: "sparkline", viewBox: "0 0 100 24", preserveAspectRatio: "none", "data-points": "0", role: "img", "aria-label": "CPU, last 15 minutes" })) spark.setAttribute(k, v);
+  const card = h("article", { class: "card", "data-node": id },
+    h("header", {}, h("h3", {}, link), h("span", { class: "state" })),
+    h("p", { class: "model" }),
+    h("span", { class: "badge", hidden: "" }),
+    h("dl", { class: "metrics" }, ...cells),
+    h("div", { class: "spark" }, h("span", { class: "spark-label" }, "CPU, last 15 min"), spark));
+  card._sparkAt = 0;
+  return card;
+}
+
+function updateCard(card, v) {
+  const m = v.metrics;
+  card.dataset.state = v.state;
+  setState($(".state", card), v);
+  $(".model", card).textContent = modelLine(v.details);
+  setThrottleBadge($(".badge", card), m);
+  const disk = rootDisk(m);
+  const field = (k, text) => { $(`[data-field="${k}"]`, card).textContent = text; };
+  field("cpu", fmt.percent(m?.cpu_percent));
+  field("mem", fmt.percent(m?.memory_percent));
+  field("temp", fmt.celsius(m?.temperature_celsius));
+  field("disk", fmt.percent(disk?.percent));
+  field("uptime", fmt.duration(m?.uptime_s));
+  field("seen", v.last_seen ? fmt.ago(serverNow() - v.last_seen) : "never");
+  setBar($('[data-bar="cpu"]', card), m?.cpu_percent);
+  setBar($('[data-bar="mem"]', card), m?.memory_percent);
+  setBar($('[data-bar="disk"]', card), disk?.percent);
+  const temp = $('[data-field="temp"]', card);
+  temp.classList.toggle("hot", m?.temperature_celsius >= 75);
+}
+
+async function refreshSparkline(card, id) {
+  card._sparkAt = Date.now();
+  const until = serverNow(), since = until - SPARK_WINDOW_S;
+  try {
+    const res = await getJSON(`/api/nodes/${encodeURIComponent(id)}/history?metric=cpu_percent&since=${since.toFixed(0)}&until=${until.toFixed(0)}`);
+    drawSparkline($(".sparkline", card), res.points || [], since, until);
+  } catch {
+    card._sparkAt = Date.now() - SPARK_MS + 5000; // retry sooner than a full period
+  }
+}
+
+function renderNodes() {
+  const grid = $("#nodes");
+  const ids = [...app.nodes.keys()].sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
+  $("#empty").hidden = ids.length > 0;
+  const existing = new Map([...grid.children].map((c) => [c.dataset.node, c]));
+  for (const [id, card] of existing) if (!app.nodes.has(id)) card.remove();
+  ids.forEach((id, i) => {
+    let card = existing.get(id);
+    if (!card) card = buildCard(id);
+    if (grid.children[i] !== card) grid.insertBefore(card, grid.children[i] || null);
+    updateCard(card, app.nodes.get(id));
+    if (Date.now() - card._sparkAt >= SPARK_MS) refreshSparkline(card, id);
+  });
+}
+
+// ---------------------------------------------------------------- node page
+
+const page = { id: null, window: 3600, loadedAt: 0, loading: false };
+
+const CHARTS = [
+  { key: "cpu", label: "CPU", format: fmt.percent, axisFormat: (v) => `${v} %`, yMin: 0, yMax: 100, series: [["cpu_percent", "CPU", "s1"]] },
+  { key: "memory", label: "Memory", format: fmt.percent, axisFormat: (v) => `${v} %`, yMin: 0, yMax: 100, series: [["memory_percent", "Memory", "s2"]] },
+  { key: "temperature", label: "Temperature", format: fmt.celsius, axisFormat: (v) => `${v} °C`, series: [["temperature_celsius", "Temperature", "s3"]] },
+  { key: "network", label: "Network", format: fmt.rate, yMin: 0, series: [["net_rx_bytes_per_s", "Received", "s4"], ["net_tx_bytes_per_s", "Sent", "s5"]] },
+];
+
+/** How often the charts refetch: about once per new point on screen, never more than every 15 s. */
+const chartRefreshMs = () => Math.max(15000, (page.window / 300) * 1000);
+
+function renderNodePage() {
+  const v = app.nodes.get(page.id);
+  $("#node-title").textContent = page.id;
+  $("#node-missing").hidden = !!v || app.lastOk === null;
+  $("#node-missing").textContent = `The master knows no node called “${page.id}”.`;
+  $("#node-body").hidden = !v;
+  if (!v) { $("#node-state").hidden = true; return; }
+  $("#node-state").hidden = false;
+  document.title = `${page.id} · picluster`;
+  const m = v.metrics, d = v.details || {};
+  setState($("#node-state"), v);
+  $("#node-view").dataset.state = v.state;
+  setThrottleBadge($("#node-throttle"), m);
+  $("#node-model").textContent = modelLine(v.details);
+  const disk = rootDisk(m);
+  const now = [
+    ["CPU", fmt.percent(m?.cpu_percent)], ["Memory", fmt.percent(m?.memory_percent)],
+    ["Temperature", fmt.celsius(m?.temperature_celsius)], ["Disk /", fmt.percent(disk?.percent)],
+    ["Load 1 · 5 · 15 min", m ? [m.load_1, m.load_5, m.load_15].map(fmt.load).join(" · ") : fmt.DASH],
+    ["Network ↓ in · ↑ out", m ? `${fmt.rate(m.net_rx_bytes_per_s)} · ${fmt.rate(m.net_tx_bytes_per_s)}` : fmt.DASH],
+    ["Uptime", fmt.duration(m?.uptime_s)], ["Last seen", v.last_seen ? fmt.ago(serverNow() - v.last_seen) : "never"],
+  ];
+  fillList($("#node-now"), now, (label, value) => h("li", { class: "stat" }, h("span", { class: "label" }, label), h("span", { class: "value" }, value)));
+  const facts = [
+    ["Hostname", d.hostname], ["Model", d.model], ["CPU", d.cpu], ["Cores", d.cpu_cores],
+    ["Memory", d.ram ? fmt.bytes(d.ram) : null], ["Swap used", fmt.percent(m?.swap_percent)],
+    ["OS", d.os], ["Kernel", d.kernel], ["Architecture", d.arch],
+    ["IP addresses", (d.ip_addresses || []).join(", ")], ["Agent", d.agent_version],
+    ["Report interval", d.interval_s ? `${d.interval_s} s` : null], ["Processes", m?.process_count],
+    ...(m?.disks || []).map((x) => [`Disk ${x.mount}`, `${fmt.bytes(x.used_bytes)} of ${fmt.bytes(x.total_bytes)} (${fmt.percent(x.percent)})`]),
+    ["Messages", `${v.counters?.received ?? 0} received · ${v.counters?.duplicates ?? 0} duplicates · ${v.counters?.seq_gaps ?? 0} gaps`],
+  ].filter(([, value]) => value !== null && value !== undefined && value !== "");
+  fillList($("#node-facts"), facts, (label, value) => h("div", {}, h("dt", {}, label), h("dd", {}, String(value))));
+  if (!page.loading && Date.now() - page.loadedAt >= chartRefreshMs()) loadCharts();
+}
+
+/** Replace a list's items only when the text changed, so an open <details> or selection stays put. */
+function fillList(list, rows, make) {
+  const key = JSON.stringify(rows);
+  if (list._key === key) return;
+  list._key = key;
+  list.replaceChildren(...rows.map(([a, b]) => make(a, b)));
+}
+
+async function loadCharts() {
+  const id = page.id, win = page.window;
+  page.loading = true;
+  page.loadedAt = Date.now();
+  const until = serverNow(), since = until - win;
+  const q = (metric) => getJSON(`/api/nodes/${encodeURIComponent(id)}/history?metric=${metric}&since=${since.toFixed(0)}&until=${until.toFixed(0)}`);
+  try {
+    const metrics = CHARTS.flatMap((c) => c.series.map((s) => s[0]));
+    const results = await Promise.all(metrics.map((mt) => q(mt).catch(() => ({ points: [], step_s: 0 }))));
+    if (page.id !== id || page.window !== win) return; // the user moved on meanwhile
+    const byMetric = Object.fromEntries(metrics.map((mt, i) => [mt, results[i]]));
+    for (const c of CHARTS) {
+      renderChart($(`[data-chart="${c.key}"]`), {
+        label: `${c.label}, last ${$(`[data-window="${win}"]`).textContent}`,
+        format: c.format, axisFormat: c.axisFormat, yMin: c.yMin, yMax: c.yMax, since, until,
+        step: byMetric[c.series[0][0]].step_s || 0,
+        series: c.series.map(([mt, name, cls]) => ({ name, cls, points: byMetric[mt].points || [] })),
+      });
+    }
+  } finally {
+    page.loading = false;
+  }
+}
+
+$("#windows").addEventListener("click", (ev) => {
+  const btn = ev.target.closest("button[data-window]");
+  if (!btn) return;
+  page.window = Number(btn.dataset.window);
+  for (const b of $("#windows").children) b.setAttribute("aria-pressed", String(b === btn));
+  page.loadedAt = 0;
+  loadCharts();
+});
+
+// ---------------------------------------------------------------- routing
+
+function route() {
+  const match = location.hash.match(/^#\/node\/([^/]+)$/);
+  const id = match ? decodeURIComponent(match[1]) : null;
+  $("#overview-view").hidden = !!id;
+  $("#node-view").hidden = !id;
+  if (id !== page.id) {
+    page.id = id;
+    page.loadedAt = 0;
+    for (const el of document.querySelectorAll("[data-chart]")) { el.replaceChildren(); el.dataset.points = "0"; }
+    window.scrollTo(0, 0);
+  }
+  if (!id) document.title = "picluster";
+  render();
+}
+
+function render() {
+  if (app.lastOk === null) return;
+  if (page.id) renderNodePage();
+  else { renderCluster(); renderNodes(); }
+  tickUpdated();
+}
+
+window.addEventListener("hashchange", route);
+setInterval(tickUpdated, 1000);
+route();
+poll();
