@@ -61,12 +61,16 @@ class Spool:
         with self._lock:
             return self._meta("seq")
 
-    def allocate_seq(self) -> int:
-        """Advance and persist seq for an envelope that is not spooled (e.g. machine_details)."""
+    def take_seq(self, build: Callable[[int], bytes]) -> tuple[int, bytes]:
+        """Encode `build(seq)` under the next seq without spooling it (e.g. machine_details).
+
+        If `build` raises, seq does not advance.
+        """
         with self._lock, self._transaction():
             seq = self._meta("seq") + 1
+            data = build(seq)
             self._set_meta("seq", seq)
-            return seq
+            return seq, data
 
     def append(self, topic: str, build: Callable[[int], bytes]) -> int:
         """Spool the envelope `build(seq)` under the next seq; return that seq.

@@ -1,0 +1,358 @@
+"""The node agent: MQTT client with will and birth, the sample loop, spooled delivery."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Final, Protocol
+
+import paho.mqtt.client as mqtt
+import psutil
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
+
+from cluster_protocol import (
+    Envelope,
+    EnvelopeError,
+    MessageType,
+    TopicError,
+    command_subscription,
+    encode_envelope,
+    parse_topic,
+    topic_for,
+)
+from node_publisher import collectors, pi
+from node_publisher.collectors import PsutilLike, SampleContext
+from node_publisher.machine_info import MachineInfo, MachinePaths, details_changed
+from node_publisher.outbox import Outbox
+from node_publisher.settings import PublisherSettings
+from node_publisher.spool import Spool
+
+logger = logging.getLogger(__name__)
+
+RECONNECT_MIN_S: Final = 1
+RECONNECT_MAX_S: Final = 30
+OFFLINE_ACK_TIMEOUT_S: Final = 2.0
+
+
+class CommandHandler(Protocol):
+    """Receives `cluster/<id>/cmd/<name>` messages on paho's thread: must return quickly."""
+
+    def __call__(self, name: str, payload: bytes, retained: bool) -> None:
+        """Handle (or queue) one command message."""
+        ...
+
+
+def commands_disabled(name: str, payload: bytes, retained: bool) -> None:
+    """The default command handler: commands are not enabled on this node yet."""
+    logger.warning("command %r received but commands not enabled on this node", name)
+
+
+def client_id_for(node_id: str) -> str:
+    """The MQTT client id of a node's agent."""
+    return f"picluster-node-{node_id}"
+
+
+def make_client(settings: PublisherSettings, client_id: str) -> mqtt.Client:
+    """A paho MQTT v5 client with the node's credentials and TLS settings."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.enable_logger(logging.getLogger("paho"))
+    address = settings.address
+    if address.username is not None:
+        client.username_pw_set(address.username, address.password)
+    if address.tls:
+        # CERT_REQUIRED and hostname checks are paho's defaults: the broker must prove itself.
+        client.tls_set(ca_certs=settings.ca_file)
+    return client
+
+
+class NodeAgent:
+    """One node: connects, announces itself, samples every interval, spools and sends.
+
+    Several agents can run in one process (benchmarks, tests), each with its own node id
+    and state directory.
+    """
+
+    def __init__(
+        self,
+        settings: PublisherSettings,
+        ps: PsutilLike = psutil,
+        command_handler: CommandHandler = commands_disabled,
+        machine_paths: MachinePaths | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self._ps = ps
+        self._command_handler = command_handler
+        self._clock = clock
+        self._node = settings.node_id
+        self._ctx = SampleContext(
+            temperature_sensor=settings.temperature_sensor,
+            throttle=pi.ThrottleReader(settings.vcgencmd),
+        )
+        self._machine = MachineInfo(ps, settings.interval, machine_paths)
+        self._details: dict[str, Any] | None = None
+        self._details_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._connected = threading.Event()
+        self._sampler: threading.Thread | None = None
+        self.spool = Spool(settings.spool_path, settings.spool_max)
+        self.client = make_client(settings, client_id_for(self._node))
+        self.outbox = Outbox(self.spool, self.client)
+        self.callback_errors = 0
+        self.oversize = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect in the background (the broker may not be up yet) and start sampling."""
+        collectors.prime(self._ps, self._ctx)
+        self._details = self._machine.details(0.0)
+        client = self.client
+        client.on_pre_connect = self._on_pre_connect
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        self._set_will()
+        address = self.settings.address
+        logger.info("node %s connecting to %s", self._node, address.redacted())
+        client.connect_async(address.host, address.port, keepalive=self.settings.keepalive)
+        self.outbox.start()
+        client.loop_start()
+        self._sampler = threading.Thread(target=self._sample_loop, name="sampler", daemon=True)
+        self._sampler.start()
+
+    def stop(self, timeout_s: float = OFFLINE_ACK_TIMEOUT_S) -> bool:
+        """Publish a retained "offline", wait briefly for its PUBACK, disconnect; True if acked."""
+        self._stopping.set()
+        if self._sampler is not None:
+            self._sampler.join(timeout=10)
+        acked = False
+        if self._connected.is_set():
+            info = self._publish_status("offline")
+            acked = info is not None and _wait_published(info, timeout_s)
+        if acked:
+            self.client.disconnect()
+        else:
+            # Ask the broker to send the will instead, so the node still ends up offline.
+            self.client.disconnect(
+                reasoncode=ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message")
+            )
+        self.client.loop_stop()
+        self.outbox.stop()
+        self.spool.close()
+        logger.info("node %s stopped (offline %s)", self._node, "sent" if acked else "via will")
+        return acked
+
+    @property
+    def connected(self) -> bool:
+        """True while the broker has accepted the connection."""
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        """Wait until connected; False on timeout."""
+        return self._connected.wait(timeout_s)
+
+    # -- what the node sends -----------------------------------------------------------------
+
+    def sample_once(self) -> int | None:
+        """Collect and spool one metrics envelope (re-publishing details on change); its seq."""
+        metrics = collectors.collect_metrics(self._ps, self._ctx)
+        metrics["spool_dropped"] = self.spool.take_dropped()
+        seq = self._spool_envelope(MessageType.METRICS, metrics)
+        details = self._machine.details(float(metrics.get("cpu_percent") or 0.0))
+        with self._details_lock:
+            changed = details_changed(self._details, details)
+            self._details = details
+        if changed and self._connected.is_set():
+            logger.info("machine details changed; re-publishing")
+            self._publish_details()
+        return seq
+
+    def publish_message(self, text: str) -> int:
+        """Spool a free-text `message` envelope; its seq. Raises EnvelopeError when oversize."""
+        seq = self._spool_envelope(MessageType.MESSAGE, text, raise_errors=True)
+        assert seq is not None  # raise_errors=True never returns None
+        return seq
+
+    def publish_reply(self, payload: dict[str, Any]) -> int:
+        """Spool a command `reply` envelope; its seq. Raises EnvelopeError when oversize."""
+        seq = self._spool_envelope(MessageType.REPLY, payload, raise_errors=True)
+        assert seq is not None
+        return seq
+
+    def _spool_envelope(
+        self, message_type: MessageType, payload: Any, raise_errors: bool = False
+    ) -> int | None:
+        ts = self._clock()
+
+        def build(seq: int) -> bytes:
+            envelope = Envelope(type=message_type, node=self._node, ts=ts, seq=seq, payload=payload)
+            return encode_envelope(envelope)
+
+        topic = topic_for(self._node, message_type, self.settings.prefix)
+        try:
+            seq = self.spool.append(topic, build)
+        except EnvelopeError as error:
+            self.oversize += 1
+            logger.error("not sending %s: %s", message_type, error)
+            if raise_errors:
+                raise
+            return None
+        self.outbox.wake()
+        return seq
+
+    def _publish_status(self, state: str) -> mqtt.MQTTMessageInfo | None:
+        data = self._status_payload(state)
+        return self.client.publish(
+            topic_for(self._node, MessageType.STATUS, self.settings.prefix), data, 1, True
+        )
+
+    def _status_payload(self, state: str) -> bytes:
+        # Status carries the current seq without taking one: the will may never be sent.
+        envelope = Envelope(
+            type=MessageType.STATUS,
+            node=self._node,
+            ts=self._clock(),
+            seq=self.spool.current_seq(),
+            payload={"state": state},
+        )
+        return encode_envelope(envelope)
+
+    def _publish_details(self) -> None:
+        with self._details_lock:
+            details = self._details
+        if details is None:
+            return
+        topic = topic_for(self._node, MessageType.MACHINE_DETAILS, self.settings.prefix)
+        ts = self._clock()
+
+        def build(seq: int) -> bytes:
+            envelope = Envelope(MessageType.MACHINE_DETAILS, self._node, ts, seq, details)
+            return encode_envelope(envelope)
+
+        try:
+            _, data = self.spool.take_seq(build)
+        except EnvelopeError as error:
+            self.oversize += 1
+            logger.error("not sending machine_details: %s", error)
+            return
+        self.client.publish(topic, data, qos=1, retain=True)
+
+    def _set_will(self) -> None:
+        self.client.will_set(
+            topic_for(self._node, MessageType.STATUS, self.settings.prefix),
+            self._status_payload("offline"),
+            qos=1,
+            retain=True,
+        )
+
+    # -- sample loop -------------------------------------------------------------------------
+
+    def _sample_loop(self) -> None:
+        interval = self.settings.interval
+        next_at = time.monotonic() + interval
+        # Deadlines are start + k * interval, so slow samples do not make the schedule drift.
+        while not self._stopping.wait(max(0.0, next_at - time.monotonic())):
+            try:
+                self.sample_once()
+            except Exception:
+                logger.exception("sample failed")
+            next_at += interval
+            behind = time.monotonic() - next_at
+            if behind > 0:  # suspended or very slow: skip the missed ticks
+                next_at += (int(behind // interval) + 1) * interval
+
+    # -- paho callbacks: each catches, logs and counts (an escaping one kills paho's thread) --
+
+    def _callback_failed(self, name: str) -> None:
+        self.callback_errors += 1
+        logger.exception("%s callback failed", name)
+
+    def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
+        try:
+            self._set_will()  # a fresh ts for the will of this connection
+        except Exception:
+            self._callback_failed("on_pre_connect")
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Any,
+    ) -> None:
+        try:
+            if reason_code.is_failure:
+                logger.error("broker refused node %s: %s", self._node, reason_code)
+                return
+            logger.info("node %s connected", self._node)
+            self._connected.set()
+            self._publish_status("online")
+            self._publish_details()
+            client.subscribe(command_subscription(self._node, self.settings.prefix), qos=1)
+            self.outbox.notify_connected()
+        except Exception:
+            self._callback_failed("on_connect")
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        try:
+            logger.warning("cannot reach broker %s; retrying", self.settings.address.redacted())
+        except Exception:
+            self._callback_failed("on_connect_fail")
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Any,
+    ) -> None:
+        try:
+            self._connected.clear()
+            self.outbox.notify_disconnected()
+            if not self._stopping.is_set():
+                logger.warning("node %s disconnected: %s", self._node, reason_code)
+        except Exception:
+            self._callback_failed("on_disconnect")
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Any,
+    ) -> None:
+        try:
+            self.outbox.notify_acked(mid, reason_code.is_failure, str(reason_code))
+        except Exception:
+            self._callback_failed("on_publish")
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            parsed = parse_topic(message.topic, self.settings.prefix)
+            if parsed.command is None or parsed.node != self._node:
+                logger.warning("ignoring message on %s", message.topic)
+                return
+            self._command_handler(parsed.command, bytes(message.payload), bool(message.retain))
+        except TopicError as error:
+            logger.warning("ignoring message: %s", error)
+        except Exception:
+            self._callback_failed("on_message")
+
+
+def _wait_published(info: mqtt.MQTTMessageInfo, timeout_s: float) -> bool:
+    try:
+        info.wait_for_publish(timeout_s)
+    except (RuntimeError, ValueError):
+        return False  # not connected any more, or queue full
+    return info.is_published()
