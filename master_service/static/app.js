@@ -37,8 +37,12 @@ async function getJSON(path) {
   try {
     const res = await fetch(path, { signal: ctl.signal, cache: "no-store" });
     const body = await res.json().catch(() => null);
-    if (!res.ok) throw new Error(body?.detail ? String(body.detail) : `HTTP ${res.status}`);
+    if (!res.ok) throw new Error(`HTTP ${res.status}${body?.detail ? `: ${body.detail}` : ""}`);
     return body;
+  } catch (err) {
+    if (err.name === "AbortError") throw new Error(`no answer within ${REQUEST_TIMEOUT_MS / 1000} s`);
+    if (err instanceof TypeError) throw new Error("master unreachable");
+    throw err;
   } finally {
     clearTimeout(timer);
   }
@@ -220,7 +224,7 @@ function renderNodes() {
 
 // ---------------------------------------------------------------- node page
 
-const page = { id: null, window: 3600, loadedAt: 0, loading: false };
+const page = { id: null, window: 3600, loadedAt: 0, loading: false, seq: 0 };
 
 const CHARTS = [
   { key: "cpu", label: "CPU", format: fmt.percent, axisFormat: (v) => `${v} %`, yMin: 0, yMax: 100, series: [["cpu_percent", "CPU", "s1"]] },
@@ -265,7 +269,8 @@ function renderNodePage() {
     ["Messages", `${v.counters?.received ?? 0} received · ${v.counters?.duplicates ?? 0} duplicates · ${v.counters?.seq_gaps ?? 0} gaps`],
   ].filter(([, value]) => value !== null && value !== undefined && value !== "");
   fillList($("#node-facts"), facts, (label, value) => h("div", {}, h("dt", {}, label), h("dd", {}, String(value))));
-  if (!page.loading && Date.now() - page.loadedAt >= chartRefreshMs()) loadCharts();
+  const due = Date.now() - page.loadedAt >= chartRefreshMs();
+  if (page.loadedAt === 0 || (due && !page.loading)) loadCharts();
 }
 
 /** Replace a list's items only when the text changed, so an open <details> or selection stays put. */
@@ -278,6 +283,7 @@ function fillList(list, rows, make) {
 
 async function loadCharts() {
   const id = page.id, win = page.window;
+  const seq = ++page.seq;
   page.loading = true;
   page.loadedAt = Date.now();
   const until = serverNow(), since = until - win;
@@ -285,7 +291,7 @@ async function loadCharts() {
   try {
     const metrics = CHARTS.flatMap((c) => c.series.map((s) => s[0]));
     const results = await Promise.all(metrics.map((mt) => q(mt).catch(() => ({ points: [], step_s: 0 }))));
-    if (page.id !== id || page.window !== win) return; // the user moved on meanwhile
+    if (seq !== page.seq) return; // the user picked another node or window meanwhile
     const byMetric = Object.fromEntries(metrics.map((mt, i) => [mt, results[i]]));
     for (const c of CHARTS) {
       renderChart($(`[data-chart="${c.key}"]`), {
@@ -296,33 +302,40 @@ async function loadCharts() {
       });
     }
   } finally {
-    page.loading = false;
+    if (seq === page.seq) page.loading = false;
   }
 }
 
+// The window lives in the URL (#/node/pi-01/24h) so a view can be bookmarked or shared.
+const WINDOWS = { "1h": 3600, "24h": 86400, "7d": 604800 };
+
 $("#windows").addEventListener("click", (ev) => {
   const btn = ev.target.closest("button[data-window]");
-  if (!btn) return;
-  page.window = Number(btn.dataset.window);
-  for (const b of $("#windows").children) b.setAttribute("aria-pressed", String(b === btn));
-  page.loadedAt = 0;
-  loadCharts();
+  if (!btn || !page.id) return;
+  const name = Object.keys(WINDOWS).find((k) => WINDOWS[k] === Number(btn.dataset.window));
+  location.hash = `#/node/${encodeURIComponent(page.id)}/${name}`;
 });
 
 // ---------------------------------------------------------------- routing
 
 function route() {
-  const match = location.hash.match(/^#\/node\/([^/]+)$/);
+  const match = location.hash.match(/^#\/node\/([^/]+)(?:\/(1h|24h|7d))?$/);
   const id = match ? decodeURIComponent(match[1]) : null;
+  const win = WINDOWS[match?.[2] || "1h"];
   $("#overview-view").hidden = !!id;
   $("#node-view").hidden = !id;
-  if (id !== page.id) {
-    page.id = id;
-    page.loadedAt = 0;
+  for (const b of $("#windows").children) b.setAttribute("aria-pressed", String(Number(b.dataset.window) === win));
+  const newNode = id !== page.id;
+  const newWindow = win !== page.window;
+  page.id = id;
+  page.window = win;
+  if (newNode) {
+    // Another node's charts must not linger while this one's load.
     for (const el of document.querySelectorAll("[data-chart]")) { el.replaceChildren(); el.dataset.points = "0"; }
     window.scrollTo(0, 0);
   }
   if (!id) document.title = "picluster";
+  if (newNode || newWindow) page.loadedAt = 0;
   render();
 }
 

@@ -88,14 +88,13 @@ function timeTicks(since, until, maxTicks) {
   return { ticks, step };
 }
 
-function timeLabel(ts, step, span) {
+/** "14:00" within a day; "Mon 23" at midnights on longer spans. */
+function timeLabel(ts, span) {
   const d = new Date(ts * 1000);
-  if (step >= 86400) return d.toLocaleDateString(undefined, { weekday: "short", day: "numeric" });
-  const hm = d.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" });
   if (span > 86400 && d.getHours() === 0 && d.getMinutes() === 0) {
-    return d.toLocaleDateString(undefined, { weekday: "short", day: "numeric" });
+    return `${d.toLocaleDateString(undefined, { weekday: "short" })} ${d.getDate()}`;
   }
-  return hm;
+  return d.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" });
 }
 
 function nearest(points, ts) {
@@ -155,7 +154,7 @@ export function renderChart(box, opts) {
   for (const ts of tt.ticks) {
     grid.append(svgEl("line", { x1: x(ts), x2: x(ts), y1: T, y2: H - B, class: "v" }));
     const t = svgEl("text", { x: x(ts), y: H - 6, "text-anchor": "middle" });
-    t.textContent = timeLabel(ts, tt.step, until - since);
+    t.textContent = timeLabel(ts, until - since);
     grid.append(t);
   }
   svg.append(grid);
