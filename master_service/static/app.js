@@ -8,6 +8,8 @@ import { drawSparkline, renderChart } from "/static/chart.js";
 const POLL_MS = 2000;          // nodes + cluster; stale/offline must show within seconds
 const SPARK_MS = 30000;        // sparklines change slowly; no need to hit history every poll
 const SPARK_WINDOW_S = 900;
+const SPARK_STEP_S = 10;       // 90 points: a sparkline needs no more
+const CHART_POINTS = 300;
 const REQUEST_TIMEOUT_MS = 5000;
 const STATE_LABEL = { online: "Online", stale: "Stale", offline: "Offline", unknown: "Unknown" };
 
@@ -200,7 +202,7 @@ async function refreshSparkline(card, id) {
   card._sparkAt = Date.now();
   const until = serverNow(), since = until - SPARK_WINDOW_S;
   try {
-    const res = await getJSON(`/api/nodes/${encodeURIComponent(id)}/history?metric=cpu_percent&since=${since.toFixed(0)}&until=${until.toFixed(0)}`);
+    const res = await getJSON(`/api/nodes/${encodeURIComponent(id)}/history?metric=cpu_percent&since=${since.toFixed(0)}&until=${until.toFixed(0)}&step=${SPARK_STEP_S}`);
     drawSparkline($(".sparkline", card), res.points || [], since, until);
   } catch {
     card._sparkAt = Date.now() - SPARK_MS + 5000; // retry sooner than a full period
@@ -287,7 +289,9 @@ async function loadCharts() {
   page.loading = true;
   page.loadedAt = Date.now();
   const until = serverNow(), since = until - win;
-  const q = (metric) => getJSON(`/api/nodes/${encodeURIComponent(id)}/history?metric=${metric}&since=${since.toFixed(0)}&until=${until.toFixed(0)}`);
+  // ~300 points per chart: plenty for a chart's width, light for a Pi to serve.
+  const step = Math.max(1, Math.round(win / CHART_POINTS));
+  const q = (metric) => getJSON(`/api/nodes/${encodeURIComponent(id)}/history?metric=${metric}&since=${since.toFixed(0)}&until=${until.toFixed(0)}&step=${step}`);
   try {
     const metrics = CHARTS.flatMap((c) => c.series.map((s) => s[0]));
     const results = await Promise.all(metrics.map((mt) => q(mt).catch(() => ({ points: [], step_s: 0 }))));
@@ -297,7 +301,7 @@ async function loadCharts() {
       renderChart($(`[data-chart="${c.key}"]`), {
         label: `${c.label}, last ${$(`[data-window="${win}"]`).textContent}`,
         format: c.format, axisFormat: c.axisFormat, yMin: c.yMin, yMax: c.yMax, since, until,
-        step: byMetric[c.series[0][0]].step_s || 0,
+        step: byMetric[c.series[0][0]].step_s || step,
         series: c.series.map(([mt, name, cls]) => ({ name, cls, points: byMetric[mt].points || [] })),
       });
     }

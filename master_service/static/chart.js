@@ -160,7 +160,9 @@ export function renderChart(box, opts) {
   svg.append(grid);
 
   for (const s of series) {
-    const step = opts.step || guessStep(s.points);
+    // Buckets can be sparser than the step (a node reporting every 30 s into 12 s buckets):
+    // only a spacing well beyond the usual one is a gap.
+    const step = Math.max(opts.step || 0, guessStep(s.points));
     svg.append(svgEl("path", { d: pathFor(s.points, step, x, y), class: `line ${s.cls}` }));
   }
 
