@@ -36,13 +36,22 @@ Command = Callable[[PublisherSettings, argparse.Namespace], int]
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with its three subcommands, each taking every settings flag."""
-    parser = argparse.ArgumentParser(prog=PROG, description="picluster node agent")
+    # No abbreviations: `--password` must not quietly mean `--password-file`.
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="picluster node agent", allow_abbrev=False
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run_parser = commands.add_parser("run", help="publish metrics until stopped")
+    run_parser = commands.add_parser(
+        "run", help="publish metrics until stopped", allow_abbrev=False
+    )
     add_settings_arguments(run_parser)
-    sample_parser = commands.add_parser("sample", help="print one details and one metrics envelope")
+    sample_parser = commands.add_parser(
+        "sample", help="print one details and one metrics envelope", allow_abbrev=False
+    )
     add_settings_arguments(sample_parser)
-    say_parser = commands.add_parser("say", help="publish one free-text message")
+    say_parser = commands.add_parser(
+        "say", help="publish one free-text message", allow_abbrev=False
+    )
     say_parser.add_argument("text", help="the message")
     say_parser.add_argument(
         "--timeout", type=float, default=DEFAULT_SAY_TIMEOUT_S, help="seconds to wait for PUBACK"

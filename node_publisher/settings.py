@@ -150,7 +150,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> PublisherSettings:
     """Build settings from command-line flags and the environment; raise SettingsError."""
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     add_settings_arguments(parser)
     namespace, _ = parser.parse_known_args(list(argv))
     return settings_from_flags(vars(namespace), environ)
