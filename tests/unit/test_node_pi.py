@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+
 import pytest
 
 from cluster_protocol import MACHINE_DETAILS_FIELDS, validate_payload
