@@ -1,0 +1,169 @@
+"""Decides when Home Assistant discovery is (re)published: first sight, change, HA birth, forget.
+
+Never on an ordinary sample: `node_metrics_shape` only publishes when a node shows a mount or
+throttling flags not seen before. The shape only grows while the master runs, so an unplugged
+USB disk does not delete its entity (and its history settings) every time it blinks.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from cluster_protocol import DEFAULT_PREFIX
+from master_service import ha_discovery as hd
+
+logger = logging.getLogger(__name__)
+
+DISCOVERY_QOS: Final = 1
+
+Publish = Callable[[str, bytes | None, int, bool], None]
+"""`publish(topic, payload, qos, retain)`; thread-safe, non-blocking; None or b"" clears."""
+
+
+@dataclass
+class _Node:
+    """What the publisher knows about one node, and what it last published for it."""
+
+    details: dict[str, Any] | None = None
+    mounts: frozenset[str] = frozenset()
+    has_throttled: bool = False
+    shape_known: bool = False
+    last_mounts: tuple[str, ...] | None = None  # fast path: the last list seen, as given
+    published: dict[str, bytes] = field(default_factory=dict)  # topic -> payload
+
+
+class DiscoveryPublisher:
+    """Keeps Home Assistant's retained discovery in step with the nodes the master knows."""
+
+    def __init__(
+        self,
+        publish: Publish,
+        prefix: str = hd.DEFAULT_HA_PREFIX,
+        cluster_prefix: str = DEFAULT_PREFIX,
+        per_entity: bool = False,
+        origin_url: str | None = None,
+    ) -> None:
+        self._publish = publish
+        self._prefix = hd.validate_prefix(prefix)
+        self._cluster_prefix = hd.validate_prefix(cluster_prefix, "cluster prefix")
+        self._per_entity = per_entity
+        self._sw_version = hd.origin_version()
+        self._origin = hd.origin_info(self._sw_version, origin_url)
+        self._nodes: dict[str, _Node] = {}
+        # Every publish happens under this lock, so a forget can never interleave with an
+        # announce of the same node and leave a config behind.
+        self._lock = threading.Lock()
+
+    @property
+    def ha_status_topic(self) -> str:
+        """The topic to subscribe to for Home Assistant's birth: `<prefix>/status`."""
+        return hd.ha_status_topic(self._prefix)
+
+    def node_details(self, node_id: str, details: Mapping[str, Any]) -> None:
+        """A machine_details envelope was accepted: publish if the node's config changed."""
+        with self._lock:
+            node = self._nodes.setdefault(node_id, _Node())
+            node.details = dict(details)
+            self._sync(node_id, node, force=False)
+
+    def node_metrics_shape(self, node_id: str, mounts: Sequence[str], has_throttled: bool) -> None:
+        """Called per metrics message: publishes only when a new mount or throttling appears."""
+        with self._lock:
+            node = self._nodes.get(node_id)
+            if node is None:
+                node = self._nodes[node_id] = _Node()
+            elif (
+                node.shape_known
+                and (node.has_throttled or not has_throttled)
+                and node.last_mounts == tuple(mounts)
+            ):
+                return
+            node.last_mounts = tuple(mounts)
+            grown = not node.mounts.issuperset(mounts) or (has_throttled and not node.has_throttled)
+            if node.shape_known and not grown:
+                return
+            node.mounts = node.mounts.union(mounts)
+            node.has_throttled = node.has_throttled or has_throttled
+            node.shape_known = True
+            self._sync(node_id, node, force=False)
+
+    def announce_cluster(self) -> None:
+        """Publish the cluster device's config (nodes online, cores, RAM, average CPU)."""
+        with self._lock:
+            self._announce_cluster()
+
+    def announce_all(self) -> None:
+        """Re-publish everything known, changed or not (Home Assistant restarted)."""
+        with self._lock:
+            self._announce_cluster()
+            for node_id, node in self._nodes.items():
+                self._sync(node_id, node, force=True)
+
+    def on_ha_status(self, payload: bytes) -> None:
+        """Handle a message on `ha_status_topic`: re-announce when HA says `online`."""
+        if payload.strip() == hd.HA_ONLINE:
+            logger.info("Home Assistant is online: re-announcing discovery")
+            self.announce_all()
+
+    def forget(self, node_id: str, mounts: Sequence[str] = ()) -> None:
+        """Clear a node's discovery in both forms, so HA removes its device and entities.
+
+        `mounts` adds disks known from elsewhere (e.g. stored metrics) when this process
+        never saw the node's metrics, so their per-entity topics are cleared too.
+        """
+        with self._lock:
+            node = self._nodes.pop(node_id, None) or _Node()
+            shape = hd.NodeShape(
+                tuple(node.mounts.union(mounts)), has_throttled=True
+            )  # clearing a topic that was never set is harmless
+            components = hd.node_components(
+                node_id, node.details or {}, shape, self._cluster_prefix
+            )
+            for message in hd.clear_messages(self._prefix, hd.object_id(node_id), components):
+                self._send(message)
+            logger.info("cleared Home Assistant discovery for %s", node_id)
+
+    def _announce_cluster(self) -> None:
+        messages = hd.discovery_messages(
+            self._prefix,
+            hd.cluster_object_id(),
+            hd.cluster_device(self._sw_version),
+            self._origin,
+            hd.cluster_components(self._cluster_prefix),
+            self._per_entity,
+        )
+        for message in messages:
+            self._send(message)
+
+    def _sync(self, node_id: str, node: _Node, force: bool) -> None:
+        # Wait for the first metrics: announcing without the disks would make HA delete
+        # those entities (and the user's settings for them) until the next publish.
+        if node.details is None or not node.shape_known:
+            return
+        shape = hd.NodeShape(tuple(sorted(node.mounts)), node.has_throttled)
+        components = hd.node_components(node_id, node.details, shape, self._cluster_prefix)
+        # The other form is never cleared here: HA gives `<prefix>/sensor/<dev>/<key>` and
+        # `cmps.<key>` of `<prefix>/device/<dev>` the same discovery id, so clearing one
+        # would delete the entity the other just announced.
+        messages = hd.discovery_messages(
+            self._prefix,
+            hd.object_id(node_id),
+            hd.node_device(node_id, node.details),
+            self._origin,
+            components,
+            self._per_entity,
+        )
+        changed = [m for m in messages if force or node.published.get(m.topic) != m.payload]
+        for message in changed:
+            self._send(message)
+            node.published[message.topic] = message.payload
+        if changed and not force:
+            logger.info("announced %s to Home Assistant (%d message(s))", node_id, len(changed))
+
+    def _send(self, message: hd.DiscoveryMessage) -> None:
+        logger.debug("discovery %s (%d bytes)", message.topic, len(message.payload))
+        self._publish(message.topic, message.payload, DISCOVERY_QOS, True)

@@ -1,0 +1,562 @@
+"""Home Assistant discovery: the configs HA would read, and when they are (re)published."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from cluster_protocol import MACHINE_DETAILS_FIELDS, METRICS_FIELDS
+from master_service import ha_discovery as hd
+from master_service.ha_publisher import DiscoveryPublisher
+
+GIB = 1024**3
+PI_DETAILS: dict[str, Any] = {
+    "hostname": "pi-01",
+    "cpu_percent_used": 3.0,
+    "ram": 4 * GIB,
+    "cpu": "Cortex-A72",
+    "cpu_cores": 4,
+    "os": "Debian GNU/Linux 12 (bookworm)",
+    "kernel": "6.6.31+rpt-rpi-v8",
+    "arch": "aarch64",
+    "model": "Raspberry Pi 4 Model B Rev 1.4",
+    "boot_time": 1_700_000_000.4,
+    "disk_total_bytes": 64 * GIB,
+    "ip_addresses": ["192.168.1.21"],
+    "agent_version": "0.1.0",
+    "interval_s": 10,
+}
+PI_SHAPE = hd.NodeShape(("/", "/boot/firmware"), has_throttled=True)
+
+# From https://www.home-assistant.io/integrations/sensor/#device-class (units per class) and
+# the sensor entity's DEVICE_CLASS_STATE_CLASSES (which state classes each class allows).
+DOCUMENTED_UNITS: dict[str | None, set[str | None]] = {
+    "temperature": {"°C", "°F", "K"},
+    "data_rate": {
+        *("bit/s", "kbit/s", "Mbit/s", "Gbit/s", "B/s", "kB/s", "MB/s", "GB/s"),
+        *("KiB/s", "MiB/s", "GiB/s"),
+    },
+    "data_size": {
+        *("bit", "kbit", "Mbit", "Gbit", "B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"),
+        *("KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB"),
+    },
+    "timestamp": {None},
+}
+ALLOWED_STATE_CLASSES: dict[str | None, set[str | None]] = {
+    "temperature": {"measurement", None},
+    "data_rate": {"measurement", None},
+    "data_size": {"measurement", "total", "total_increasing", None},
+    "timestamp": {None},
+    None: {"measurement", "total", "total_increasing", None},
+}
+BINARY_SENSOR_CLASSES = {"connectivity", "problem"}
+
+
+def node_payload(
+    node: str = "pi-01", details: dict[str, Any] = PI_DETAILS, shape: hd.NodeShape = PI_SHAPE
+) -> dict[str, Any]:
+    message = hd.device_message(
+        "homeassistant",
+        hd.object_id(node),
+        hd.node_device(node, details),
+        hd.origin_info("0.1.0"),
+        hd.node_components(node, details, shape),
+    )
+    assert message.topic == f"homeassistant/device/picluster_{node}/config"
+    payload: dict[str, Any] = json.loads(message.payload)
+    return payload
+
+
+def all_configs() -> list[tuple[str, dict[str, Any]]]:
+    components = hd.node_components("pi-01", PI_DETAILS, PI_SHAPE) + hd.cluster_components()
+    return [(c.platform, dict(c.config)) for c in components]
+
+
+# --- what Home Assistant reads -------------------------------------------------------------
+
+
+def test_node_device_payload_has_the_documented_shape():
+    payload = node_payload()
+    assert set(payload) == {"dev", "o", "cmps"}
+    assert payload["o"] == {"name": "picluster", "sw": "0.1.0"}
+    assert payload["dev"] == {
+        "ids": ["picluster_pi-01"],
+        "name": "pi-01",
+        "mdl": "Raspberry Pi 4 Model B Rev 1.4",
+        "mf": "Raspberry Pi Ltd",
+        "sw": "0.1.0",
+        "via_device": "picluster__cluster",
+    }
+    for key, component in payload["cmps"].items():
+        assert component["p"] in {"sensor", "binary_sensor"}, key
+        assert component["unique_id"] == f"picluster_pi-01_{key}"
+        assert component["state_topic"].startswith("cluster/pi-01/")
+        assert component["name"]
+
+
+def test_unique_ids_never_change():
+    # These ids are what HA keys history and user settings on: changing one orphans data.
+    assert sorted(node_payload()["cmps"]) == sorted(
+        [
+            "cpu_percent",
+            "load_1",
+            "memory_percent",
+            "swap_percent",
+            "disk_root_percent",
+            "disk_boot_firmware_percent",
+            "temperature_celsius",
+            "net_rx_bytes_per_s",
+            "net_tx_bytes_per_s",
+            "boot_time",
+            "throttled",
+            "online",
+        ]
+    )
+    assert [c.config["unique_id"] for c in hd.cluster_components()] == [
+        "picluster__cluster_nodes_online",
+        "picluster__cluster_cores_total",
+        "picluster__cluster_ram_total",
+        "picluster__cluster_cpu_percent_avg",
+    ]
+
+
+def test_a_node_named_cluster_does_not_collide_with_the_cluster_device():
+    node_ids = node_payload("cluster")["dev"]["ids"]
+    assert node_ids == ["picluster_cluster"]
+    assert hd.cluster_device("0.1.0")["ids"] != node_ids
+    assert hd.device_topic("homeassistant", hd.cluster_object_id()) != hd.device_topic(
+        "homeassistant", hd.object_id("cluster")
+    )
+
+
+@pytest.mark.parametrize(("platform", "config"), all_configs())
+def test_classes_units_and_state_classes_are_the_documented_ones(platform, config):
+    device_class = config.get("device_class")
+    if platform == "binary_sensor":
+        assert device_class in BINARY_SENSOR_CLASSES
+        assert "unit_of_measurement" not in config
+        assert "state_class" not in config
+        return
+    unit = config.get("unit_of_measurement")
+    if device_class in DOCUMENTED_UNITS:
+        assert unit in DOCUMENTED_UNITS[device_class]
+    else:
+        assert device_class is None
+        assert unit in {None, "%"}
+    assert config.get("state_class") in ALLOWED_STATE_CLASSES[device_class]
+    if device_class != "timestamp":
+        # Long-term statistics (the history graphs users want) need a state class.
+        assert config["state_class"] == "measurement"
+
+
+def test_specific_entities_carry_the_right_classes():
+    cmps = node_payload()["cmps"]
+    assert cmps["cpu_percent"]["unit_of_measurement"] == "%"
+    assert "device_class" not in cmps["cpu_percent"]
+    assert cmps["temperature_celsius"]["device_class"] == "temperature"
+    assert cmps["temperature_celsius"]["unit_of_measurement"] == "°C"
+    assert cmps["net_rx_bytes_per_s"]["device_class"] == "data_rate"
+    assert cmps["net_rx_bytes_per_s"]["unit_of_measurement"] == "B/s"
+    assert cmps["boot_time"]["device_class"] == "timestamp"
+    assert cmps["boot_time"]["state_topic"] == "cluster/pi-01/machine_details"
+    assert cmps["throttled"]["device_class"] == "problem"
+    assert cmps["online"]["device_class"] == "connectivity"
+    assert (cmps["online"]["payload_on"], cmps["online"]["payload_off"]) == ("online", "offline")
+    ram = next(c for c in hd.cluster_components() if c.key == "ram_total")
+    assert (ram.config["device_class"], ram.config["unit_of_measurement"]) == ("data_size", "GiB")
+
+
+def test_metric_entities_need_both_the_node_and_the_master_online():
+    cmps = node_payload()["cmps"]
+    for key, component in cmps.items():
+        topics = [a["topic"] for a in component["availability"]]
+        if key == "online":
+            # Connectivity must still say "disconnected" while the node is offline.
+            assert topics == ["cluster/_master/status"]
+            continue
+        assert topics == ["cluster/pi-01/status", "cluster/_master/status"], key
+        assert component["availability_mode"] == "all"
+        for entry in component["availability"]:
+            assert entry["value_template"] == "{{ value_json.payload.state }}"
+
+
+def test_metrics_expire_after_three_intervals():
+    cmps = node_payload()["cmps"]
+    on_metrics = [k for k, c in cmps.items() if c["state_topic"] == "cluster/pi-01/metrics"]
+    assert len(on_metrics) == 10
+    assert {cmps[k]["expire_after"] for k in on_metrics} == {30}
+    assert "expire_after" not in cmps["boot_time"]  # retained, sent once per connect
+    assert "expire_after" not in cmps["online"]
+
+
+@pytest.mark.parametrize(
+    ("interval_s", "expected"),
+    [(10, 30), (2.5, 10), (7.1, 22), (60, 180), (None, 30), ("10", 30), (0, 30), (True, 30)],
+)
+def test_expire_after(interval_s, expected):
+    assert hd.expire_after_s(interval_s) == expected
+
+
+def test_non_pi_nodes_get_no_manufacturer_and_no_throttling_sensor():
+    details = {**PI_DETAILS, "hostname": "", "model": None, "agent_version": "0.2.0"}
+    payload = node_payload("x86-box", details, hd.NodeShape(("/",), has_throttled=False))
+    assert payload["dev"] == {
+        "ids": ["picluster_x86-box"],
+        "name": "x86-box",
+        "sw": "0.2.0",
+        "via_device": "picluster__cluster",
+    }
+    assert "throttled" not in payload["cmps"]
+    other = {**PI_DETAILS, "model": "ODROID-N2+"}
+    assert "mf" not in node_payload(details=other)["dev"]
+
+
+def test_disk_keys_are_stable_and_distinct():
+    assert hd.disk_key("/") == "disk_root_percent"
+    assert hd.disk_key("/boot/firmware") == "disk_boot_firmware_percent"
+    odd = ["/mnt/a-b", "/mnt/a_b", "/mnt/A b", "/media/usb", "/media/usb/"]
+    keys = [hd.disk_key(m) for m in odd]
+    assert len(set(keys)) == len(keys)
+    assert all(re.fullmatch(r"disk_[a-z0-9_]+_percent", k) for k in keys)
+    assert keys == [hd.disk_key(m) for m in odd]  # pure: same mount, same key
+
+
+def test_per_entity_form_uses_one_topic_per_entity_without_platform_key():
+    components = hd.node_components("pi-01", PI_DETAILS, PI_SHAPE)
+    messages = hd.entity_messages(
+        "ha", hd.object_id("pi-01"), hd.node_device("pi-01", PI_DETAILS), {"name": "x"}, components
+    )
+    assert [m.topic for m in messages] == [
+        f"ha/{c.platform}/picluster_pi-01/{c.key}/config" for c in components
+    ]
+    cpu = json.loads(messages[0].payload)
+    assert "p" not in cpu
+    assert cpu["dev"]["ids"] == ["picluster_pi-01"]
+    assert cpu["o"] == {"name": "x"}
+    assert cpu["unique_id"] == "picluster_pi-01_cpu_percent"
+
+
+def test_clear_messages_cover_both_forms():
+    components = hd.node_components("pi-01", PI_DETAILS, PI_SHAPE)
+    messages = hd.clear_messages("homeassistant", "picluster_pi-01", components)
+    assert all(m.payload == b"" for m in messages)
+    topics = {m.topic for m in messages}
+    assert "homeassistant/device/picluster_pi-01/config" in topics
+    assert "homeassistant/binary_sensor/picluster_pi-01/throttled/config" in topics
+    assert len(topics) == 1 + len(components)
+
+
+def test_cluster_device_reads_the_masters_summary():
+    components = hd.cluster_components("lab")
+    for component in components:
+        assert component.config["state_topic"] == "lab/_master/cluster"
+        assert [a["topic"] for a in component.config["availability"]] == ["lab/_master/status"]
+    assert hd.cluster_summary_topic("lab") == "lab/_master/cluster"
+
+
+@pytest.mark.parametrize("prefix", ["", "/ha", "ha/", "ha/#", "h+a"])
+def test_bad_prefixes_are_refused(prefix):
+    with pytest.raises(ValueError, match="prefix"):
+        DiscoveryPublisher(lambda *a: None, prefix=prefix)
+
+
+# --- templates ----------------------------------------------------------------------------
+
+PAYLOAD_KEY = re.compile(r"value_json\.payload\.([a-z0-9_]+)")
+
+
+def all_templates() -> list[str]:
+    templates = []
+    for _, config in all_configs():
+        templates.append(config["value_template"])
+        templates += [a["value_template"] for a in config.get("availability", [])]
+    return templates
+
+
+@pytest.mark.parametrize("template", all_templates())
+def test_templates_are_balanced_and_read_documented_keys(template):
+    assert template.count("{{") == template.count("}}")
+    assert template.count("{%") == template.count("%}")
+    documented = (
+        set(METRICS_FIELDS) | set(MACHINE_DETAILS_FIELDS) | set(hd.CLUSTER_SUMMARY_KEYS)
+    ) | {"state"}
+    for key in PAYLOAD_KEY.findall(template):
+        assert key in documented, f"{key} is not a documented payload key"
+
+
+def ha_environment() -> Any:
+    """A Jinja environment close to HA's for these templates (as_datetime; strict on typos)."""
+    jinja2 = pytest.importorskip("jinja2", reason="jinja2 belongs in the test extra")
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def as_datetime(value: Any) -> datetime:
+        return datetime.fromtimestamp(float(value), UTC)
+
+    env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined)
+    env.globals["as_datetime"] = as_datetime
+    env.filters["as_datetime"] = as_datetime
+    return env
+
+
+def render(env: Any, template: str, envelope: dict[str, Any]) -> str:
+    raw = json.dumps(envelope)
+    return str(env.from_string(template).render(value=raw, value_json=json.loads(raw)))
+
+
+def envelope(message_type: str, payload: dict[str, Any], node: str = "pi-01") -> dict[str, Any]:
+    return {"v": 1, "type": message_type, "node": node, "ts": 1.7e9, "seq": 7, "payload": payload}
+
+
+METRICS: dict[str, Any] = {
+    "cpu_percent": 12.5,
+    "cpu_percent_per_core": [10.0, 15.0],
+    "load_1": 0.42,
+    "load_5": 0.3,
+    "load_15": 0.2,
+    "memory_total_bytes": 4 * GIB,
+    "memory_available_bytes": 3 * GIB,
+    "memory_percent": 25.0,
+    "swap_percent": None,
+    "disks": [
+        {"mount": "/", "total_bytes": 64, "used_bytes": 26, "percent": 41.0},
+        {"mount": "/boot/firmware", "total_bytes": 512, "used_bytes": 61, "percent": 12.0},
+    ],
+    "disk_read_bytes_per_s": 0.0,
+    "disk_write_bytes_per_s": 512.0,
+    "net_rx_bytes_per_s": 1234.5,
+    "net_tx_bytes_per_s": 99.0,
+    "temperature_celsius": 48.2,
+    "uptime_s": 3600.0,
+    "process_count": 120,
+    "throttled": {
+        "raw": "0x50005",
+        "under_voltage": True,
+        "freq_capped": False,
+        "throttled": True,
+        "soft_temp_limit": False,
+        "under_voltage_occurred": True,
+        "freq_capped_occurred": False,
+        "throttled_occurred": True,
+        "soft_temp_limit_occurred": False,
+    },
+    "spool_dropped": 0,
+}
+
+
+def test_node_templates_render_the_values_ha_will_show():
+    env = ha_environment()
+    cmps = node_payload()["cmps"]
+    metrics = envelope("metrics", METRICS)
+    on_metrics = {k: c for k, c in cmps.items() if c["state_topic"].endswith("/metrics")}
+    got = {k: render(env, c["value_template"], metrics) for k, c in on_metrics.items()}
+    assert got["cpu_percent"] == "12.5"
+    assert got["load_1"] == "0.42"
+    assert got["memory_percent"] == "25.0"
+    assert got["swap_percent"] == "None"  # HA's PAYLOAD_NONE: the sensor shows unknown
+    assert got["disk_root_percent"] == "41.0"
+    assert got["disk_boot_firmware_percent"] == "12.0"
+    assert got["temperature_celsius"] == "48.2"
+    assert (got["net_rx_bytes_per_s"], got["net_tx_bytes_per_s"]) == ("1234.5", "99.0")
+    assert got["throttled"] == "ON"
+
+    details = envelope("machine_details", PI_DETAILS)
+    boot = render(env, cmps["boot_time"]["value_template"], details)
+    assert datetime.fromisoformat(boot) == datetime.fromtimestamp(1_700_000_000, UTC)
+
+    status = envelope("status", {"state": "offline"})
+    assert render(env, cmps["online"]["value_template"], status) == "offline"
+    for entry in cmps["cpu_percent"]["availability"]:
+        assert render(env, entry["value_template"], status) == "offline"
+    legacy = {"type": "status", "payload": {"state": "online"}}  # the two-key original form
+    assert render(env, cmps["online"]["value_template"], legacy) == "online"
+
+
+@pytest.mark.parametrize(
+    ("throttled", "expected"),
+    [
+        (None, "None"),
+        ({**METRICS["throttled"], "under_voltage": False, "throttled": False}, "OFF"),
+        ({**METRICS["throttled"], "under_voltage": False, "throttled": False,
+          "soft_temp_limit": True}, "ON"),
+    ],
+)  # fmt: skip
+def test_throttling_template(throttled, expected):
+    env = ha_environment()
+    metrics = envelope("metrics", {**METRICS, "throttled": throttled})
+    assert render(env, hd.THROTTLED_TEMPLATE, metrics) == expected
+
+
+@pytest.mark.parametrize("mount", ["/mnt/usb", '/mnt/we"ird\\name', "/media/ümlaut"])
+def test_disk_template_handles_absent_and_odd_mounts(mount):
+    env = ha_environment()
+    template = hd.disk_template(mount)
+    assert render(env, template, envelope("metrics", METRICS)) == "None"
+    disks = [*METRICS["disks"], {"mount": mount, "total_bytes": 1, "used_bytes": 1, "percent": 7}]
+    assert render(env, template, envelope("metrics", {**METRICS, "disks": disks})) == "7"
+
+
+def test_cluster_templates_render():
+    env = ha_environment()
+    summary = envelope(
+        "cluster",
+        {
+            "nodes_total": 4,
+            "online": 3,
+            "offline": 1,
+            "stale": 0,
+            "cores_total": 16,
+            "ram_total_bytes": 16 * GIB,
+            "cpu_percent_avg": None,
+        },
+        node="_master",
+    )
+    got = {c.key: render(env, c.config["value_template"], summary) for c in hd.cluster_components()}
+    assert got == {
+        "nodes_online": "3",
+        "cores_total": "16",
+        "ram_total": "16.0",
+        "cpu_percent_avg": "None",
+    }
+
+
+# --- when the publisher publishes ---------------------------------------------------------
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, int, bool]] = []
+
+    def __call__(self, topic: str, payload: bytes | None, qos: int, retain: bool) -> None:
+        self.sent.append((topic, payload, qos, retain))
+
+    def take(self) -> list[tuple[str, bytes | None, int, bool]]:
+        sent, self.sent = self.sent, []
+        return sent
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def publisher(recorder: Recorder) -> DiscoveryPublisher:
+    return DiscoveryPublisher(recorder)
+
+
+def test_a_node_is_announced_once_details_and_first_metrics_are_known(publisher, recorder):
+    publisher.node_details("pi-01", PI_DETAILS)
+    assert recorder.take() == []  # without the disks, HA would drop their entities
+    publisher.node_metrics_shape("pi-01", ["/", "/boot/firmware"], True)
+    [(topic, payload, qos, retain)] = recorder.take()
+    assert (topic, qos, retain) == ("homeassistant/device/picluster_pi-01/config", 1, True)
+    assert payload is not None
+    assert json.loads(payload) == node_payload() | {"o": json.loads(payload)["o"]}
+
+
+def test_ordinary_metrics_publish_nothing(publisher, recorder):
+    publisher.node_metrics_shape("pi-01", ["/"], False)
+    publisher.node_details("pi-01", PI_DETAILS)
+    recorder.take()
+    for _ in range(100):
+        publisher.node_metrics_shape("pi-01", ["/"], False)
+    publisher.node_metrics_shape("pi-01", ["/"], False)
+    publisher.node_details("pi-01", dict(PI_DETAILS, cpu_percent_used=99.0))  # not in config
+    assert recorder.take() == []
+
+
+def test_new_mount_or_throttling_republishes_but_disappearing_does_not(publisher, recorder):
+    publisher.node_details("pi-01", PI_DETAILS)
+    publisher.node_metrics_shape("pi-01", ["/"], False)
+    recorder.take()
+    publisher.node_metrics_shape("pi-01", ["/", "/mnt/usb"], False)
+    [(_, payload, _, _)] = recorder.take()
+    assert "disk_mnt_usb_percent" in json.loads(payload or b"")["cmps"]
+    publisher.node_metrics_shape("pi-01", ["/"], False)  # unplugged: keep its entity
+    publisher.node_metrics_shape("pi-01", ["/mnt/usb", "/"], False)  # order only
+    assert recorder.take() == []
+    publisher.node_metrics_shape("pi-01", ["/"], True)
+    [(_, payload, _, _)] = recorder.take()
+    cmps = json.loads(payload or b"")["cmps"]
+    assert "throttled" in cmps
+    assert "disk_mnt_usb_percent" in cmps
+    publisher.node_metrics_shape("pi-01", ["/"], False)  # one failed vcgencmd read
+    assert recorder.take() == []
+
+
+def test_changed_details_republish(publisher, recorder):
+    publisher.node_details("pi-01", PI_DETAILS)
+    publisher.node_metrics_shape("pi-01", ["/"], False)
+    recorder.take()
+    publisher.node_details("pi-01", dict(PI_DETAILS, interval_s=30))
+    [(_, payload, _, _)] = recorder.take()
+    assert json.loads(payload or b"")["cmps"]["cpu_percent"]["expire_after"] == 90
+    publisher.node_details("pi-01", dict(PI_DETAILS, interval_s=30, agent_version="0.2.0"))
+    [(_, payload, _, _)] = recorder.take()
+    assert json.loads(payload or b"")["dev"]["sw"] == "0.2.0"
+
+
+def test_ha_birth_reannounces_everything_but_its_will_does_not(publisher, recorder):
+    for node in ("pi-01", "pi-02"):
+        publisher.node_details(node, dict(PI_DETAILS, hostname=node))
+        publisher.node_metrics_shape(node, ["/"], False)
+    publisher.node_details("pi-03", PI_DETAILS)  # no metrics yet: nothing to announce
+    recorder.take()
+    assert publisher.ha_status_topic == "homeassistant/status"
+    publisher.on_ha_status(b"offline")
+    assert recorder.take() == []
+    publisher.on_ha_status(b"online")
+    assert sorted(t for t, *_ in recorder.take()) == [
+        "homeassistant/device/picluster__cluster/config",
+        "homeassistant/device/picluster_pi-01/config",
+        "homeassistant/device/picluster_pi-02/config",
+    ]
+
+
+def test_forget_clears_both_forms_and_is_not_reannounced(publisher, recorder):
+    publisher.node_details("pi-01", PI_DETAILS)
+    publisher.node_metrics_shape("pi-01", ["/", "/mnt/usb"], True)
+    recorder.take()
+    publisher.forget("pi-01")
+    cleared = recorder.take()
+    assert all(payload == b"" and retain for _, payload, _, retain in cleared)
+    topics = {t for t, *_ in cleared}
+    assert "homeassistant/device/picluster_pi-01/config" in topics
+    assert "homeassistant/sensor/picluster_pi-01/disk_mnt_usb_percent/config" in topics
+    assert "homeassistant/binary_sensor/picluster_pi-01/throttled/config" in topics
+    publisher.on_ha_status(b"online")
+    assert [t for t, *_ in recorder.take()] == ["homeassistant/device/picluster__cluster/config"]
+
+
+def test_forget_of_a_node_unseen_since_start_uses_the_mounts_given(publisher, recorder):
+    publisher.forget("pi-09", mounts=["/srv"])
+    topics = {t for t, *_ in recorder.take()}
+    assert "homeassistant/device/picluster_pi-09/config" in topics
+    assert "homeassistant/sensor/picluster_pi-09/disk_srv_percent/config" in topics
+
+
+def test_per_entity_form_publishes_only_the_entities_that_changed(recorder):
+    publisher = DiscoveryPublisher(recorder, prefix="ha", per_entity=True)
+    publisher.node_details("pi-01", PI_DETAILS)
+    publisher.node_metrics_shape("pi-01", ["/"], False)
+    first = recorder.take()
+    assert len(first) == 10
+    assert all(t.startswith("ha/") and t.endswith("/config") for t, *_ in first)
+    assert not any(t.startswith("ha/device/") for t, *_ in first)
+    publisher.node_metrics_shape("pi-01", ["/", "/data"], False)
+    assert [t for t, *_ in recorder.take()] == [
+        "ha/sensor/picluster_pi-01/disk_data_percent/config"
+    ]
+
+
+def test_cluster_announcement(publisher, recorder):
+    publisher.announce_cluster()
+    [(topic, payload, qos, retain)] = recorder.take()
+    assert (topic, qos, retain) == ("homeassistant/device/picluster__cluster/config", 1, True)
+    body = json.loads(payload or b"")
+    assert body["dev"]["ids"] == ["picluster__cluster"]
+    assert set(body["cmps"]) == {"nodes_online", "cores_total", "ram_total", "cpu_percent_avg"}
