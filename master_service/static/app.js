@@ -119,7 +119,6 @@ function setThrottleBadge(el, metrics) {
 
 function setState(el, view) {
   const state = STATE_LABEL[view.state] ? view.state : "unknown";
-  el.dataset.state = state;
   el.className = `state ${state}`;
   const since = view.state_since ? ` for ${fmt.duration(serverNow() - view.state_since).split(" ").slice(0, 2).join(" ")}` : "";
   el.replaceChildren(h("span", { class: "dot", "aria-hidden": "true" }), STATE_LABEL[state]);
@@ -163,8 +162,8 @@ function buildCard(id) {
   const cells = METRIC_CELLS.map(([key, label, bar]) =>
     h("div", { class: "cell" },
       h("dt", {}, label),
-      h("dd", { "data-field": key }, fmt.DASH),
-      ...(bar ? [h("span", { class: "bar", "aria-hidden": "true" }, h("span", { "data-bar": key }))] : [])));
+      h("dd", {}, h("span", { "data-field": key }, fmt.DASH),
+        ...(bar ? [h("span", { class: "bar", "aria-hidden": "true" }, h("span", { "data-bar": key }))] : []))));
   const spark = document.createElementNS("http://www.w3.org/2000/svg", "svg");
   for (const [k, v] of Object.entries({ class: "sparkline", viewBox: "0 0 100 24", preserveAspectRatio: "none", "data-points": "0", role: "img", "aria-label": "CPU, last 15 minutes" })) spark.setAttribute(k, v);
   const card = h("article", { class: "card", "data-node": id },
