@@ -1,0 +1,239 @@
+"""Home Assistant discovery over a real Mosquitto: retained configs, re-announce, forget, quiet."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from master_service.ha_publisher import DiscoveryPublisher
+from tests.support.broker import MosquittoBroker
+from tests.support.watcher import Seen, Watcher
+
+GIB = 1024**3
+DETAILS: dict[str, Any] = {
+    "hostname": "pi-01",
+    "cpu_percent_used": 3.0,
+    "ram": 4 * GIB,
+    "cpu": "Cortex-A72",
+    "cpu_cores": 4,
+    "model": "Raspberry Pi 4 Model B Rev 1.4",
+    "boot_time": 1_700_000_000.0,
+    "agent_version": "0.1.0",
+    "interval_s": 5,
+}
+
+
+class PahoPublish:
+    """The master's side in miniature: a paho client behind a thread-safe publish callable."""
+
+    def __init__(self, broker: MosquittoBroker) -> None:
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self._handlers: dict[str, Callable[[bytes], None]] = {}
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        assert self._connected.wait(10), "publisher client could not connect"
+
+    def __call__(self, topic: str, payload: bytes | None, qos: int, retain: bool) -> None:
+        with self._lock:
+            self.client.publish(topic, payload or None, qos=qos, retain=retain)
+
+    def flush(self, topic: str) -> None:
+        """Return once the broker has everything published so far (it handles one client's
+        packets in order, so the PUBACK of a last message covers all before it)."""
+        with self._lock:
+            info = self.client.publish(topic, b"flush", qos=1)
+        info.wait_for_publish(10)
+        assert info.is_published(), "broker did not acknowledge in time"
+
+    def route(self, topic: str, handler: Callable[[bytes], None]) -> None:
+        """Subscribe and hand payloads to `handler`, as the master's message path will."""
+        subscribed = threading.Event()
+        self._handlers[topic] = handler
+        self.client.on_subscribe = lambda *args: subscribed.set()
+        self.client.subscribe(topic, qos=1)
+        assert subscribed.wait(10), f"could not subscribe to {topic}"
+
+    def _on_connect(self, client: mqtt.Client, *args: Any) -> None:
+        self._connected.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        handler = self._handlers.get(msg.topic)
+        if handler is not None:
+            handler(bytes(msg.payload))
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def prefixes() -> tuple[str, str]:
+    """A discovery prefix and a cluster prefix of the test's own (retained state is shared)."""
+    tag = uuid.uuid4().hex[:8]
+    return f"ha-{tag}", f"cl-{tag}"
+
+
+@pytest.fixture
+def adapter(broker: MosquittoBroker) -> Iterator[PahoPublish]:
+    opened = PahoPublish(broker)
+    yield opened
+    opened.close()
+
+
+def retained_now(watch: Callable[..., Watcher], adapter: PahoPublish, prefix: str) -> list[Seen]:
+    """What a newcomer (HA starting up) finds retained under the prefix."""
+    adapter.flush(f"{prefix}/flush")
+    watcher = watch(f"{prefix}/#")
+    # Retained messages are queued at subscribe time, before anything published later.
+    marker = f"{prefix}/marker/{uuid.uuid4().hex}"
+    adapter(marker, b"x", 1, False)
+    watcher.wait_for(marker)
+    return [m for m in watcher.messages if m.retain]
+
+
+def config(messages: list[Seen], topic: str) -> dict[str, Any]:
+    [message] = [m for m in messages if m.topic == topic]
+    body: dict[str, Any] = json.loads(message.payload)
+    return body
+
+
+def announce(publisher: DiscoveryPublisher, node: str = "pi-01") -> None:
+    publisher.announce_cluster()
+    publisher.node_details(node, DETAILS)
+    publisher.node_metrics_shape(node, ["/", "/boot/firmware"], True)
+
+
+def test_node_and_cluster_configs_are_retained_for_home_assistant(watch, adapter, prefixes):
+    prefix, cluster = prefixes
+    publisher = DiscoveryPublisher(adapter, prefix=prefix, cluster_prefix=cluster)
+    announce(publisher)
+
+    retained = retained_now(watch, adapter, prefix)
+    assert sorted(m.topic for m in retained) == [
+        f"{prefix}/device/picluster__cluster/config",
+        f"{prefix}/device/picluster_pi-01/config",
+    ]
+    assert all(m.qos == 1 for m in retained)
+
+    node = config(retained, f"{prefix}/device/picluster_pi-01/config")
+    assert node["o"]["name"] == "picluster"
+    assert node["dev"]["ids"] == ["picluster_pi-01"]
+    assert node["dev"]["via_device"] == "picluster__cluster"
+    assert node["dev"]["mf"] == "Raspberry Pi Ltd"
+    cmps = node["cmps"]
+    for key, component in cmps.items():
+        assert {"p", "unique_id", "state_topic", "value_template", "availability"} <= set(component)
+        assert component["unique_id"] == f"picluster_pi-01_{key}"
+    assert [a["topic"] for a in cmps["cpu_percent"]["availability"]] == [
+        f"{cluster}/pi-01/status",
+        f"{cluster}/_master/status",
+    ]
+    assert cmps["cpu_percent"]["availability_mode"] == "all"
+    assert cmps["cpu_percent"]["state_topic"] == f"{cluster}/pi-01/metrics"
+    assert cmps["cpu_percent"]["expire_after"] == 15
+    assert cmps["disk_boot_firmware_percent"]["unit_of_measurement"] == "%"
+    temperature = cmps["temperature_celsius"]
+    assert (temperature["device_class"], temperature["unit_of_measurement"]) == (
+        "temperature",
+        "°C",
+    )
+    assert cmps["net_tx_bytes_per_s"]["device_class"] == "data_rate"
+    assert cmps["boot_time"]["device_class"] == "timestamp"
+    throttled = cmps["throttled"]
+    assert (throttled["p"], throttled["device_class"]) == ("binary_sensor", "problem")
+    assert cmps["online"]["device_class"] == "connectivity"
+    assert [a["topic"] for a in cmps["online"]["availability"]] == [f"{cluster}/_master/status"]
+
+    totals = config(retained, f"{prefix}/device/picluster__cluster/config")["cmps"]
+    assert {c["state_topic"] for c in totals.values()} == {f"{cluster}/_master/cluster"}
+    assert totals["ram_total"]["device_class"] == "data_size"
+
+
+def test_home_assistant_birth_triggers_a_reannounce(watch, adapter, broker, prefixes):
+    prefix, cluster = prefixes
+    publisher = DiscoveryPublisher(adapter, prefix=prefix, cluster_prefix=cluster)
+    adapter.route(publisher.ha_status_topic, publisher.on_ha_status)
+    announce(publisher)
+    device = f"{prefix}/device/picluster_pi-01/config"
+    watcher = watch(f"{prefix}/#")
+    watcher.wait_for(device)  # the retained copy
+
+    home_assistant = PahoPublish(broker)
+    try:
+        home_assistant(f"{prefix}/status", b"offline", 1, False)  # HA's will: nothing to do
+        home_assistant(f"{prefix}/status", b"online", 1, False)  # HA's birth
+        watcher.wait_for(device, count=2)
+        watcher.wait_for(f"{prefix}/device/picluster__cluster/config", count=2)
+    finally:
+        home_assistant.close()
+    again = watcher.on(device)[1]
+    assert (again.retain, again.payload) == (False, watcher.on(device)[0].payload)
+    assert len(watcher.on(device)) == 2  # "offline" did not announce
+
+
+def test_ordinary_metrics_cause_no_discovery_traffic(watch, adapter, prefixes):
+    prefix, cluster = prefixes
+    publisher = DiscoveryPublisher(adapter, prefix=prefix, cluster_prefix=cluster)
+    watcher = watch(f"{prefix}/#")
+    announce(publisher)
+    for _ in range(500):
+        publisher.node_metrics_shape("pi-01", ["/", "/boot/firmware"], True)
+        publisher.node_metrics_shape("pi-01", ["/"], False)  # a mount or flags gone a while
+    publisher.node_details("pi-01", dict(DETAILS, cpu_percent_used=80.0))
+    marker = f"{prefix}/marker"
+    adapter(marker, b"x", 1, False)  # same client, so it arrives after anything sent before
+    watcher.wait_for(marker)
+    configs = [m.topic for m in watcher.messages if m.topic.endswith("/config")]
+    assert sorted(configs) == [
+        f"{prefix}/device/picluster__cluster/config",
+        f"{prefix}/device/picluster_pi-01/config",
+    ]
+
+
+def test_forget_leaves_nothing_for_home_assistant_to_find(watch, adapter, prefixes):
+    prefix, cluster = prefixes
+    publisher = DiscoveryPublisher(adapter, prefix=prefix, cluster_prefix=cluster)
+    announce(publisher, "pi-01")
+    announce(publisher, "pi-02")
+    watcher = watch(f"{prefix}/#")
+    device = f"{prefix}/device/picluster_pi-01/config"
+    watcher.wait_for(device)
+
+    publisher.forget("pi-01")
+    [_, cleared] = watcher.wait_for(device, count=2)
+    assert cleared.payload == b""
+    assert sorted(m.topic for m in retained_now(watch, adapter, prefix)) == [
+        f"{prefix}/device/picluster__cluster/config",
+        f"{prefix}/device/picluster_pi-02/config",
+    ]
+
+
+def test_per_entity_form_is_retained_and_forgotten(watch, adapter, prefixes):
+    prefix, cluster = prefixes
+    publisher = DiscoveryPublisher(adapter, prefix=prefix, cluster_prefix=cluster, per_entity=True)
+    announce(publisher)
+    retained = retained_now(watch, adapter, prefix)
+    node_topics = sorted(m.topic for m in retained if "/picluster_pi-01/" in m.topic)
+    assert f"{prefix}/sensor/picluster_pi-01/cpu_percent/config" in node_topics
+    assert f"{prefix}/binary_sensor/picluster_pi-01/online/config" in node_topics
+    assert len(node_topics) == 12
+    cpu = config(retained, f"{prefix}/sensor/picluster_pi-01/cpu_percent/config")
+    assert "p" not in cpu
+    assert cpu["unique_id"] == "picluster_pi-01_cpu_percent"
+    assert cpu["dev"]["ids"] == ["picluster_pi-01"]
+
+    publisher.forget("pi-01")
+    left = [m.topic for m in retained_now(watch, adapter, prefix)]
+    assert not [t for t in left if "picluster_pi-01" in t]
+    assert len(left) == 4  # the cluster's own entities stay
