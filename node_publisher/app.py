@@ -98,6 +98,7 @@ class NodeAgent:
         self._details_lock = threading.Lock()
         self._stopping = threading.Event()
         self._connected = threading.Event()
+        self._ready = threading.Event()  # connected and subscribed to its commands
         self._sampler: threading.Thread | None = None
         self.spool = Spool(settings.spool_path, settings.spool_max)
         self.client = make_client(settings, client_id_for(self._node))
@@ -117,6 +118,7 @@ class NodeAgent:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
         self._set_will()
@@ -155,9 +157,9 @@ class NodeAgent:
         """True while the broker has accepted the connection."""
         return self._connected.is_set()
 
-    def wait_connected(self, timeout_s: float) -> bool:
-        """Wait until connected; False on timeout."""
-        return self._connected.wait(timeout_s)
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Wait until connected, announced and subscribed to commands; False on timeout."""
+        return self._ready.wait(timeout_s)
 
     # -- what the node sends -----------------------------------------------------------------
 
@@ -318,6 +320,7 @@ class NodeAgent:
     ) -> None:
         try:
             self._connected.clear()
+            self._ready.clear()
             self.outbox.notify_disconnected()
             if not self._stopping.is_set():
                 logger.warning("node %s disconnected: %s", self._node, reason_code)
@@ -336,6 +339,22 @@ class NodeAgent:
             self.outbox.notify_acked(mid, reason_code.is_failure, str(reason_code))
         except Exception:
             self._callback_failed("on_publish")
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Any,
+    ) -> None:
+        try:
+            if any(code.is_failure for code in reason_codes):
+                logger.error("broker refused the command subscription: %s", reason_codes)
+                return
+            self._ready.set()
+        except Exception:
+            self._callback_failed("on_subscribe")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:
