@@ -23,11 +23,14 @@ from cluster_protocol import (
     MACHINE_DETAILS_FIELDS,
     METRICS_FIELDS,
     REQUIRED_MACHINE_DETAILS,
+    Envelope,
     EnvelopeError,
     decode_envelope,
+    encode_envelope,
 )
 from node_publisher.app import NodeAgent
 from node_publisher.settings import load_settings
+from node_publisher.spool import Spool
 from tests.support.broker import MosquittoBroker
 from tests.support.waiting import wait_until
 
@@ -260,6 +263,30 @@ def test_node_killed_during_an_outage_delivers_its_spool_after_restart(make_brok
         assert_every_seq_arrived_in_order(watcher, last)
     finally:
         watcher.close()
+
+
+def test_a_spool_backlog_drains_in_order_after_the_birth(broker, watch, tmp_path):
+    settings = load_settings(
+        ["--broker", broker.url, "--node-id", "backlog-1", "--state-dir", str(tmp_path)], {}
+    )
+    spool = Spool(settings.spool_path, settings.spool_max)
+    for _ in range(1000):  # what a node collects in almost 3 hours at the default interval
+        spool.append(
+            "cluster/backlog-1/metrics",
+            lambda seq: encode_envelope(Envelope("metrics", "backlog-1", 1.0, seq, {})),
+        )
+    spool.close()
+    live = watch("cluster/backlog-1/#")
+    agent = NodeAgent(settings)
+    agent.start()
+    try:
+        live.wait_for("cluster/backlog-1/metrics", count=1000, timeout_s=30)
+    finally:
+        agent.stop()
+    topics = [m.topic for m in live.messages]
+    assert topics.index("cluster/backlog-1/status") < 20  # not behind the backlog
+    seqs = [json.loads(m.payload)["seq"] for m in live.on("cluster/backlog-1/metrics")]
+    assert first_occurrences(seqs)[:1000] == list(range(1, 1001))
 
 
 @pytest.fixture

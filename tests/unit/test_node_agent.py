@@ -1,0 +1,62 @@
+"""NodeAgent without a broker: spooling, the dropped count, oversize refusal, seq on status."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cluster_protocol import EnvelopeError, decode_envelope
+from node_publisher.app import NodeAgent
+from node_publisher.settings import load_settings
+from tests.unit.test_node_collectors import FakePs
+
+
+def make_agent(tmp_path: Path, spool_max: int = 100) -> NodeAgent:
+    settings = load_settings(
+        ["--node-id", "u1", "--state-dir", str(tmp_path), "--spool-max", str(spool_max)], {}
+    )
+    return NodeAgent(settings, ps=FakePs(), clock=lambda: 1_700_000_000.0)
+
+
+def spooled_payloads(agent: NodeAgent) -> list[dict[str, Any]]:
+    return [json.loads(e.data) for e in agent.spool.pending(0, 1000)]
+
+
+def test_metrics_are_spooled_as_valid_envelopes_with_consecutive_seqs(tmp_path):
+    agent = make_agent(tmp_path)
+    assert [agent.sample_once() for _ in range(3)] == [1, 2, 3]
+    for entry in agent.spool.pending(0, 10):
+        assert entry.topic == "cluster/u1/metrics"
+        envelope = decode_envelope(entry.data, "u1", "metrics", 0.0)
+        assert envelope.ts == 1_700_000_000.0
+        assert envelope.payload["spool_dropped"] == 0
+
+
+def test_a_full_spool_reports_what_it_dropped_in_the_next_metrics(tmp_path):
+    agent = make_agent(tmp_path, spool_max=3)
+    for _ in range(5):
+        agent.sample_once()
+    envelopes = spooled_payloads(agent)
+    assert [e["seq"] for e in envelopes] == [3, 4, 5]  # oldest dropped first
+    assert envelopes[-1]["payload"]["spool_dropped"] == 1  # seq 1 went when seq 4 came
+    agent.sample_once()
+    assert spooled_payloads(agent)[-1]["payload"]["spool_dropped"] == 1  # seq 2, at seq 5
+
+
+def test_an_oversize_message_takes_no_seq_and_is_not_spooled(tmp_path):
+    agent = make_agent(tmp_path)
+    with pytest.raises(EnvelopeError):
+        agent.publish_message("z" * 70_000)
+    assert agent.publish_message("fits") == 1
+    assert [e["payload"] for e in spooled_payloads(agent)] == ["fits"]
+
+
+def test_status_carries_the_current_seq_without_taking_one(tmp_path):
+    agent = make_agent(tmp_path)
+    agent.sample_once()
+    status = decode_envelope(agent._status_payload("offline"), "u1", "status", 0.0)
+    assert (status.seq, status.payload) == (1, {"state": "offline"})
+    assert agent.sample_once() == 2
