@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
+# Set up (or remove) the picluster node agent on this machine: one command, safe to re-run.
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=installer-lib.sh
+source "$SCRIPT_DIR/installer-lib.sh"
+
+usage() {
+    cat <<USAGE
+Usage: sudo $(basename "$0") --broker mqtt://[NODE_ID@]HEAD[:PORT] [options]
+       sudo $(basename "$0") --uninstall
+
+Installs picluster into a virtual environment under /opt/picluster, creates the system user
+'picluster', writes /etc/picluster/node.toml and /etc/picluster/node.password, and enables and
+starts picluster-node.service. Running it again with the same source changes nothing;
+running it with new options updates the config and restarts the service.
+
+The broker password is read from --password-file, else from standard input when it is not
+a terminal, else prompted. It is stored in /etc/picluster/node.password (root:picluster,
+0640) and never appears on a command line. On a re-run the stored password is kept.
+
+Options:
+  --broker URL          mqtt://[user@]host[:port] or mqtts://... (the user defaults to the
+                        node id; it must equal the node id, the ACL requires it)
+  --node-id ID          node id (default: from the hostname, lower-cased)
+  --password-file FILE  read the broker password from FILE (first line)
+  --ca-file FILE        CA certificate of the broker (mqtts://); copied to /etc/picluster
+  --interval SECONDS    seconds between metrics (default 10)
+  --source DIR|WHEEL    picluster checkout or wheel to install (default: $(dirname "$SCRIPT_DIR"))
+  --python PYTHON       Python $MIN_PYTHON+ to build the venv with (default: python3)
+  --prefix DIR          install under DIR instead of / (no user, no systemctl; for tests)
+  --no-systemd          do not install or start the systemd unit
+  --uninstall           stop and remove everything this script installed
+  -h, --help            show this help
+USAGE
+}
+
+PREFIX=""
+PYTHON=python3
+SOURCE="$(dirname "$SCRIPT_DIR")"
+USE_SYSTEMD=true
+UNINSTALL=false
+BROKER=""
+NODE_ID=""
+PASSWORD_FILE=""
+CA_FILE=""
+INTERVAL=""
+CHANGED=false
+
+need_value() { [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value (see --help)"; }
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        -h | --help) usage; exit 0 ;;
+        --broker) need_value "$@"; BROKER="$2"; shift 2 ;;
+        --node-id) need_value "$@"; NODE_ID="$2"; shift 2 ;;
+        --password-file) need_value "$@"; PASSWORD_FILE="$2"; shift 2 ;;
+        --ca-file) need_value "$@"; CA_FILE="$2"; shift 2 ;;
+        --interval) need_value "$@"; INTERVAL="$2"; shift 2 ;;
+        --source) need_value "$@"; SOURCE="$2"; shift 2 ;;
+        --python) need_value "$@"; PYTHON="$2"; shift 2 ;;
+        --prefix) need_value "$@"; PREFIX="$(realpath -m "$2")"; shift 2 ;;
+        --no-systemd) USE_SYSTEMD=false; shift ;;
+        --uninstall) UNINSTALL=true; shift ;;
+        *) die "unknown argument '$1' (see --help)" ;;
+    esac
+done
+[[ "$PREFIX" == "/" ]] && PREFIX=""
+set_paths
+CONFIG="$ETC_DIR/node.toml"
+PASSWORD_DEST="$ETC_DIR/node.password"
+UNIT="$UNIT_DIR/picluster-node.service"
+
+systemctl_real() { real_system && [[ "$USE_SYSTEMD" == true ]]; }
+
+uninstall() {
+    require_root_for_real_system
+    if real_system && command -v systemctl >/dev/null 2>&1 && [[ -f "$UNIT" ]]; then
+        systemctl disable --now picluster-node.service || warn "could not stop picluster-node"
+    fi
+    local node_id=""
+    [[ -f "$CONFIG" ]] && node_id="$(sed -n 's/^node_id = "\(.*\)"$/\1/p' "$CONFIG")"
+    rm -f "$UNIT" "$CONFIG" "$PASSWORD_DEST" "$ETC_DIR/node-ca.crt"
+    if real_system && command -v systemctl >/dev/null 2>&1; then
+        systemctl daemon-reload || true
+    fi
+    if [[ -n "$node_id" ]]; then
+        rm -f "$STATE_DIR/spool-$node_id.sqlite3"{,-wal,-shm,-journal}
+    fi
+    if [[ -f "$ETC_DIR/master.toml" ]]; then
+        say "the master is installed here too: keeping $VENV, $STATE_DIR and the user"
+    else
+        rm -rf "$VENV" "$STATE_DIR"
+        rmdir "$OPT_DIR" "$ETC_DIR" 2>/dev/null || true
+        remove_service_user
+    fi
+    if ! real_system; then
+        prune_empty_dirs "$UNIT_DIR" "$OPT_DIR" "$ETC_DIR" "$STATE_DIR"
+    fi
+    say "picluster-node removed"
+}
+
+node_config() {
+    local ca_line='# ca_file = "/etc/picluster/ca.crt"'
+    [[ -n "$CA_FILE" ]] && ca_line="ca_file = \"$ETC_DIR/node-ca.crt\""
+    cat <<TOML
+# picluster node agent, written by deploy/install-node.sh (re-run it to change these).
+# Keys: see deploy/node.toml.example. The password is in password_file, never here.
+broker = "$BROKER"
+node_id = "$NODE_ID"
+password_file = "$PASSWORD_DEST"
+$ca_line
+interval = ${INTERVAL:-10}
+state_dir = "$STATE_DIR"
+log_level = "INFO"
+TOML
+}
+
+# Check the broker URL and give it the node id as its user when it has none.
+normalise_broker() {
+    local url_re='^(mqtts?)://(([^@/]*)@)?([^@/:]+|\[[0-9a-fA-F:]+\])(:[0-9]+)?/?$'
+    [[ "$BROKER" =~ $url_re ]] ||
+        die "--broker '$BROKER' must look like mqtt://[user@]host[:port] or mqtts://..."
+    local scheme="${BASH_REMATCH[1]}" user="${BASH_REMATCH[3]}" host="${BASH_REMATCH[4]}" port="${BASH_REMATCH[5]}"
+    [[ "$user" != *:* ]] ||
+        die "keep the password out of the broker URL: use --password-file or standard input"
+    if [[ -z "$user" ]]; then
+        user="$NODE_ID"
+    elif [[ "$user" != "$NODE_ID" ]]; then
+        die "the broker user '$user' must equal the node id '$NODE_ID' (the broker's ACL confines each node to cluster/<its user>/)"
+    fi
+    BROKER="$scheme://$user@$host$port"
+}
+
+install() {
+    require_root_for_real_system
+    require_python
+    require_systemd
+    check_source
+    if [[ -z "$NODE_ID" && -f "$CONFIG" ]]; then
+        NODE_ID="$(sed -n 's/^node_id = "\(.*\)"$/\1/p' "$CONFIG")"
+    fi
+    if [[ -z "$NODE_ID" ]]; then
+        NODE_ID="$(node_id_from_hostname)"
+    fi
+    valid_node_id "$NODE_ID" ||
+        die "node id '$NODE_ID' is not valid: lower-case letters, digits, '_' and '-', at most 63 (use --node-id)"
+    [[ "$NODE_ID" != picluster-master && "$NODE_ID" != homeassistant ]] ||
+        die "'$NODE_ID' is a broker user of its own: choose another node id"
+    [[ -z "$INTERVAL" || "$INTERVAL" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "--interval must be a number of seconds"
+    [[ -z "$CA_FILE" || -r "$CA_FILE" ]] || die "cannot read --ca-file $CA_FILE"
+
+    if [[ -z "$BROKER" && ! -f "$CONFIG" ]]; then
+        if [[ -t 0 ]]; then
+            read -r -p "Broker address (e.g. mqtt://head.local): " BROKER
+        fi
+        [[ -n "$BROKER" ]] || die "no broker: give --broker mqtt://HEAD (see --help)"
+    fi
+
+    ensure_service_user
+    install_venv ""
+    ensure_state_dir
+
+    if [[ -n "$PASSWORD_FILE" || ! -f "$PASSWORD_DEST" ]]; then
+        read_password "$PASSWORD_FILE" "$NODE_ID" | put_file "$PASSWORD_DEST" 0640
+    fi
+    if [[ -n "$CA_FILE" ]]; then
+        put_file "$ETC_DIR/node-ca.crt" 0644 <"$CA_FILE"
+    fi
+    if [[ -n "$BROKER" ]]; then
+        normalise_broker
+        node_config | put_file "$CONFIG" 0640
+    else
+        say "keeping $CONFIG (give --broker to rewrite it)"
+    fi
+
+    if [[ "$USE_SYSTEMD" == true ]]; then
+        local earlier_changes=$CHANGED
+        CHANGED=false
+        unit_text "$SCRIPT_DIR/picluster-node.service" | put_file "$UNIT" 0644
+        if systemctl_real; then
+            [[ "$CHANGED" == true ]] && systemctl daemon-reload
+            systemctl enable picluster-node.service
+            if [[ "$CHANGED" == true || "$earlier_changes" == true ]]; then
+                systemctl restart picluster-node.service
+            else
+                systemctl start picluster-node.service
+            fi
+            say "picluster-node is running: journalctl -u picluster-node -f"
+        fi
+    else
+        say "no systemd unit: start it with $VENV/bin/cluster-node run --config $CONFIG"
+    fi
+    say "done: node '$NODE_ID' -> $(sed -n 's/^broker = "\(.*\)"$/\1/p' "$CONFIG")"
+}
+
+if [[ "$UNINSTALL" == true ]]; then
+    uninstall
+else
+    install
+fi
