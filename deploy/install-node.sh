@@ -159,18 +159,23 @@ install() {
         [[ -n "$BROKER" ]] || die "no broker: give --broker mqtt://HEAD (see --help)"
     fi
 
+    # Everything is checked and asked for before anything is changed.
+    [[ -n "$BROKER" ]] && normalise_broker
+    local password=""
+    if [[ -n "$PASSWORD_FILE" || ! -f "$PASSWORD_DEST" ]]; then
+        password="$(read_password "$PASSWORD_FILE" "$NODE_ID")"
+    fi
+
     ensure_service_user
     install_venv ""
     ensure_state_dir
-
-    if [[ -n "$PASSWORD_FILE" || ! -f "$PASSWORD_DEST" ]]; then
-        read_password "$PASSWORD_FILE" "$NODE_ID" | put_file "$PASSWORD_DEST" 0640
+    if [[ -n "$password" ]]; then
+        printf '%s\n' "$password" | put_file "$PASSWORD_DEST" 0640
     fi
     if [[ -n "$CA_FILE" ]]; then
         put_file "$ETC_DIR/node-ca.crt" 0644 <"$CA_FILE"
     fi
     if [[ -n "$BROKER" ]]; then
-        normalise_broker
         node_config | put_file "$CONFIG" 0640
     else
         say "keeping $CONFIG (give --broker to rewrite it)"
