@@ -1,0 +1,1 @@
+"""The picluster master: listens to the cluster, keeps its state and history, serves them."""

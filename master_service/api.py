@@ -1,0 +1,102 @@
+"""The HTTP side: JSON API, dashboard and health, all read from the same in-memory state."""
+
+from __future__ import annotations
+
+import logging
+import time
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from master_service.history import HistoryQuery, HistoryQueryError, open_reader, query_history
+from master_service.store import HISTORY_METRICS
+
+if TYPE_CHECKING:
+    from master_service.app import MasterService
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = resources.files("master_service") / "static"
+
+
+def create_app(service: MasterService) -> FastAPI:
+    """Build the FastAPI application for one running master."""
+    app = FastAPI(
+        title="picluster master",
+        version="1",
+        description="State, history and control of a picluster (nodes publishing over MQTT).",
+    )
+
+    @app.exception_handler(Exception)
+    async def json_error(request: Request, error: Exception) -> JSONResponse:
+        logger.exception("API error on %s", request.url.path)
+        return JSONResponse({"detail": f"internal error: {type(error).__name__}"}, 500)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, Any]:
+        """Liveness: is the master connected to the broker and keeping up."""
+        return {
+            "status": "ok",
+            "mqtt_connected": service.listener.connected.is_set(),
+            "queue_depth": service.ingestor.queue.qsize(),
+            "committed": service.ingestor.committed,
+        }
+
+    @app.get("/api/nodes", tags=["nodes"])
+    def list_nodes() -> dict[str, Any]:
+        """Every known node with its state, details, latest metrics and counters."""
+        return {"nodes": service.state.views(), "generated_at": time.time()}
+
+    @app.get("/api/nodes/{node}", tags=["nodes"])
+    def get_node(node: str) -> dict[str, Any]:
+        """One node."""
+        view = service.state.view(node)
+        if view is None:
+            raise HTTPException(404, f"no node {node!r} is known")
+        return view
+
+    @app.get("/api/nodes/{node}/history", tags=["nodes"])
+    def get_history(
+        node: str,
+        metric: str = Query(description=f"one of: {', '.join(HISTORY_METRICS)}"),
+        since: float | None = Query(None, description="Unix seconds; default until - 1 hour"),
+        until: float | None = Query(None, description="Unix seconds; default now"),
+        step: float | None = Query(
+            None, description="bucket in seconds; default: raw or ~2000 points"
+        ),
+    ) -> dict[str, Any]:
+        """Points of one metric for one node, averaged per `step` seconds when given."""
+        if service.state.get(node) is None:
+            raise HTTPException(404, f"no node {node!r} is known")
+        end = until if until is not None else time.time()
+        start = since if since is not None else end - 3600
+        try:
+            query = HistoryQuery(node, metric, start, end, step)
+        except HistoryQueryError as error:
+            raise HTTPException(422, str(error)) from error
+        connection = open_reader(service.settings.db)
+        try:
+            points = query_history(connection, query)
+        finally:
+            connection.close()
+        return {"node": node, "metric": metric, "step_s": step, "points": points}
+
+    @app.get("/api/cluster", tags=["cluster"])
+    def get_cluster() -> dict[str, Any]:
+        """Cluster totals and the master's own counters."""
+        summary = service.state.summary()
+        summary["master"] = service.counters.snapshot()
+        summary["generated_at"] = time.time()
+        return summary
+
+    if (STATIC_DIR / "index.html").is_file():
+        app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
+
+        @app.get("/", include_in_schema=False)
+        def dashboard() -> FileResponse:
+            return FileResponse(str(STATIC_DIR / "index.html"))
+
+    return app

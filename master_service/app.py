@@ -1,0 +1,101 @@
+"""MasterService: wires listener, ingest, state, store and HTTP together and runs them."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Final
+
+import uvicorn
+
+from cluster_protocol import MASTER_NODE_ID, Envelope, encode_envelope
+from master_service.api import create_app
+from master_service.counters import IngestCounters
+from master_service.handlers import Context
+from master_service.ingest import Ingestor
+from master_service.listener import Listener
+from master_service.observers import Observer
+from master_service.settings import MasterSettings
+from master_service.state import ClusterState
+from master_service.store import Store
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_EVERY_S: Final = 10.0
+CLUSTER_SUMMARY_TYPE: Final = "cluster"
+
+
+class MasterService:
+    """One master: construct, `start()` the background parts, serve HTTP, `stop()`."""
+
+    def __init__(self, settings: MasterSettings, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.store = Store(settings.db)
+        self.state = ClusterState(clock, settings.stale_factor)
+        self.state.restore(self.store.load_nodes())
+        self.counters = IngestCounters()
+        self.observers: list[Observer] = []
+        self.ctx = Context(self.state, self.counters, settings.prefix, self.observers)
+        self.ingestor = Ingestor(self.ctx, self.store, clock)
+        self.listener = Listener(settings, self.ingestor.submit)
+        self._ticker_stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, name="picluster-ticker", daemon=True)
+        self.app = create_app(self)
+
+    def start(self) -> None:
+        """Start ingest, the MQTT listener and the periodic ticker."""
+        self.ingestor.start()
+        self.listener.start()
+        self._ticker.start()
+
+    def stop(self) -> None:
+        """Say offline, stop listening, drain and flush the queue, close the store."""
+        self._ticker_stop.set()
+        self.listener.stop()
+        self.ingestor.stop()
+        self.store.close()
+
+    def forget(self, node: str) -> bool:
+        """Remove a node from state, store and observers; True when it was known."""
+        known = self.state.forget(node)
+        self.ingestor.call_in_writer(lambda store: store.delete_node(node))
+        for observer in self.observers:
+            observer.node_forgotten(node)
+        return known
+
+    def serve(self) -> None:
+        """Run everything until SIGINT/SIGTERM (uvicorn handles the signals)."""
+        self.start()
+        config = uvicorn.Config(
+            self.app,
+            host=self.settings.http_host,
+            port=self.settings.http_port,
+            log_level=self.settings.log_level.lower(),
+            access_log=False,
+        )
+        logger.info("API and dashboard on http://%s/", self.settings.http)
+        try:
+            uvicorn.Server(config).run()
+        finally:
+            self.stop()
+
+    def _tick(self) -> None:
+        """Publish the retained cluster summary now and then (Home Assistant's cluster device)."""
+        while not self._ticker_stop.wait(SUMMARY_EVERY_S if self.listener.connects else 1.0):
+            if not self.listener.connected.is_set():
+                continue
+            try:
+                envelope = Envelope(
+                    type=CLUSTER_SUMMARY_TYPE,
+                    node=MASTER_NODE_ID,
+                    ts=self.clock(),
+                    seq=0,
+                    payload=self.state.summary(),
+                )
+                topic = f"{self.settings.prefix}/{MASTER_NODE_ID}/{CLUSTER_SUMMARY_TYPE}"
+                self.listener.publish(topic, encode_envelope(envelope), qos=1, retain=True)
+            except Exception:
+                logger.exception("publishing the cluster summary failed")

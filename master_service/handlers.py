@@ -1,0 +1,103 @@
+"""One handler per message type; each updates state and queues history (lock held by the router)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cluster_protocol import Envelope
+from master_service.counters import IngestCounters
+from master_service.observers import Observer
+from master_service.state import ClusterState, NodeStatus
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A decoded envelope with how it arrived."""
+
+    envelope: Envelope
+    retained: bool
+    received_at: float
+
+
+@dataclass(slots=True)
+class Context:
+    """What handlers may touch: the state, the history queue, the observers."""
+
+    state: ClusterState
+    counters: IngestCounters
+    prefix: str = "cluster"
+    observers: Sequence[Observer] = ()
+    pending_history: list[tuple[str, float, dict[str, Any]]] = field(default_factory=list)
+    reraise_handler_errors: bool = False
+
+
+def handle_status(incoming: Incoming, ctx: Context) -> None:
+    """Birth or will: online/offline, newest by the sender's clock wins."""
+    envelope = incoming.envelope
+    node = ctx.state.node(envelope.node)
+    state = envelope.payload["state"]
+    if node.status_ts is not None and envelope.ts < node.status_ts:
+        return  # an older announcement replayed (retained) after a newer one
+    if not incoming.retained:
+        node.last_heard = incoming.received_at
+        if (
+            state == NodeStatus.ONLINE
+            and envelope.seq is not None
+            and node.last_seq is not None
+            and envelope.seq < node.last_seq
+        ):
+            logger.info("node %s restarted its seq at %d; tracking again", node.node, envelope.seq)
+            node.restart_seq(envelope.seq)
+    if state != node.status:
+        logger.info("node %s is %s", node.node, state)
+        node.state_since = incoming.received_at
+    node.status, node.status_ts = state, envelope.ts
+    for observer in ctx.observers:
+        observer.node_status(node.node, state)
+
+
+def handle_machine_details(incoming: Incoming, ctx: Context) -> None:
+    """Keep the node's machine details (the newest by sender clock)."""
+    envelope = incoming.envelope
+    node = ctx.state.node(envelope.node)
+    if not incoming.retained:
+        node.last_heard = incoming.received_at
+    if node.details_ts is not None and envelope.ts < node.details_ts:
+        return
+    node.details, node.details_ts = envelope.payload, envelope.ts
+    for observer in ctx.observers:
+        observer.node_details(node.node, envelope.payload)
+
+
+def handle_metrics(incoming: Incoming, ctx: Context) -> None:
+    """Keep the latest metrics and queue the sample for history (late samples land by ts)."""
+    envelope = incoming.envelope
+    node = ctx.state.node(envelope.node)
+    if not incoming.retained:
+        node.last_heard = incoming.received_at
+    ctx.pending_history.append((node.node, envelope.ts, envelope.payload))
+    if node.metrics_ts is None or envelope.ts >= node.metrics_ts:
+        node.metrics, node.metrics_ts = envelope.payload, envelope.ts
+        for observer in ctx.observers:
+            observer.node_metrics(node.node, envelope.payload)
+
+
+def handle_message(incoming: Incoming, ctx: Context) -> None:
+    """Free text from a node, logged as the original design did."""
+    node = ctx.state.node(incoming.envelope.node)
+    node.last_heard = incoming.received_at
+    node.messages += 1
+    logger.info("Received message: %s (from %s)", incoming.envelope.payload, node.node)
+
+
+def handle_reply(incoming: Incoming, ctx: Context) -> None:
+    """A node's answer to a command: handed to whoever waits for it."""
+    node = ctx.state.node(incoming.envelope.node)
+    node.last_heard = incoming.received_at
+    for observer in ctx.observers:
+        observer.node_reply(node.node, incoming.envelope.payload)

@@ -1,0 +1,173 @@
+"""The master's MQTT client: a persistent session on `cluster/#` whose callback only enqueues."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from cluster_protocol import (
+    MASTER_NODE_ID,
+    Envelope,
+    MessageType,
+    encode_envelope,
+    master_status_topic,
+    subscription,
+)
+from master_service.router import RawMessage
+from master_service.settings import MasterSettings
+
+logger = logging.getLogger(__name__)
+
+
+def master_status(state: str, clock: Callable[[], float] = time.time) -> bytes:
+    """The master's own status envelope (birth or will)."""
+    envelope = Envelope(
+        type=MessageType.STATUS, node=MASTER_NODE_ID, ts=clock(), seq=0, payload={"state": state}
+    )
+    return encode_envelope(envelope)
+
+
+class Listener:
+    """Owns the paho client; hands every message to `submit` and never blocks otherwise."""
+
+    def __init__(
+        self,
+        settings: MasterSettings,
+        submit: Callable[[RawMessage], None],
+        extra_topics: dict[str, Callable[[bytes], None]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.submit = submit
+        self.extra_topics = dict(extra_topics or {})
+        self.connected = threading.Event()
+        self.callback_errors = 0
+        self.connects = 0
+        address = settings.broker_address
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=settings.client_id,
+            protocol=mqtt.MQTTv5,
+        )
+        self.client.enable_logger(logging.getLogger("paho.master"))
+        if address.username is not None:
+            self.client.username_pw_set(address.username, address.password)
+        if address.tls:
+            self.client.tls_set(ca_certs=settings.ca_file)
+        self.client.will_set(
+            master_status_topic(settings.prefix), master_status("offline"), qos=1, retain=True
+        )
+        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    def start(self) -> None:
+        """Connect in the background (the broker may not be up yet) and keep reconnecting."""
+        address = self.settings.broker_address
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        # Without clean_start=False on every connect and an expiry, Mosquitto drops the
+        # session and everything queued for us while we were away (FIELD_NOTES).
+        properties.SessionExpiryInterval = self.settings.session_expiry
+        logger.info("connecting to %s as %s", address.redacted(), self.settings.client_id)
+        self.client.connect_async(
+            address.host,
+            address.port,
+            keepalive=self.settings.keepalive,
+            clean_start=False,
+            properties=properties,
+        )
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        """Announce offline, disconnect cleanly and stop the network thread."""
+        if self.connected.is_set():
+            info = self.client.publish(
+                master_status_topic(self.settings.prefix), master_status("offline"), 1, True
+            )
+            info.wait_for_publish(timeout=2)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def publish(
+        self, topic: str, payload: bytes | None, qos: int = 1, retain: bool = False
+    ) -> None:
+        """Publish from any thread (paho queues it; QoS 1 is resent after a reconnect)."""
+        self.client.publish(topic, payload, qos=qos, retain=retain)
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        try:
+            if reason_code.is_failure:
+                logger.error(
+                    "broker %s refused the connection: %s (check the user name and password)",
+                    self.settings.broker_address.redacted(),
+                    reason_code,
+                )
+                return
+            self.connects += 1
+            logger.info(
+                "connected to %s (session %s)",
+                self.settings.broker_address.redacted(),
+                "resumed" if flags.session_present else "new",
+            )
+            # Subscribing on every connect: a broker that lost our session (restart without
+            # persistence) would otherwise leave us deaf. no_local skips our own publishes.
+            topics = [(subscription(self.settings.prefix), SubscribeOptions(qos=1, noLocal=True))]
+            topics += [(topic, SubscribeOptions(qos=1)) for topic in self.extra_topics]
+            client.subscribe(topics)
+            client.publish(
+                master_status_topic(self.settings.prefix), master_status("online"), 1, True
+            )
+            self.connected.set()
+        except Exception:
+            self.callback_errors += 1
+            logger.exception("on_connect failed")
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        logger.error(
+            "cannot reach broker %s (network, TLS certificate or address); retrying",
+            self.settings.broker_address.redacted(),
+        )
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self.connected.clear()
+        logger.warning("disconnected from the broker: %s; reconnecting", reason_code)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        # An exception escaping here would kill paho's network thread while is_connected()
+        # still says True (FIELD_NOTES): catch everything, log, count.
+        try:
+            special = self.extra_topics.get(message.topic)
+            if special is not None:
+                special(bytes(message.payload))
+                return
+            self.submit(
+                RawMessage(message.topic, bytes(message.payload), bool(message.retain), time.time())
+            )
+        except Exception:
+            self.callback_errors += 1
+            logger.exception("on_message failed for %s", message.topic)
