@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -13,6 +14,9 @@ import uvicorn
 from cluster_protocol import MASTER_NODE_ID, Envelope, encode_envelope
 from master_service.api import create_app
 from master_service.counters import IngestCounters
+from master_service.ha_bridge import HomeAssistantObserver
+from master_service.ha_discovery import CLUSTER_SUMMARY_TYPE, cluster_summary_topic
+from master_service.ha_publisher import DiscoveryPublisher
 from master_service.handlers import Context
 from master_service.ingest import Ingestor
 from master_service.listener import Listener
@@ -24,7 +28,6 @@ from master_service.store import Store
 logger = logging.getLogger(__name__)
 
 SUMMARY_EVERY_S: Final = 10.0
-CLUSTER_SUMMARY_TYPE: Final = "cluster"
 
 
 class MasterService:
@@ -41,9 +44,31 @@ class MasterService:
         self.ctx = Context(self.state, self.counters, settings.prefix, self.observers)
         self.ingestor = Ingestor(self.ctx, self.store, clock)
         self.listener = Listener(settings, self.ingestor.submit)
+        self.home_assistant: HomeAssistantObserver | None = None
+        if settings.ha_discovery:
+            self._attach_home_assistant()
         self._ticker_stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="picluster-ticker", daemon=True)
         self.app = create_app(self)
+
+    def _attach_home_assistant(self) -> None:
+        publisher = DiscoveryPublisher(
+            self.listener.publish,
+            prefix=self.settings.ha_prefix,
+            cluster_prefix=self.settings.prefix,
+            per_entity=self.settings.ha_per_entity,
+        )
+        observer = HomeAssistantObserver(publisher)
+        with self.state.lock:
+            observer.restore([n for i in self.state.node_ids() if (n := self.state.get(i))])
+        publisher.announce_cluster()  # QoS 1: paho sends it once connected
+        # Home Assistant's birth arrives on the network thread; the announce runs on the
+        # ingest thread so it never races the ingest path's own calls.
+        self.listener.extra_topics[publisher.ha_status_topic] = lambda payload: (
+            self.ingestor.call_in_writer(lambda _store: publisher.on_ha_status(payload))
+        )
+        self.observers.append(observer)
+        self.home_assistant = observer
 
     def start(self) -> None:
         """Start ingest, the MQTT listener and the periodic ticker."""
@@ -61,13 +86,21 @@ class MasterService:
     def forget(self, node: str) -> bool:
         """Remove a node from state, store and observers; True when it was known."""
         known = self.state.forget(node)
-        self.ingestor.call_in_writer(lambda store: store.delete_node(node))
-        for observer in self.observers:
-            observer.node_forgotten(node)
+
+        def forget_in_writer(store: Store) -> None:
+            store.delete_node(node)
+            for observer in self.observers:
+                observer.node_forgotten(node)
+
+        # On the ingest thread, so no message of that node is half-way through its handler.
+        self.ingestor.call_in_writer(forget_in_writer)
         return known
 
     def serve(self) -> None:
-        """Run everything until SIGINT/SIGTERM (uvicorn handles the signals)."""
+        """Run everything until SIGINT or SIGTERM, then shut down in order."""
+        stop = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
         self.start()
         config = uvicorn.Config(
             self.app,
@@ -76,11 +109,23 @@ class MasterService:
             log_level=self.settings.log_level.lower(),
             access_log=False,
         )
+        server = uvicorn.Server(config)
+        # Off the main thread uvicorn leaves the signals to us, so the shutdown below
+        # (offline status, queue drained, store flushed) always runs.
+        http = threading.Thread(target=server.run, name="picluster-http", daemon=True)
+        http.start()
         logger.info("API and dashboard on http://%s/", self.settings.http)
         try:
-            uvicorn.Server(config).run()
+            while not stop.wait(1.0):
+                if not http.is_alive():
+                    logger.error("the HTTP server stopped (is %s free?)", self.settings.http)
+                    break
         finally:
+            server.should_exit = True
+            http.join(timeout=10)
             self.stop()
+        if not http.is_alive() and not server.started:
+            raise SystemExit(1)
 
     def _tick(self) -> None:
         """Publish the retained cluster summary now and then (Home Assistant's cluster device)."""
@@ -95,7 +140,7 @@ class MasterService:
                     seq=0,
                     payload=self.state.summary(),
                 )
-                topic = f"{self.settings.prefix}/{MASTER_NODE_ID}/{CLUSTER_SUMMARY_TYPE}"
+                topic = cluster_summary_topic(self.settings.prefix)
                 self.listener.publish(topic, encode_envelope(envelope), qos=1, retain=True)
             except Exception:
                 logger.exception("publishing the cluster summary failed")

@@ -37,12 +37,14 @@ class Context:
 
 
 def handle_status(incoming: Incoming, ctx: Context) -> None:
-    """Birth or will: online/offline, newest by the sender's clock wins."""
+    """Birth or will: online/offline, in the broker's order.
+
+    The sender's ts cannot order these: a will is written at connect time, so it is
+    always older than the birth that follows it. A retained copy is the broker's latest.
+    """
     envelope = incoming.envelope
     node = ctx.state.node(envelope.node)
     state = envelope.payload["state"]
-    if node.status_ts is not None and envelope.ts < node.status_ts:
-        return  # an older announcement replayed (retained) after a newer one
     if not incoming.retained:
         node.last_heard = incoming.received_at
         if (
@@ -62,13 +64,11 @@ def handle_status(incoming: Incoming, ctx: Context) -> None:
 
 
 def handle_machine_details(incoming: Incoming, ctx: Context) -> None:
-    """Keep the node's machine details (the newest by sender clock)."""
+    """Keep the node's machine details, in the broker's order (retained: the latest)."""
     envelope = incoming.envelope
     node = ctx.state.node(envelope.node)
     if not incoming.retained:
         node.last_heard = incoming.received_at
-    if node.details_ts is not None and envelope.ts < node.details_ts:
-        return
     node.details, node.details_ts = envelope.payload, envelope.ts
     for observer in ctx.observers:
         observer.node_details(node.node, envelope.payload)

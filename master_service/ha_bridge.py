@@ -1,0 +1,47 @@
+"""Connect Home Assistant discovery to the ingest path: an Observer feeding DiscoveryPublisher."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from master_service.ha_publisher import DiscoveryPublisher
+from master_service.observers import Observer
+from master_service.state import NodeState
+
+
+def disk_mounts(metrics: Mapping[str, Any] | None) -> list[str]:
+    """Mount points named in a metrics payload."""
+    disks = (metrics or {}).get("disks")
+    if not isinstance(disks, list):
+        return []
+    return [d["mount"] for d in disks if isinstance(d, dict) and isinstance(d.get("mount"), str)]
+
+
+class HomeAssistantObserver(Observer):
+    """Announce a node when first seen or changed; clear it when forgotten; never per sample."""
+
+    def __init__(self, publisher: DiscoveryPublisher) -> None:
+        self.publisher = publisher
+        self._mounts: dict[str, list[str]] = {}
+
+    def restore(self, states: Sequence[NodeState]) -> None:
+        """Teach the publisher the nodes a previous run knew (without losing disk entities)."""
+        for state in states:
+            if state.details is not None and state.metrics is not None:
+                self.node_details(state.node, state.details)
+                self.node_metrics(state.node, state.metrics)
+
+    def node_details(self, node: str, details: Mapping[str, Any]) -> None:
+        """Machine details accepted: the publisher sends only what changed."""
+        self.publisher.node_details(node, details)
+
+    def node_metrics(self, node: str, payload: Mapping[str, Any]) -> None:
+        """Metrics accepted: only a new disk or throttle flag leads to a publish."""
+        mounts = disk_mounts(payload)
+        self._mounts[node] = mounts
+        self.publisher.node_metrics_shape(node, mounts, payload.get("throttled") is not None)
+
+    def node_forgotten(self, node: str) -> None:
+        """Clear the node's discovery so no orphan entities remain."""
+        self.publisher.forget(node, self._mounts.pop(node, []))

@@ -1,0 +1,128 @@
+"""Run the real `cluster-master` and `cluster-node` commands as processes, as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.support.broker import free_port
+from tests.support.waiting import wait_until
+
+
+@dataclass
+class Service:
+    """A running picluster process whose output goes to a log file."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        """Everything the process wrote so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout_s: float = 15.0) -> int:
+        """Signal the process by its PID and wait; kill it if it will not go."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout_s)
+        return self.process.returncode
+
+
+@dataclass
+class RunningMaster(Service):
+    """`cluster-master run` with its API on a free port."""
+
+    api: str = ""
+    db: Path = field(default_factory=Path)
+
+    def get(self, path: str) -> Any:
+        """GET a JSON document from the API."""
+        with urllib.request.urlopen(self.api + path, timeout=5) as response:
+            return json.load(response)
+
+    def node(self, node: str) -> dict[str, Any] | None:
+        """One node's view, or None while the master does not know it."""
+        try:
+            view: dict[str, Any] = self.get(f"/api/nodes/{node}")
+        except urllib.error.HTTPError as error:
+            if error.code == 404:
+                return None
+            raise
+        return view
+
+
+def _spawn(module: str, args: list[str], log_path: Path, env: dict[str, str] | None) -> Any:
+    with log_path.open("wb") as handle:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+
+
+def start_master(
+    broker_url: str,
+    workdir: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    db: Path | None = None,
+) -> RunningMaster:
+    """Start a master against a broker and wait until its API answers and it is connected."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    database = db or workdir / "master.db"
+    log_path = workdir / f"master-{port}.log"
+    args = ["run", "--broker", broker_url, "--db", str(database), "--http", f"127.0.0.1:{port}"]
+    process = _spawn("master_service", [*args, *extra], log_path, env)
+    master = RunningMaster(process, log_path, api=f"http://127.0.0.1:{port}", db=database)
+
+    def connected() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"master exited with {process.returncode}:\n{master.log()}")
+        try:
+            return bool(master.get("/healthz")["mqtt_connected"])
+        except (urllib.error.URLError, OSError):
+            return False
+
+    wait_until(connected, 20, message="the master's API and broker connection")
+    return master
+
+
+def start_node(
+    broker_url: str,
+    workdir: Path,
+    node_id: str,
+    *extra: str,
+    interval: float = 1.0,
+    env: dict[str, str] | None = None,
+) -> Service:
+    """Start `cluster-node run` with its own state directory (kept across restarts)."""
+    state_dir = workdir / f"node-{node_id}"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    args = [
+        "run",
+        "--broker",
+        broker_url,
+        "--node-id",
+        node_id,
+        "--interval",
+        str(interval),
+        "--state-dir",
+        str(state_dir),
+        *extra,
+    ]
+    log_path = state_dir / f"node-{free_port()}.log"
+    return Service(_spawn("node_publisher", args, log_path, env), log_path)
