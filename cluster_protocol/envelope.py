@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Final
@@ -21,6 +22,8 @@ SCHEMA_VERSION: Final = 1
 MAX_MESSAGE_BYTES: Final = 64 * 1024
 MAX_DEPTH: Final = 32
 ENVELOPE_KEYS: Final = ("v", "type", "node", "ts", "seq", "payload")
+_MAX_INT: Final = 2**1023  # beyond this an integer does not fit a double (JSON's number)
+_SURROGATE: Final = re.compile(r"[\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +96,7 @@ def decode_envelope(
         )
     _check_type_and_node(data, topic_node, topic_type)
     ts, seq = data["ts"], data["seq"]
-    if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts) or ts < 0:
+    if not _is_finite_number(ts) or ts < 0:
         raise EnvelopeError(RejectCause.BAD_FIELD, f"ts must be Unix seconds, got {ts!r}")
     if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
         raise EnvelopeError(RejectCause.BAD_FIELD, f"seq must be a whole number >= 0, got {seq!r}")
@@ -142,16 +145,62 @@ def _parse_json(raw: bytes) -> Any:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise EnvelopeError(RejectCause.NOT_UTF8, f"payload is not UTF-8: {error}") from error
+    # orjson refuses numbers beyond a double and lone surrogates; the stdlib would turn them
+    # into inf and unencodable strings that later break the API's JSON and the store.
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(
+            text,
+            parse_constant=_reject_constant,
+            parse_float=_parse_finite_float,
+            parse_int=_parse_finite_int,
+        )
     except EnvelopeError:
         raise
     except (ValueError, RecursionError) as error:
         raise EnvelopeError(RejectCause.NOT_JSON, f"payload is not JSON: {error}") from error
+    if _holds_surrogate(value):
+        raise EnvelopeError(
+            RejectCause.NOT_UTF8, "JSON string holds a lone surrogate escape (not valid UTF-8)"
+        )
+    return value
+
+
+def _is_finite_number(value: object) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    return isinstance(value, float) and math.isfinite(value)
 
 
 def _reject_constant(name: str) -> Any:
     raise EnvelopeError(RejectCause.NOT_FINITE, f"JSON holds {name}, which is not a number")
+
+
+def _parse_finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise EnvelopeError(RejectCause.NOT_FINITE, f"JSON number {text[:40]} overflows a double")
+    return value
+
+
+def _parse_finite_int(text: str) -> int:
+    value = int(text)
+    if not -_MAX_INT < value < _MAX_INT:
+        raise EnvelopeError(
+            RejectCause.NOT_FINITE, f"JSON number {text[:40]}... overflows a double"
+        )
+    return value
+
+
+def _holds_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        return _SURROGATE.search(value) is not None
+    if isinstance(value, list):
+        return any(_holds_surrogate(item) for item in value)
+    if isinstance(value, dict):
+        return any(_holds_surrogate(key) or _holds_surrogate(item) for key, item in value.items())
+    return False
 
 
 def _depth_exceeds(raw: bytes, limit: int) -> bool:
