@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
 import paho.mqtt.client as mqtt
@@ -83,6 +83,7 @@ class NodeAgent:
         command_handler: CommandHandler = commands_disabled,
         machine_paths: MachinePaths | None = None,
         clock: Callable[[], float] = time.time,
+        extra_details: Mapping[str, Any] | None = None,
     ) -> None:
         self.settings = settings
         self._ps = ps
@@ -94,6 +95,10 @@ class NodeAgent:
             throttle=pi.ThrottleReader(settings.vcgencmd),
         )
         self._machine = MachineInfo(ps, settings.interval, machine_paths)
+        self._interval = settings.interval  # changed at run time by the set_interval command
+        self._extra_details = dict(extra_details or {})
+        self._interval_changed = threading.Event()
+        self._sample_lock = threading.Lock()  # the sampler and the refresh command share ctx
         self._details: dict[str, Any] | None = None
         self._details_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -111,7 +116,7 @@ class NodeAgent:
     def start(self) -> None:
         """Connect in the background (the broker may not be up yet) and start sampling."""
         collectors.prime(self._ps, self._ctx)
-        self._details = self._machine.details(0.0)
+        self._details = self._build_details(0.0)
         client = self.client
         client.on_pre_connect = self._on_pre_connect
         client.on_connect = self._on_connect
@@ -133,6 +138,7 @@ class NodeAgent:
     def stop(self, timeout_s: float = OFFLINE_ACK_TIMEOUT_S) -> bool:
         """Publish a retained "offline", wait briefly for its PUBACK, disconnect; True if acked."""
         self._stopping.set()
+        self._interval_changed.set()
         if self._sampler is not None:
             self._sampler.join(timeout=10)
         acked = False
@@ -163,19 +169,49 @@ class NodeAgent:
 
     # -- what the node sends -----------------------------------------------------------------
 
+    @property
+    def interval(self) -> float:
+        """Seconds between samples now (the configured value, or one set by command)."""
+        return self._interval
+
+    def set_interval(self, interval_s: float) -> None:
+        """Sample every `interval_s` from now on; details are re-published with the new value."""
+        if not interval_s > 0:
+            raise ValueError(f"interval must be > 0, got {interval_s}")
+        self._interval = float(interval_s)
+        self._interval_changed.set()  # the sampler restarts its schedule
+        with self._details_lock:
+            if self._details is not None:
+                self._details = {**self._details, "interval_s": self._interval}
+        if self._connected.is_set():
+            self._publish_details()
+
+    def refresh(self) -> int | None:
+        """Publish the machine details and one metrics sample now; the metrics' seq."""
+        seq = self.sample_once()
+        self._publish_details()
+        return seq
+
     def sample_once(self) -> int | None:
         """Collect and spool one metrics envelope (re-publishing details on change); its seq."""
-        metrics = collectors.collect_metrics(self._ps, self._ctx)
-        metrics["spool_dropped"] = self.spool.take_dropped()
-        seq = self._spool_envelope(MessageType.METRICS, metrics)
-        details = self._machine.details(float(metrics.get("cpu_percent") or 0.0))
-        with self._details_lock:
-            changed = details_changed(self._details, details)
-            self._details = details
+        with self._sample_lock:
+            metrics = collectors.collect_metrics(self._ps, self._ctx)
+            metrics["spool_dropped"] = self.spool.take_dropped()
+            seq = self._spool_envelope(MessageType.METRICS, metrics)
+            details = self._build_details(float(metrics.get("cpu_percent") or 0.0))
+            with self._details_lock:
+                changed = details_changed(self._details, details)
+                self._details = details
         if changed and self._connected.is_set():
             logger.info("machine details changed; re-publishing")
             self._publish_details()
         return seq
+
+    def _build_details(self, cpu_percent: float) -> dict[str, Any]:
+        details = self._machine.details(cpu_percent)
+        details["interval_s"] = self._interval
+        details.update(self._extra_details)
+        return details
 
     def publish_message(self, text: str) -> int:
         """Spool a free-text `message` envelope; its seq. Raises EnvelopeError when oversize."""
@@ -258,10 +294,18 @@ class NodeAgent:
     # -- sample loop -------------------------------------------------------------------------
 
     def _sample_loop(self) -> None:
-        interval = self.settings.interval
+        interval = self._interval
         next_at = time.monotonic() + interval
         # Deadlines are start + k * interval, so slow samples do not make the schedule drift.
-        while not self._stopping.wait(max(0.0, next_at - time.monotonic())):
+        while True:
+            self._interval_changed.wait(max(0.0, next_at - time.monotonic()))
+            if self._stopping.is_set():
+                return
+            if self._interval_changed.is_set():  # set_interval: a new schedule from now
+                self._interval_changed.clear()
+                interval = self._interval
+                next_at = time.monotonic() + interval
+                continue
             try:
                 self.sample_once()
             except Exception:

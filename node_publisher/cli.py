@@ -19,7 +19,7 @@ import psutil
 from cluster_protocol import Envelope, MessageType
 from cluster_protocol.config import SettingsError
 from node_publisher import collectors, pi
-from node_publisher.app import NodeAgent
+from node_publisher.commands import build_agent
 from node_publisher.machine_info import MachineInfo
 from node_publisher.say import DEFAULT_SAY_TIMEOUT_S, DeliveryError, say
 from node_publisher.settings import PublisherSettings, add_settings_arguments, settings_from_flags
@@ -84,13 +84,15 @@ def run(settings: PublisherSettings, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     try:
-        agent = NodeAgent(settings)
+        agent, processor = build_agent(settings)
     except (OSError, sqlite3.Error) as error:
         _error(f"bad setting state_dir: cannot use {settings.state_dir}: {error}")
         return 2
+    processor.start()
     agent.start()
     while not stop.wait(1.0):
         pass
+    processor.stop()
     agent.stop()
     return 0
 

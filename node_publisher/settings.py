@@ -6,6 +6,7 @@ import argparse
 import logging
 import math
 import os
+import shlex
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -21,7 +22,8 @@ from cluster_protocol import (
     parse_broker_url,
     validate_node_id,
 )
-from cluster_protocol.config import SettingsError, layer, read_secret_file, read_toml
+from cluster_protocol.config import SettingsError, layer, read_secret_file, read_toml, to_bool
+from node_publisher.tasks import TaskSpec, parse_tasks
 
 DEFAULT_BROKER: Final = "mqtt://127.0.0.1:1883"
 DEFAULT_INTERVAL_S: Final = 10.0
@@ -34,6 +36,8 @@ DEFAULT_LOG_LEVEL: Final = "INFO"
 CONFIG_ENV: Final = "CLUSTER_CONFIG"
 PASSWORD_ENV: Final = "CLUSTER_PASSWORD"
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DEFAULT_REBOOT_COMMAND: Final = ("systemctl", "reboot")
+DEFAULT_SHUTDOWN_COMMAND: Final = ("systemctl", "poweroff")
 
 __all__ = [
     "PublisherSettings",
@@ -60,6 +64,12 @@ class PublisherSettings:
     temperature_sensor: str = DEFAULT_TEMPERATURE_SENSOR
     vcgencmd: str = DEFAULT_VCGENCMD
     log_level: str = DEFAULT_LOG_LEVEL
+    # Commands from the master: the dangerous ones are off unless the config turns them on.
+    allow_reboot: bool = False
+    allow_shutdown: bool = False
+    reboot_command: tuple[str, ...] = DEFAULT_REBOOT_COMMAND
+    shutdown_command: tuple[str, ...] = DEFAULT_SHUTDOWN_COMMAND
+    tasks: Mapping[str, TaskSpec] = field(default_factory=dict)  # TOML [tasks.<name>] only
     # Resolved from the URL, CLUSTER_PASSWORD or password_file; never from a flag.
     password: str | None = field(default=None, repr=False)
 
@@ -90,6 +100,9 @@ class PublisherSettings:
             )
         if not self.temperature_sensor:
             raise SettingsError("temperature_sensor", "must not be empty (use 'auto' or 'none')")
+        for name in ("reboot_command", "shutdown_command"):
+            if not getattr(self, name):
+                raise SettingsError(name, "must be a non-empty argv list")
         if self.ca_file is not None and not Path(self.ca_file).is_file():
             raise SettingsError("ca_file", f"file {self.ca_file} does not exist")
 
@@ -106,6 +119,11 @@ class PublisherSettings:
     def spool_path(self) -> Path:
         """The SQLite file holding the outbox and the seq counter."""
         return self.state_dir / f"spool-{self.node_id}.sqlite3"
+
+    @property
+    def command_state_path(self) -> Path:
+        """The JSON file keeping recent command ids and an interval set by command."""
+        return self.state_dir / f"commands-{self.node_id}.json"
 
 
 _Converter = Callable[[str], Any]
@@ -124,6 +142,10 @@ _CONVERTERS: Final[Mapping[str, _Converter]] = {
     "temperature_sensor": str,
     "vcgencmd": str,
     "log_level": str.upper,
+    "allow_reboot": to_bool,
+    "allow_shutdown": to_bool,
+    "reboot_command": shlex.split,
+    "shutdown_command": shlex.split,
 }
 _FLAG_HELP: Final[Mapping[str, str]] = {
     "broker": "mqtt://[user:pass@]host[:port] or mqtts://... for TLS",
@@ -138,6 +160,10 @@ _FLAG_HELP: Final[Mapping[str, str]] = {
     "temperature_sensor": "auto, none, a psutil sensor name or a file in millidegrees",
     "vcgencmd": "path of vcgencmd (Raspberry Pi throttling)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "allow_reboot": "true to obey the master's reboot command (default false)",
+    "allow_shutdown": "true to obey the master's shutdown command (default false)",
+    "reboot_command": "what reboot runs (default: systemctl reboot)",
+    "shutdown_command": "what shutdown runs (default: systemctl poweroff)",
 }
 
 
@@ -160,6 +186,7 @@ def settings_from_flags(flags: Mapping[str, Any], environ: Mapping[str, str]) ->
     """Merge defaults < file < environment < flags (flags as parsed: strings or None)."""
     config_path = flags.get("config") or environ.get(CONFIG_ENV)
     file_values = read_toml(Path(config_path)) if config_path else {}
+    tasks = parse_tasks(file_values.pop("tasks", None))
     setting_flags = {name: flags.get(name) for name in _CONVERTERS}
     defaults = _defaults(environ)
     merged = layer(defaults, file_values, environ, {}, _CONVERTERS)
@@ -175,7 +202,9 @@ def settings_from_flags(flags: Mapping[str, Any], environ: Mapping[str, str]) ->
         values["node_id"] = _default_node_id()
     values["state_dir"] = Path(values["state_dir"]).expanduser()
     known = {f.name for f in fields(PublisherSettings)}
-    return PublisherSettings(password=password, **{k: v for k, v in values.items() if k in known})
+    return PublisherSettings(
+        password=password, tasks=tasks, **{k: v for k, v in values.items() if k in known}
+    )
 
 
 def _defaults(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -192,6 +221,10 @@ def _defaults(environ: Mapping[str, str]) -> dict[str, Any]:
         "temperature_sensor": DEFAULT_TEMPERATURE_SENSOR,
         "vcgencmd": DEFAULT_VCGENCMD,
         "log_level": DEFAULT_LOG_LEVEL,
+        "allow_reboot": False,
+        "allow_shutdown": False,
+        "reboot_command": DEFAULT_REBOOT_COMMAND,
+        "shutdown_command": DEFAULT_SHUTDOWN_COMMAND,
     }
 
 
@@ -229,6 +262,14 @@ def _coerce(name: str, value: Any) -> Any:
     if value is None:
         return None
     expected = _CONVERTERS[name]
+    if expected is to_bool:
+        if not isinstance(value, bool):
+            raise SettingsError(name, f"must be true or false, got {value!r}")
+        return value
+    if expected is shlex.split:
+        if not isinstance(value, list | tuple) or not all(isinstance(p, str) for p in value):
+            raise SettingsError(name, f"must be a list of strings (an argv), got {value!r}")
+        return tuple(value)
     if expected is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise SettingsError(name, f"must be a number, got {value!r}")
