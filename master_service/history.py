@@ -1,19 +1,36 @@
-"""History queries: points of one metric for one node over a time range."""
+"""History queries: points of one metric for one node over a time range, raw or rolled up."""
 
 from __future__ import annotations
 
 import math
 import sqlite3
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Final
 
-from master_service.store import HISTORY_METRICS, connect
+from master_service.store import HISTORY_METRICS, META_ROLLED_UNTIL, ROLLUP_STEP_S, connect
 
 MAX_POINTS: Final = 2000
+"""Without a step, a range that would give more raw points than this is averaged into this many."""
+MAX_BUCKETS: Final = 10_000
+"""The most points one request may ask for (range / step)."""
+RAW_INTERVAL_GUESS_S: Final = 10.0  # the nodes' default interval, to guess a raw range's size
+
+Point = tuple[float, float | None]
 
 
 class HistoryQueryError(ValueError):
     """A history request that cannot be answered; the message says what is allowed."""
+
+
+class Source(StrEnum):
+    """Where the points come from."""
+
+    RAW = "raw"  # every sample, kept history_raw_days
+    ROLLUP = "rollup"  # 1-minute averages, kept history_rollup_days
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,35 +52,126 @@ class HistoryQuery:
             raise HistoryQueryError("since and until must be finite Unix times")
         if self.since >= self.until:
             raise HistoryQueryError(f"since ({self.since}) must be before until ({self.until})")
-        if self.step_s is not None and self.step_s <= 0:
-            raise HistoryQueryError(f"step must be a positive number of seconds, got {self.step_s}")
+        if self.step_s is not None:
+            if not math.isfinite(self.step_s) or self.step_s <= 0:
+                raise HistoryQueryError(
+                    f"step must be a positive number of seconds, got {self.step_s}"
+                )
+            if (self.until - self.since) / self.step_s > MAX_BUCKETS:
+                least = math.ceil((self.until - self.since) / MAX_BUCKETS)
+                raise HistoryQueryError(
+                    f"step {self.step_s} s gives more than {MAX_BUCKETS} points over this range;"
+                    f" use step >= {least}"
+                )
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryResult:
+    """The points, the bucket width they were averaged over (None: raw samples), the source."""
+
+    points: list[Point]
+    step_s: float | None
+    source: Source
+
+
+def plan(query: HistoryQuery, raw_since: float) -> tuple[float | None, Source]:
+    """Pick the step and the table: raw for fine steps within raw retention, else the rollup."""
+    span = query.until - query.since
+    step = query.step_s
+    if step is None and span / RAW_INTERVAL_GUESS_S > MAX_POINTS:
+        step = span / MAX_POINTS
+    if query.since >= raw_since and (step is None or step < ROLLUP_STEP_S):
+        return step, Source.RAW
+    return max(step or 0.0, float(ROLLUP_STEP_S), span / MAX_BUCKETS), Source.ROLLUP
+
+
+def read_history(
+    connection: sqlite3.Connection, query: HistoryQuery, raw_since: float = -math.inf
+) -> HistoryResult:
+    """Answer a query from raw samples or the 1-minute rollup, whichever `plan` picks."""
+    step, source = plan(query, raw_since)
+    if source == Source.ROLLUP:
+        assert step is not None
+        return HistoryResult(_from_rollup(connection, query, step), step, source)
+    return HistoryResult(_from_raw(connection, query, step), step, source)
 
 
 def query_history(
-    connection: sqlite3.Connection, query: HistoryQuery
-) -> list[tuple[float, float | None]]:
-    """Points `(ts, value)` in time order; averaged per `step_s` bucket when a step is set."""
+    connection: sqlite3.Connection, query: HistoryQuery, raw_since: float = -math.inf
+) -> list[Point]:
+    """Points `(ts, value)` in time order; averaged per step bucket when a step applies."""
+    return read_history(connection, query, raw_since).points
+
+
+def _from_raw(
+    connection: sqlite3.Connection, query: HistoryQuery, step: float | None
+) -> list[Point]:
     column = query.metric  # validated against HISTORY_METRICS: safe to place in SQL
-    step = query.step_s
-    if step is None and (query.until - query.since) / 10.0 > MAX_POINTS:
-        step = (query.until - query.since) / MAX_POINTS
     if step is None:
         rows = connection.execute(
             f"SELECT ts, {column} FROM metrics_raw WHERE node = ? AND ts >= ? AND ts < ? "
             "ORDER BY ts",
             (query.node, query.since, query.until),
         ).fetchall()
-    else:
-        rows = connection.execute(
-            f"SELECT CAST((ts - ?) / ? AS INTEGER) AS bucket, AVG({column}) "
-            "FROM metrics_raw WHERE node = ? AND ts >= ? AND ts < ? "
-            "GROUP BY bucket ORDER BY bucket",
-            (query.since, step, query.node, query.since, query.until),
-        ).fetchall()
-        rows = [(query.since + bucket * step, value) for bucket, value in rows]
-    return [(float(ts), value) for ts, value in rows]
+        return [(float(ts), value) for ts, value in rows]
+    rows = connection.execute(
+        f"SELECT CAST((ts - ?) / ? AS INTEGER) AS bucket, AVG({column}) "
+        "FROM metrics_raw WHERE node = ? AND ts >= ? AND ts < ? "
+        "GROUP BY bucket ORDER BY bucket",
+        (query.since, step, query.node, query.since, query.until),
+    ).fetchall()
+    return [(query.since + bucket * step, value) for bucket, value in rows]
+
+
+def _from_rollup(connection: sqlite3.Connection, query: HistoryQuery, step: float) -> list[Point]:
+    column = query.metric
+    row = connection.execute(
+        "SELECT value FROM history_meta WHERE key = ?", (META_ROLLED_UNTIL,)
+    ).fetchone()
+    rolled_until = float(row[0]) if row else 0.0
+    # Minutes the retention job has not rolled up yet come from the raw table, so the
+    # newest part of a long chart is never missing. Averages are weighted by sample count.
+    rows = connection.execute(
+        "SELECT bucket, SUM(total) / SUM(weight) FROM ("
+        f" SELECT CAST((ts - :since) / :step AS INTEGER) AS bucket, {column} * samples AS total,"
+        f"  CASE WHEN {column} IS NULL THEN NULL ELSE samples END AS weight"
+        "  FROM metrics_1m WHERE node = :node AND ts >= :since AND ts < :rolled_end"
+        " UNION ALL"
+        f" SELECT CAST((ts - :since) / :step AS INTEGER), {column},"
+        f"  CASE WHEN {column} IS NULL THEN NULL ELSE 1 END"
+        "  FROM metrics_raw WHERE node = :node AND ts >= :raw_start AND ts < :until"
+        ") GROUP BY bucket ORDER BY bucket",
+        {
+            "since": query.since,
+            "until": query.until,
+            "step": step,
+            "node": query.node,
+            "rolled_end": min(query.until, rolled_until),
+            "raw_start": max(query.since, rolled_until),
+        },
+    ).fetchall()
+    return [(query.since + bucket * step, value) for bucket, value in rows]
 
 
 def open_reader(path: str) -> sqlite3.Connection:
     """A connection for the API's read side (WAL lets it read while the writer writes)."""
-    return connect(path)
+    connection = connect(path)
+    connection.execute("PRAGMA query_only = ON")
+    return connection
+
+
+class HistoryReader:
+    """Answers history queries for the API: one read-only connection per server thread."""
+
+    def __init__(self, path: str, raw_days: float, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.raw_retention_s = raw_days * 86400.0
+        self.clock = clock
+        self._local = threading.local()
+
+    def read(self, query: HistoryQuery) -> HistoryResult:
+        """Answer one query (raw samples still kept are newer than now - history_raw_days)."""
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._local.connection = open_reader(self.path)
+        return read_history(connection, query, self.clock() - self.raw_retention_s)
