@@ -22,7 +22,7 @@ from typing import Any, Final, Protocol
 
 import psutil
 
-from cluster_protocol import EnvelopeError
+from cluster_protocol import MACHINE_DETAILS_FIELDS, EnvelopeError
 from node_publisher import __version__
 from node_publisher.app import NodeAgent
 from node_publisher.collectors import PsutilLike
@@ -39,6 +39,7 @@ MAX_INTERVAL_S: Final = 86_400.0
 POWER_DELAY_S: Final = 1.0  # lets the reply leave before reboot/shutdown starts
 POWER_TIMEOUT_S: Final = 60.0
 BUILTIN_COMMANDS: Final = ("ping", "refresh", "set_interval", "run")
+ADVERTISED_KEYS: Final = frozenset({"commands", "tasks"})
 
 
 class CommandError(Exception):
@@ -128,7 +129,13 @@ class CommandState:
 
 
 def advertised_details(settings: PublisherSettings) -> dict[str, Any]:
-    """Extra machine_details keys: the commands this node obeys and the tasks it defines."""
+    """Extra machine_details keys: the commands this node obeys and the tasks it defines.
+
+    Sent only once the wire contract documents both keys (MACHINE_DETAILS_FIELDS), so a node
+    never puts undocumented keys on the wire.
+    """
+    if not set(MACHINE_DETAILS_FIELDS) >= ADVERTISED_KEYS:
+        return {}
     commands = list(BUILTIN_COMMANDS)
     if settings.allow_reboot:
         commands.append("reboot")
