@@ -1,0 +1,213 @@
+"""Prometheus exposition at /metrics: node gauges and the master's health, read at scrape time.
+
+Names follow the Prometheus naming guide: a `picluster_` prefix, base units in the name
+(`_celsius`, `_bytes_per_second`, `_timestamp_seconds`), percentages as `_ratio` from 0 to 1
+(the node reports percent; the exporter divides by 100), counters ending in `_total`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Final
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from cluster_protocol import RejectCause
+from master_service.counters import IngestCounters
+from master_service.state import ClusterState, NodeStatus
+
+logger = logging.getLogger(__name__)
+
+PREFIX: Final = "picluster"
+# The classic text format, which every Prometheus version (and Grafana Agent, VictoriaMetrics)
+# reads; our names need none of the escaping the newer 1.0.0 format adds.
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+# From "just arrived" to "sat in a node's spool for an hour": late samples are real latency.
+LATENCY_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                          300.0, 3600.0)  # fmt: skip
+
+# (metric suffix, payload key, help, divide by) for single-valued per-node gauges.
+NODE_GAUGES: Final = (
+    ("cpu_usage_ratio", "cpu_percent", "CPU in use, 0-1", 100.0),
+    ("memory_usage_ratio", "memory_percent", "Memory in use, 0-1", 100.0),
+    ("swap_usage_ratio", "swap_percent", "Swap in use, 0-1", 100.0),
+    ("temperature_celsius", "temperature_celsius", "SoC/CPU temperature", 1.0),
+    ("load1", "load_1", "Load average over 1 minute", 1.0),
+    ("load5", "load_5", "Load average over 5 minutes", 1.0),
+    ("load15", "load_15", "Load average over 15 minutes", 1.0),
+    ("network_receive_bytes_per_second", "net_rx_bytes_per_s", "Network bytes received/s", 1.0),
+    ("network_transmit_bytes_per_second", "net_tx_bytes_per_s", "Network bytes sent/s", 1.0),
+    ("disk_read_bytes_per_second", "disk_read_bytes_per_s", "Disk bytes read/s", 1.0),
+    ("disk_write_bytes_per_second", "disk_write_bytes_per_s", "Disk bytes written/s", 1.0),
+    ("uptime_seconds", "uptime_s", "Seconds since the node booted", 1.0),
+)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+class ClusterCollector(Collector):
+    """Builds every family from the state and counters when Prometheus scrapes."""
+
+    def __init__(
+        self,
+        state: ClusterState,
+        counters: IngestCounters,
+        master_gauges: Callable[[], Mapping[str, float]] = dict,
+    ) -> None:
+        self.state = state
+        self.counters = counters
+        self.master_gauges = master_gauges
+
+    def collect(self) -> Iterator[Metric]:
+        """All node and master families, read now."""
+        yield from node_families(self.state.views())
+        yield from master_families(self.counters.snapshot(), self.master_gauges())
+
+
+def node_families(views: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
+    """Per-node families from the API's node views (a metric the node lacks is left out)."""
+    up = GaugeMetricFamily(
+        f"{PREFIX}_node_up", "1 when the node is online, else 0", labels=["node"]
+    )
+    state = GaugeMetricFamily(
+        f"{PREFIX}_node_state",
+        "1 for the node's current state (online, stale, offline, unknown)",
+        labels=["node", "state"],
+    )
+    seen = GaugeMetricFamily(
+        f"{PREFIX}_node_last_seen_timestamp_seconds",
+        "When the master last heard from the node (Unix time)",
+        labels=["node"],
+    )
+    gauges = {
+        key: (GaugeMetricFamily(f"{PREFIX}_node_{suffix}", text, labels=["node"]), scale)
+        for suffix, key, text, scale in NODE_GAUGES
+    }
+    disk = GaugeMetricFamily(
+        f"{PREFIX}_node_filesystem_usage_ratio",
+        "Share of the filesystem in use, 0-1",
+        labels=["node", "mount"],
+    )
+    gaps = GaugeMetricFamily(
+        f"{PREFIX}_node_seq_gaps",
+        "Envelopes missing from the node's sequence (falls when late ones arrive)",
+        labels=["node"],
+    )
+    received = CounterMetricFamily(
+        f"{PREFIX}_node_messages_received", "Envelopes accepted from the node", labels=["node"]
+    )
+    duplicates = CounterMetricFamily(
+        f"{PREFIX}_node_duplicates", "Duplicate envelopes dropped for the node", labels=["node"]
+    )
+    for view in views:
+        node = str(view["node"])
+        up.add_metric([node], 1.0 if view["state"] == NodeStatus.ONLINE else 0.0)
+        for status in NodeStatus:
+            state.add_metric([node, status.value], 1.0 if view["state"] == status else 0.0)
+        if (last_seen := _number(view.get("last_seen"))) is not None:
+            seen.add_metric([node], last_seen)
+        metrics: Mapping[str, Any] = view.get("metrics") or {}
+        for key, (family, scale) in gauges.items():
+            if (value := _number(metrics.get(key))) is not None:
+                family.add_metric([node], value / scale)
+        for mount, ratio in _disk_ratios(metrics.get("disks")):
+            disk.add_metric([node, mount], ratio)
+        counters: Mapping[str, Any] = view.get("counters") or {}
+        gaps.add_metric([node], float(counters.get("seq_gaps") or 0))
+        received.add_metric([node], float(counters.get("received") or 0))
+        duplicates.add_metric([node], float(counters.get("duplicates") or 0))
+    yield from (up, state, seen, *(family for family, _ in gauges.values()), disk, gaps)
+    yield from (received, duplicates)
+
+
+def _disk_ratios(disks: Any) -> Iterable[tuple[str, float]]:
+    for disk in disks if isinstance(disks, list) else ():
+        if not isinstance(disk, dict) or not isinstance(disk.get("mount"), str):
+            continue
+        if (percent := _number(disk.get("percent"))) is not None:
+            yield disk["mount"], percent / 100.0
+
+
+def master_families(snapshot: Mapping[str, Any], gauges: Mapping[str, float]) -> Iterator[Metric]:
+    """The master's own health: messages received, accepted, rejected by cause, errors."""
+    for name, key, text in (
+        ("messages_received", "received", "MQTT messages taken off the queue"),
+        ("messages_accepted", "accepted", "Messages that passed validation and were handled"),
+        ("duplicates", "duplicates", "Resent envelopes dropped by (node, seq)"),
+        ("handler_errors", "handler_errors", "Messages whose handler raised (a bug: see the log)"),
+        ("messages_ignored", "ignored", "The master's own topics (commands, its status)"),
+    ):
+        counter = CounterMetricFamily(f"{PREFIX}_master_{name}", text)
+        counter.add_metric([], float(snapshot.get(key) or 0))
+        yield counter
+    rejected = CounterMetricFamily(
+        f"{PREFIX}_master_messages_rejected", "Messages dropped, by cause", labels=["cause"]
+    )
+    by_cause: Mapping[str, int] = snapshot.get("rejected") or {}
+    for cause in sorted({*RejectCause, *by_cause}):
+        rejected.add_metric([str(cause)], float(by_cause.get(cause, 0)))
+    yield rejected
+    for name, value in gauges.items():
+        gauge = GaugeMetricFamily(f"{PREFIX}_master_{name}", MASTER_GAUGE_HELP.get(name, name))
+        gauge.add_metric([], value)
+        yield gauge
+
+
+MASTER_GAUGE_HELP: Final = {
+    "mqtt_connected": "1 while the master is connected to the broker",
+    "ingest_queue_depth": "Messages waiting for the ingest thread",
+}
+
+
+class MasterMetrics:
+    """The registry /metrics serves, plus the ingest latency histogram fed after each commit."""
+
+    def __init__(
+        self,
+        state: ClusterState,
+        counters: IngestCounters,
+        master_gauges: Callable[[], Mapping[str, float]] = dict,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.clock = clock
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(ClusterCollector(state, counters, master_gauges))
+        self.ingest_latency = Histogram(
+            f"{PREFIX}_master_ingest_latency_seconds",
+            "From a sample's node timestamp to its commit in the history store",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe_committed(self, sample_ts: Iterable[float]) -> None:
+        """Record the latency of samples just committed (a store commit observer)."""
+        now = self.clock()
+        for ts in sample_ts:
+            # Node clocks can run ahead of ours: count that as no delay rather than negative.
+            self.ingest_latency.observe(max(0.0, now - ts))
+
+    def exposition(self) -> bytes:
+        """The text format Prometheus scrapes."""
+        return generate_latest(self.registry)
+
+
+def metrics_router(metrics: MasterMetrics) -> APIRouter:
+    """The `/metrics` route."""
+    router = APIRouter()
+
+    @router.get("/metrics", tags=["health"], response_class=Response)
+    def scrape() -> Response:
+        """Prometheus exposition (text format 0.0.4)."""
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
+
+    return router
