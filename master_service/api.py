@@ -11,7 +11,8 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from master_service.history import HistoryQuery, HistoryQueryError, open_reader, query_history
+from master_service.history import HistoryQuery, HistoryQueryError, HistoryReader
+from master_service.prometheus import metrics_router
 from master_service.store import HISTORY_METRICS
 
 if TYPE_CHECKING:
@@ -34,6 +35,9 @@ def create_app(service: MasterService) -> FastAPI:
     async def json_error(request: Request, error: Exception) -> JSONResponse:
         logger.exception("API error on %s", request.url.path)
         return JSONResponse({"detail": f"internal error: {type(error).__name__}"}, 500)
+
+    history = HistoryReader(service.settings.db, service.settings.history_raw_days, service.clock)
+    app.include_router(metrics_router(service.metrics))
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:
@@ -68,7 +72,11 @@ def create_app(service: MasterService) -> FastAPI:
             None, description="bucket in seconds; default: raw or ~2000 points"
         ),
     ) -> dict[str, Any]:
-        """Points of one metric for one node, averaged per `step` seconds when given."""
+        """Points of one metric for one node: raw samples, or averages per `step_s` bucket.
+
+        Fine steps within history_raw_days come from raw samples; longer ranges, coarser
+        steps (60 s and up) and older times from 1-minute averages (`source` says which).
+        """
         if service.state.get(node) is None:
             raise HTTPException(404, f"no node {node!r} is known")
         end = until if until is not None else time.time()
@@ -77,12 +85,16 @@ def create_app(service: MasterService) -> FastAPI:
             query = HistoryQuery(node, metric, start, end, step)
         except HistoryQueryError as error:
             raise HTTPException(422, str(error)) from error
-        connection = open_reader(service.settings.db)
-        try:
-            points = query_history(connection, query)
-        finally:
-            connection.close()
-        return {"node": node, "metric": metric, "step_s": step, "points": points}
+        result = history.read(query)
+        return {
+            "node": node,
+            "metric": metric,
+            "since": start,
+            "until": end,
+            "step_s": result.step_s,
+            "source": result.source.value,
+            "points": result.points,
+        }
 
     @app.get("/api/cluster", tags=["cluster"])
     def get_cluster() -> dict[str, Any]:

@@ -21,6 +21,8 @@ from master_service.handlers import Context
 from master_service.ingest import Ingestor
 from master_service.listener import Listener
 from master_service.observers import Observer
+from master_service.prometheus import MasterMetrics
+from master_service.retention import RetentionJob
 from master_service.settings import MasterSettings
 from master_service.state import ClusterState
 from master_service.store import Store
@@ -49,6 +51,14 @@ class MasterService:
             self._attach_home_assistant()
         self._ticker_stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="picluster-ticker", daemon=True)
+        self.retention = RetentionJob(
+            self.ingestor.call_in_writer,
+            settings.history_raw_days,
+            settings.history_rollup_days,
+            clock=clock,
+        )
+        self.metrics = MasterMetrics(self.state, self.counters, self._health_gauges, clock)
+        self.store.commit_observers.append(self.metrics.observe_committed)
         self.app = create_app(self)
 
     def _attach_home_assistant(self) -> None:
@@ -75,10 +85,12 @@ class MasterService:
         self.ingestor.start()
         self.listener.start()
         self._ticker.start()
+        self.retention.start()
 
     def stop(self) -> None:
         """Say offline, stop listening, drain and flush the queue, close the store."""
         self._ticker_stop.set()
+        self.retention.stop()
         self.listener.stop()
         self.ingestor.stop()
         self.store.close()
@@ -126,6 +138,12 @@ class MasterService:
             self.stop()
         if not http.is_alive() and not server.started:
             raise SystemExit(1)
+
+    def _health_gauges(self) -> dict[str, float]:
+        return {
+            "mqtt_connected": float(self.listener.connected.is_set()),
+            "ingest_queue_depth": float(self.ingestor.queue.qsize()),
+        }
 
     def _tick(self) -> None:
         """Publish the retained cluster summary now and then (Home Assistant's cluster device)."""
