@@ -11,6 +11,7 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from master_service.api_control import control_router
 from master_service.history import HistoryQuery, HistoryQueryError, HistoryReader
 from master_service.prometheus import metrics_router
 from master_service.store import HISTORY_METRICS
@@ -103,6 +104,8 @@ def create_app(service: MasterService) -> FastAPI:
         summary["master"] = service.counters.snapshot()
         summary["generated_at"] = time.time()
         return summary
+
+    app.include_router(control_router(service))
 
     if (STATIC_DIR / "index.html").is_file():
         app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")

@@ -13,6 +13,7 @@ import uvicorn
 
 from cluster_protocol import MASTER_NODE_ID, Envelope, encode_envelope
 from master_service.api import create_app
+from master_service.commands import CommandService
 from master_service.counters import IngestCounters
 from master_service.ha_bridge import HomeAssistantObserver
 from master_service.ha_discovery import CLUSTER_SUMMARY_TYPE, cluster_summary_topic
@@ -46,6 +47,15 @@ class MasterService:
         self.ctx = Context(self.state, self.counters, settings.prefix, self.observers)
         self.ingestor = Ingestor(self.ctx, self.store, clock)
         self.listener = Listener(settings, self.ingestor.submit)
+        self.commands = CommandService(
+            settings.db,
+            self.listener.publish,
+            self.state,
+            self.listener.connected.is_set,
+            settings.prefix,
+            clock,
+        )
+        self.observers.append(self.commands)
         self.home_assistant: HomeAssistantObserver | None = None
         if settings.ha_discovery:
             self._attach_home_assistant()
@@ -93,6 +103,7 @@ class MasterService:
         self.retention.stop()
         self.listener.stop()
         self.ingestor.stop()
+        self.commands.close()
         self.store.close()
 
     def forget(self, node: str) -> bool:
