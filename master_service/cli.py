@@ -9,11 +9,13 @@ import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
 from cluster_protocol.config import SettingsError
+from master_service.placement import render_placement
 from master_service.settings import build_parser, load_settings
 from master_service.status_table import render_table
 
@@ -32,7 +34,7 @@ def _err(text: str) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    """The command line: run, status."""
+    """The command line: run, status, send, place, forget."""
     top = argparse.ArgumentParser(prog="cluster-master", description=__doc__)
     commands = top.add_subparsers(dest="command", required=True)
     build_parser(commands.add_parser("run", help="run the master service"))
@@ -40,7 +42,159 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument("--api", help=f"master API URL (env CLUSTER_API, default {DEFAULT_API})")
     status.add_argument("--json", action="store_true", help="print the nodes as JSON")
     status.add_argument("--watch", action="store_true", help="refresh in place every 2 s")
+    _add_control_parsers(commands)
     return top
+
+
+def _add_control_parsers(commands: Any) -> None:
+    api_help = f"master API URL (env CLUSTER_API, default {DEFAULT_API})"
+    send = commands.add_parser(
+        "send", help="send a command to a node and print its reply (token: CLUSTER_API_TOKEN)"
+    )
+    send.add_argument("node", help="node id")
+    send.add_argument("name", metavar="COMMAND", help="ping, refresh, set_interval, run, ...")
+    send.add_argument(
+        "--arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="command argument; VALUE is read as JSON when it parses (5, true, {...}), else text",
+    )
+    send.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
+    send.add_argument("--api", help=api_help)
+    place = commands.add_parser("place", help="which nodes fit a piece of work, best first")
+    place.add_argument("--min-ram", help="memory available now, e.g. 512MiB, 2GiB, 2G")
+    place.add_argument("--min-cores", type=int, help="at least this many CPU cores")
+    place.add_argument("--max-cpu-percent", type=float, help="at most this busy now (0-100)")
+    place.add_argument("--arch", help="CPU architecture, e.g. aarch64 (arm64), x86_64 (amd64)")
+    place.add_argument("--count", type=int, default=1, help="how many nodes are wanted")
+    place.add_argument("--json", action="store_true", help="print the answer as JSON")
+    place.add_argument("--api", help=api_help)
+    forget = commands.add_parser("forget", help="forget a node (state, history, commands)")
+    forget.add_argument("node", help="node id")
+    forget.add_argument("--api", help=api_help)
+
+
+class ApiError(Exception):
+    """The master could not be reached, or refused the request."""
+
+
+def api_call(
+    base: str, method: str, path: str, body: Any = None, timeout_s: float = 5.0
+) -> tuple[int, Any]:
+    """Call the master's API with the token from CLUSTER_API_TOKEN; (HTTP status, JSON)."""
+    headers = {"Accept": "application/json"}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    token = os.environ.get("CLUSTER_API_TOKEN")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(
+        base.rstrip("/") + path, data=data, headers=headers, method=method
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        try:
+            return error.code, json.load(error)
+        except ValueError:
+            return error.code, {"detail": error.reason}
+        finally:
+            error.close()
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        raise ApiError(f"cannot reach the master at {base}: {error}") from error
+
+
+def _detail(answer: Any) -> str:
+    detail = answer.get("detail") if isinstance(answer, dict) else answer
+    return json.dumps(detail) if not isinstance(detail, str) else detail
+
+
+def parse_command_args(pairs: Sequence[str]) -> dict[str, Any]:
+    """`KEY=VALUE` pairs to a dict; VALUE as JSON when it parses, else as text."""
+    args: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--arg {pair!r} must be KEY=VALUE")
+        try:
+            args[key] = json.loads(raw)
+        except ValueError:
+            args[key] = raw
+    return args
+
+
+def run_send(args: argparse.Namespace) -> int:
+    """Send a command; exit 0 on an ok reply, 1 on an error reply, 3 on no reply, 4 refused."""
+    base = args.api or os.environ.get("CLUSTER_API") or DEFAULT_API
+    try:
+        command_args = parse_command_args(args.arg)
+    except ValueError as error:
+        _err(str(error))
+        return 2
+    body = {"command": args.name, "args": command_args, "timeout_s": args.timeout}
+    path = f"/api/nodes/{urllib.parse.quote(args.node, safe='')}/commands"
+    try:
+        status, answer = api_call(base, "POST", path, body, timeout_s=args.timeout + 10)
+    except ApiError as error:
+        _err(str(error))
+        return 4
+    if status == 504:
+        _err(
+            f"no reply from {args.node} to {args.name} within {args.timeout:g} s "
+            f"(command id {answer.get('id')}); is the node running and connected?"
+        )
+        return 3
+    if status != 200:
+        _err(f"the master refused: {_detail(answer)} (HTTP {status})")
+        return 4
+    if answer.get("result") is not None:
+        _out(json.dumps(answer["result"], indent=2, sort_keys=True))
+    if answer.get("ok"):
+        return 0
+    _err(f"{args.node} answered {args.name} with an error: {answer.get('error')}")
+    return 1
+
+
+def run_place(args: argparse.Namespace) -> int:
+    """Print where work fits; exit 0 when `--count` nodes fit, 1 otherwise."""
+    base = args.api or os.environ.get("CLUSTER_API") or DEFAULT_API
+    body = {
+        "min_ram": args.min_ram,
+        "min_cores": args.min_cores,
+        "max_cpu_percent": args.max_cpu_percent,
+        "arch": args.arch,
+        "count": args.count,
+    }
+    try:
+        status, answer = api_call(base, "POST", "/api/placement", body)
+    except ApiError as error:
+        _err(str(error))
+        return 4
+    if status != 200:
+        _err(f"the master refused: {_detail(answer)} (HTTP {status})")
+        return 4
+    _out(json.dumps(answer, indent=2) if args.json else "\n".join(render_placement(answer)))
+    return 0 if answer["satisfied"] else 1
+
+
+def run_forget(args: argparse.Namespace) -> int:
+    """Forget a node; exit 1 when the master does not know it."""
+    base = args.api or os.environ.get("CLUSTER_API") or DEFAULT_API
+    path = f"/api/nodes/{urllib.parse.quote(args.node, safe='')}"
+    try:
+        status, answer = api_call(base, "DELETE", path)
+    except ApiError as error:
+        _err(str(error))
+        return 4
+    if status != 200:
+        _err(f"{_detail(answer)} (HTTP {status})")
+        return 1 if status == 404 else 4
+    _out(f"forgot {args.node}")
+    return 0
 
 
 def api_get(base: str, path: str, timeout_s: float = 5.0) -> Any:
@@ -91,6 +245,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "run":
         return run_master(args)
+    control = {"send": run_send, "place": run_place, "forget": run_forget}.get(args.command)
+    if control is not None:
+        return control(args)
     try:
         return run_status(args)
     except KeyboardInterrupt:
