@@ -8,6 +8,9 @@ from typing import Final
 NODE_ID_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 RESERVED_PREFIX: Final = "_"
 MASTER_NODE_ID: Final = "_master"
+# Broker user names of the master and of Home Assistant: the ACL gives node ids their own
+# subtree by user name, so a node must never be called like either of them.
+RESERVED_USER_NAMES: Final = frozenset({"picluster-master", "homeassistant"})
 _INVALID_CHARS: Final = re.compile(r"[^a-z0-9_-]")
 
 
@@ -35,6 +38,8 @@ def validate_node_id(node_id: str) -> str:
         raise NodeIdError("node id is empty")
     if is_reserved_node_id(node_id):
         raise NodeIdError(f"node id {node_id!r} is reserved (ids beginning with '_' are)")
+    if node_id in RESERVED_USER_NAMES:
+        raise NodeIdError(f"node id {node_id!r} is reserved for the broker user of that name")
     if not NODE_ID_PATTERN.match(node_id):
         raise NodeIdError(
             f"node id {node_id!r} must match {NODE_ID_PATTERN.pattern} "

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import pytest
+
+from cluster_protocol.config import SettingsError
+from master_service.settings import parse_settings
+
+
+def test_defaults_are_usable():
+    settings = parse_settings([], {})
+    assert settings.http == "127.0.0.1:8080"
+    assert settings.client_id == "picluster-master"
+    assert settings.http_is_loopback
+
+
+def test_precedence_is_defaults_then_file_then_environment_then_flags(tmp_path):
+    config = tmp_path / "master.toml"
+    config.write_text('broker = "mqtt://file:1883"\nprefix = "fromfile"\nkeepalive = 11\n')
+    environ = {
+        "CLUSTER_CONFIG": str(config),
+        "CLUSTER_PREFIX": "fromenv",
+        "CLUSTER_KEEPALIVE": "12",
+    }
+    settings = parse_settings(["--prefix", "fromflag"], environ)
+    assert settings.broker == "mqtt://file:1883"  # file beats default
+    assert settings.keepalive == 12  # environment beats file
+    assert settings.prefix == "fromflag"  # flag beats environment
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "field"),
+    [
+        (["--broker", "http://x"], {}, "broker"),
+        (["--http", "nowhere"], {}, "http"),
+        (["--prefix", "a/b"], {}, "prefix"),
+        ([], {"CLUSTER_KEEPALIVE": "soon"}, "keepalive"),
+        ([], {"CLUSTER_HA_DISCOVERY": "perhaps"}, "ha_discovery"),
+        (["--http", "0.0.0.0:8080"], {}, "api_token"),
+        (["--log-level", "LOUD"], {}, "log_level"),
+    ],
+)
+def test_bad_values_name_the_field(argv, environ, field):
+    with pytest.raises(SettingsError) as caught:
+        parse_settings(argv, environ)
+    assert caught.value.field == field
+    assert str(caught.value).startswith(f"{field}: ")
+
+
+def test_wrong_type_in_the_file_names_the_field(tmp_path):
+    config = tmp_path / "master.toml"
+    config.write_text('keepalive = "thirty"\n')
+    with pytest.raises(SettingsError, match="^keepalive: must be int"):
+        parse_settings(["--config", str(config)], {})
+
+
+def test_unknown_file_key_and_password_in_file_are_refused(tmp_path):
+    config = tmp_path / "master.toml"
+    config.write_text('brokr = "mqtt://x"\n')
+    with pytest.raises(SettingsError, match="^brokr: unknown key"):
+        parse_settings(["--config", str(config)], {})
+    config.write_text('password = "hunter2"\n')
+    with pytest.raises(SettingsError, match="^password: keep passwords out"):
+        parse_settings(["--config", str(config)], {})
+
+
+def test_password_comes_from_a_file_and_never_shows_in_repr(tmp_path):
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    settings = parse_settings(
+        ["--broker", "mqtt://picluster-master@h", "--password-file", str(secret)], {}
+    )
+    assert settings.broker_address.password == "s3cret"
+    assert "s3cret" not in repr(settings)
+    assert "s3cret" not in settings.broker_address.redacted()
+
+
+def test_api_beyond_localhost_needs_a_token():
+    settings = parse_settings(["--http", "0.0.0.0:9000"], {"CLUSTER_API_TOKEN": "t"})
+    assert not settings.http_is_loopback
+    assert settings.http_port == 9000
+
+
+def test_cli_stops_before_connecting_with_a_message_naming_the_field(capsys):
+    from master_service.cli import main
+
+    assert main(["run", "--broker", "mqtt://127.0.0.1:9", "--http", "nowhere"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cluster-master: bad setting http: ")
+    assert "Traceback" not in err
