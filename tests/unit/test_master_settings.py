@@ -49,17 +49,17 @@ def test_bad_values_name_the_field(argv, environ, field):
 def test_wrong_type_in_the_file_names_the_field(tmp_path):
     config = tmp_path / "master.toml"
     config.write_text('keepalive = "thirty"\n')
-    with pytest.raises(SettingsError, match="^keepalive: must be int"):
+    with pytest.raises(SettingsError, match=r"^keepalive: must be int"):
         parse_settings(["--config", str(config)], {})
 
 
 def test_unknown_file_key_and_password_in_file_are_refused(tmp_path):
     config = tmp_path / "master.toml"
     config.write_text('brokr = "mqtt://x"\n')
-    with pytest.raises(SettingsError, match="^brokr: unknown key"):
+    with pytest.raises(SettingsError, match=r"^brokr: unknown key"):
         parse_settings(["--config", str(config)], {})
     config.write_text('password = "hunter2"\n')
-    with pytest.raises(SettingsError, match="^password: keep passwords out"):
+    with pytest.raises(SettingsError, match=r"^password: keep passwords out"):
         parse_settings(["--config", str(config)], {})
 
 
