@@ -1,18 +1,21 @@
 """The dashboard in a real headless Chromium against a running master (issue 4, item 3).
 
-DRAFT: `running_master_url` is to come from tests/conftest.py (a master fed by real node
-publishers over a real broker). Until it does, set DASHBOARD_DEV_URL to any server that
-speaks the same API (e.g. a throwaway fake) to exercise these tests.
+`running_master_url` (tests/integration/conftest.py) is `cluster-master run` fed by three
+`cluster-node run` processes over a real Mosquitto. Screenshots go to test-artifacts/.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -20,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from tests.integration.conftest import NODE_KEEPALIVE_S, Cluster
 from tests.support.waiting import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -30,14 +34,6 @@ VIRTUAL_TIME_MS = 6000
 CHROMIUM_TIMEOUT_S = 60
 # Every host name except loopback fails to resolve: the page must need nothing from the internet.
 OFFLINE_RULES = "MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost"
-
-
-if os.environ.get("DASHBOARD_DEV_URL"):
-    # DRAFT ONLY: delete this fixture once conftest provides `running_master_url`.
-    @pytest.fixture(scope="session")
-    def running_master_url() -> str:
-        """A dev server's URL (DASHBOARD_DEV_URL), standing in for the real master."""
-        return os.environ["DASHBOARD_DEV_URL"].rstrip("/")
 
 
 @pytest.fixture(scope="session")
@@ -242,3 +238,127 @@ def test_dashboard_assets_reference_nothing_outside_the_master(running_master_ur
         if not url.startswith("http://www.w3.org/")  # the SVG namespace, never fetched
     }
     assert not external, f"the dashboard refers to outside URLs: {sorted(external)}"
+
+
+def _fd_above_4(fd: int) -> int:
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return high
+
+
+class LivePage:
+    """One Chromium page kept open, driven over the DevTools protocol on a pipe (fds 3 and 4).
+
+    `--dump-dom` only shows a page once; watching a page change while the cluster changes
+    needs a page that stays open. The pipe transport needs no extra library.
+    """
+
+    def __init__(self, binary: str, profile: Path, url: str) -> None:
+        to_chromium_r, self._to_chromium = os.pipe()
+        self._from_chromium, from_chromium_w = os.pipe()
+        # Above 9 (bash reads multi-digit fds; dash does not), so the redirections below
+        # cannot overwrite one end with the other.
+        to_chromium_r = _fd_above_4(to_chromium_r)
+        from_chromium_w = _fd_above_4(from_chromium_w)
+        args = [
+            "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={profile}", "--window-size=1280,900",
+            f"--host-resolver-rules={OFFLINE_RULES}", "--remote-debugging-pipe", url,
+        ]  # fmt: skip
+        # Chromium reads commands on fd 3 and writes answers on fd 4.
+        redirect = f'exec "$0" "$@" 3<&{to_chromium_r} 4>&{from_chromium_w}'
+        self.log_path = profile.parent / "chromium-live.log"
+        profile.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                ["bash", "-c", redirect, binary, *args],
+                pass_fds=(to_chromium_r, from_chromium_w),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        os.close(to_chromium_r)
+        os.close(from_chromium_w)
+        self._buffer = b""
+        self._next_id = 0
+        pages = [t for t in self.send("Target.getTargets")["targetInfos"] if t["type"] == "page"]
+        assert pages, "chromium opened no page"
+        attached = self.send(
+            "Target.attachToTarget", {"targetId": pages[0]["targetId"], "flatten": True}
+        )
+        self._session = attached["sessionId"]
+
+    def send(self, method: str, params: dict[str, Any] | None = None, **extra: Any) -> Any:
+        """Send one command and return its result (events in between are skipped)."""
+        self._next_id += 1
+        message = {"id": self._next_id, "method": method, "params": params or {}, **extra}
+        os.write(self._to_chromium, json.dumps(message).encode() + b"\0")
+        while True:
+            while b"\0" not in self._buffer:
+                chunk = os.read(self._from_chromium, 65536)
+                assert chunk, f"chromium closed the DevTools pipe: {self.log()}"
+                self._buffer += chunk
+            raw, self._buffer = self._buffer.split(b"\0", 1)
+            answer = json.loads(raw)
+            if answer.get("id") == self._next_id:
+                assert "error" not in answer, f"{method}: {answer['error']}"
+                return answer["result"]
+
+    def log(self) -> str:
+        """The end of Chromium's output, for failure messages."""
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+    def evaluate(self, expression: str) -> Any:
+        """The value of a JavaScript expression in the page."""
+        result = self.send(
+            "Runtime.evaluate",
+            {"expression": expression, "returnByValue": True},
+            sessionId=self._session,
+        )
+        return result["result"].get("value")
+
+    def close(self) -> None:
+        """End Chromium by its PID and close the pipe."""
+        self.process.kill()
+        self.process.wait(timeout=10)
+        os.close(self._to_chromium)
+        os.close(self._from_chromium)
+
+
+def card_state(page: LivePage, node: str) -> str | None:
+    """The state a node's card shows on the overview, read from the live page."""
+    state: str | None = page.evaluate(
+        f"document.querySelector('[data-node={json.dumps(node)}]')?.dataset.state ?? null"
+    )
+    return state
+
+
+def test_a_killed_node_turns_offline_on_the_open_page_within_the_keepalive_bound(
+    chromium_binary: str, make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    cluster = make_cluster("dashkill", ["kill-01", "kill-02"])
+    page = LivePage(chromium_binary, tmp_path / "profile", f"{cluster.url}/")
+    try:
+        wait_until(
+            lambda: card_state(page, "kill-01") == "online" == card_state(page, "kill-02"),
+            timeout_s=15,
+            interval_s=0.1,
+            message="both cards online on the page",
+        )
+
+        cluster.nodes["kill-01"].process.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        bound_s = NODE_KEEPALIVE_S * 1.5 + 5
+        wait_until(
+            lambda: card_state(page, "kill-01") == "offline",
+            timeout_s=bound_s,
+            interval_s=0.1,
+            message=f"kill-01 shown offline within {bound_s} s of kill -9",
+        )
+        shown_after_s = time.monotonic() - killed_at
+
+        assert card_state(page, "kill-02") == "online", "the other node must stay online"
+        assert page.evaluate("document.body.dataset.connection") == "ok"
+        assert shown_after_s <= bound_s
+    finally:
+        page.close()
