@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import socket
+import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -17,16 +20,39 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from cluster_protocol import (
     MASTER_NODE_ID,
+    BrokerAddress,
     Envelope,
     MessageType,
     encode_envelope,
     master_status_topic,
     subscription,
 )
+from cluster_protocol.config import SettingsError
 from master_service.router import RawMessage
 from master_service.settings import MasterSettings
 
 logger = logging.getLogger(__name__)
+
+
+def connect_failure_reason(error: BaseException | None, address: BrokerAddress) -> str:
+    """Say in words why a connection attempt failed, naming the setting to check."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return (
+            f"TLS certificate of {address.host} not trusted ({error.verify_message}): "
+            "check that ca_file is the CA that signed the broker's certificate"
+        )
+    if isinstance(error, ssl.SSLError):
+        hint = " (is that port a TLS listener?)" if "VERSION" in str(error.reason) else ""
+        return f"TLS handshake failed: {error.reason or error}{hint}"
+    if isinstance(error, ConnectionRefusedError):
+        return f"connection refused on port {address.port} (is the broker running there?)"
+    if isinstance(error, socket.gaierror):
+        return f"cannot resolve host {address.host!r}: {error.strerror}"
+    if isinstance(error, TimeoutError):
+        return "timed out (network, firewall or wrong address)"
+    if error is None:
+        return "unknown error"
+    return f"{type(error).__name__}: {error}"
 
 
 def master_status(state: str, clock: Callable[[], float] = time.time) -> bytes:
@@ -62,7 +88,12 @@ class Listener:
         if address.username is not None:
             self.client.username_pw_set(address.username, address.password)
         if address.tls:
-            self.client.tls_set(ca_certs=settings.ca_file)
+            try:
+                self.client.tls_set(ca_certs=settings.ca_file)
+            except (OSError, ssl.SSLError) as error:
+                raise SettingsError(
+                    "ca_file", f"cannot load CA certificate {settings.ca_file!r}: {error}"
+                ) from error
         self.client.will_set(
             master_status_topic(settings.prefix), master_status("offline"), qos=1, retain=True
         )
@@ -116,7 +147,8 @@ class Listener:
         try:
             if reason_code.is_failure:
                 logger.error(
-                    "broker %s refused the connection: %s (check the user name and password)",
+                    "broker %s refused the connection: %s (check the user name and password, "
+                    "and that the broker has that user)",
                     self.settings.broker_address.redacted(),
                     reason_code,
                 )
@@ -141,10 +173,15 @@ class Listener:
             logger.exception("on_connect failed")
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        logger.error(
-            "cannot reach broker %s (network, TLS certificate or address); retrying",
-            self.settings.broker_address.redacted(),
-        )
+        # paho calls this from inside its `except OSError:` block, so the real error is still
+        # the one being handled: name it (an untrusted certificate is not a network blip).
+        try:
+            address = self.settings.broker_address
+            reason = connect_failure_reason(sys.exc_info()[1], address)
+            logger.error("cannot connect to broker %s: %s; retrying", address.redacted(), reason)
+        except Exception:
+            self.callback_errors += 1
+            logger.exception("on_connect_fail failed")
 
     def _on_disconnect(
         self,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -49,6 +51,20 @@ class CommandHandler(Protocol):
 def commands_disabled(name: str, payload: bytes, retained: bool) -> None:
     """The default command handler: commands are not enabled on this node yet."""
     logger.warning("command %r received but commands not enabled on this node", name)
+
+
+def connect_failure_reason(error: BaseException | None) -> str:
+    """Say in words why a connection attempt failed, naming the setting to check."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return (
+            f"TLS certificate not trusted ({error.verify_message}): "
+            "check that ca_file is the CA that signed the broker's certificate"
+        )
+    if isinstance(error, ssl.SSLError):
+        return f"TLS handshake failed: {error.reason or error}"
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused (is the broker running on that port?)"
+    return f"{type(error).__name__}: {error}" if error is not None else "unknown error"
 
 
 def client_id_for(node_id: str) -> str:
@@ -337,7 +353,11 @@ class NodeAgent:
     ) -> None:
         try:
             if reason_code.is_failure:
-                logger.error("broker refused node %s: %s", self._node, reason_code)
+                logger.error(
+                    "broker refused node %s: %s (check the node's user name and password)",
+                    self._node,
+                    reason_code,
+                )
                 return
             logger.info("node %s connected", self._node)
             self._connected.set()
@@ -350,7 +370,15 @@ class NodeAgent:
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         try:
-            logger.warning("cannot reach broker %s; retrying", self.settings.address.redacted())
+            # Called inside paho's `except OSError:`: the error being handled is the cause.
+            error = sys.exc_info()[1]
+            level = logging.ERROR if isinstance(error, ssl.SSLError) else logging.WARNING
+            logger.log(
+                level,
+                "cannot reach broker %s: %s; retrying",
+                self.settings.address.redacted(),
+                connect_failure_reason(error),
+            )
         except Exception:
             self._callback_failed("on_connect_fail")
 
