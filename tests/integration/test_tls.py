@@ -190,7 +190,7 @@ def test_plain_client_on_the_tls_port_is_not_admitted(
     broker, node_id = tls_broker
     url = f"mqtt://127.0.0.1:{broker.tls_port}"
     result = run_say(
-        "--broker", url, "--node-id", node_id, "--state-dir", str(tmp_path),
+        "--broker", url, "--node-id", node_id, "--state-dir", str(tmp_path), "--timeout", "1",
         env={"CLUSTER_PASSWORD": NODE_PASSWORD},
     )  # fmt: skip
     assert result.returncode == 1
