@@ -143,9 +143,12 @@ def test_passwords_stay_out_of_logs_ps_and_the_api(shipped: Any, tmp_path: Path)
     secrets = (MASTER_PASSWORD, NODE_A_PASSWORD, NODE_B_PASSWORD)
     try:
         for node_id in (a, b):
-            wait_until(
-                lambda n=node_id: (v := master.node(n)) and v["metrics"], 15, message=node_id
-            )
+
+            def has_metrics(n: str = node_id) -> bool:
+                view = master.node(n)
+                return bool(view and view["metrics"])
+
+            wait_until(has_metrics, 15, message=f"{node_id}'s metrics")
         shown = " ".join(
             [
                 cmdline(master.process.pid),
