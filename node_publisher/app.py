@@ -15,6 +15,7 @@ import psutil
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from cluster_protocol import (
     Envelope,
@@ -363,7 +364,12 @@ class NodeAgent:
             self._connected.set()
             self._publish_status("online")
             self._publish_details()
-            client.subscribe(command_subscription(self._node, self.settings.prefix), qos=1)
+            # retainAsPublished keeps the retain flag on live delivery too (MQTT 5), so a
+            # command published retained is recognised and refused at once, not only on replay.
+            client.subscribe(
+                command_subscription(self._node, self.settings.prefix),
+                options=SubscribeOptions(qos=1, retainAsPublished=True),
+            )
             self.outbox.notify_connected()
         except Exception:
             self._callback_failed("on_connect")
