@@ -47,6 +47,7 @@ class MasterService:
         self.ctx = Context(self.state, self.counters, settings.prefix, self.observers)
         self.ingestor = Ingestor(self.ctx, self.store, clock)
         self.listener = Listener(settings, self.ingestor.submit)
+        self.ingestor.commit_listeners.append(self.listener.acknowledge)  # PUBACK once stored
         self.commands = CommandService(
             settings.db,
             self.listener.publish,

@@ -8,8 +8,9 @@ import ssl
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -32,6 +33,10 @@ from master_service.router import RawMessage
 from master_service.settings import MasterSettings
 
 logger = logging.getLogger(__name__)
+
+# PUBACKs wait until a message's effects are committed, so the broker must let that many
+# messages be in flight to us at once (Mosquitto's default for clients that do not ask is 20).
+RECEIVE_MAXIMUM: Final = 65535
 
 
 def connect_failure_reason(error: BaseException | None, address: BrokerAddress) -> str:
@@ -64,7 +69,11 @@ def master_status(state: str, clock: Callable[[], float] = time.time) -> bytes:
 
 
 class Listener:
-    """Owns the paho client; hands every message to `submit` and never blocks otherwise."""
+    """Owns the paho client; hands every message to `submit` and never blocks otherwise.
+
+    QoS 1 messages are acknowledged only once the ingest thread has committed their effects
+    (`acknowledge`): a master killed before that gets them again from its session.
+    """
 
     def __init__(
         self,
@@ -78,11 +87,17 @@ class Listener:
         self.connected = threading.Event()
         self.callback_errors = 0
         self.connects = 0
+        # (connection number, mid, qos) of every submitted message, in submit order: the
+        # ingest thread commits in that same order.
+        self._unacked: deque[tuple[int, int, int]] = deque()
+        self._ack_lock = threading.Lock()
+        self._connection = 0
         address = settings.broker_address
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=settings.client_id,
             protocol=mqtt.MQTTv5,
+            manual_ack=True,
         )
         self.client.enable_logger(logging.getLogger("paho.master"))
         if address.username is not None:
@@ -110,6 +125,7 @@ class Listener:
         # Without clean_start=False on every connect and an expiry, Mosquitto drops the
         # session and everything queued for us while we were away (FIELD_NOTES).
         properties.SessionExpiryInterval = self.settings.session_expiry
+        properties.ReceiveMaximum = RECEIVE_MAXIMUM
         logger.info("connecting to %s as %s", address.redacted(), self.settings.client_id)
         self.client.connect_async(
             address.host,
@@ -129,6 +145,17 @@ class Listener:
             info.wait_for_publish(timeout=2)
         self.client.disconnect()
         self.client.loop_stop()
+
+    def acknowledge(self, count: int) -> None:
+        """Send the PUBACKs of the oldest `count` submitted messages: their effects are stored."""
+        with self._ack_lock:
+            done = [self._unacked.popleft() for _ in range(min(count, len(self._unacked)))]
+            current = self._connection
+        for connection, mid, qos in done:
+            # A PUBACK belongs to the connection the message came on; after a reconnect the
+            # broker resends unacknowledged messages and the (node, seq) check drops repeats.
+            if connection == current and qos > 0:
+                self.client.ack(mid, qos)
 
     def publish(
         self, topic: str, payload: bytes | None, qos: int = 1, retain: bool = False
@@ -154,6 +181,8 @@ class Listener:
                 )
                 return
             self.connects += 1
+            with self._ack_lock:
+                self._connection += 1
             logger.info(
                 "connected to %s (session %s)",
                 self.settings.broker_address.redacted(),
@@ -192,6 +221,8 @@ class Listener:
         properties: Properties | None,
     ) -> None:
         self.connected.clear()
+        with self._ack_lock:
+            self._connection += 1
         logger.warning("disconnected from the broker: %s; reconnecting", reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
@@ -201,7 +232,10 @@ class Listener:
             special = self.extra_topics.get(message.topic)
             if special is not None:
                 special(bytes(message.payload))
+                client.ack(message.mid, message.qos)
                 return
+            with self._ack_lock:
+                self._unacked.append((self._connection, message.mid, message.qos))
             self.submit(
                 RawMessage(message.topic, bytes(message.payload), bool(message.retain), time.time())
             )
