@@ -108,8 +108,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=50)
     parser.add_argument("--days", type=float, default=7.0)
     args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="history-bench-") as workdir:
+        return run(args, Path(workdir))
+
+
+def run(args: argparse.Namespace, workdir: Path) -> int:
+    """The benchmark proper, in a directory that is removed afterwards."""
     rng = random.Random(4)
-    workdir = Path(tempfile.mkdtemp(prefix="history-bench-"))
     db = str(workdir / "master.db")
     end = time.time()
 
