@@ -99,11 +99,13 @@ class MasterService:
         self.retention.start()
 
     def stop(self) -> None:
-        """Say offline, stop listening, drain and flush the queue, close the store."""
+        """Drain and flush the queue, say offline, stop listening, close the store."""
         self._ticker_stop.set()
         self.retention.stop()
-        self.listener.stop()
+        # Flush first, while still connected: the PUBACKs of what was stored go out now,
+        # instead of the broker resending those messages to the next run.
         self.ingestor.stop()
+        self.listener.stop()
         self.commands.close()
         self.store.close()
 
