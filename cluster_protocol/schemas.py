@@ -38,6 +38,8 @@ MACHINE_DETAILS_FIELDS: Final[Mapping[str, str]] = {
     "ip_addresses": "array",
     "agent_version": "string",
     "interval_s": "number",
+    "commands": "array",  # the commands this node accepts (reboot/shutdown only when enabled)
+    "tasks": "array",  # names of the `run` tasks its config defines
 }
 """Keys of a `machine_details` payload."""
 

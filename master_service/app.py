@@ -115,8 +115,12 @@ class MasterService:
 
         def forget_in_writer(store: Store) -> None:
             store.delete_node(node)
+            store.commit()  # observers (the command log) write the same file on their own
             for observer in self.observers:
-                observer.node_forgotten(node)
+                try:
+                    observer.node_forgotten(node)
+                except Exception:
+                    logger.exception("forgetting %s in %s failed", node, type(observer).__name__)
 
         # On the ingest thread, so no message of that node is half-way through its handler.
         self.ingestor.call_in_writer(forget_in_writer)

@@ -19,7 +19,7 @@ import psutil
 from cluster_protocol import Envelope, MessageType
 from cluster_protocol.config import SettingsError
 from node_publisher import collectors, pi
-from node_publisher.commands import build_agent
+from node_publisher.commands import advertised_details, build_agent
 from node_publisher.machine_info import MachineInfo
 from node_publisher.say import DEFAULT_SAY_TIMEOUT_S, DeliveryError, say
 from node_publisher.settings import PublisherSettings, add_settings_arguments, settings_from_flags
@@ -108,6 +108,7 @@ def sample(settings: PublisherSettings, args: argparse.Namespace) -> int:
     metrics = collectors.collect_metrics(psutil, ctx)
     metrics["spool_dropped"] = 0
     details = MachineInfo(psutil, settings.interval).details(float(metrics["cpu_percent"]))
+    details.update(advertised_details(settings))  # as `run` sends them
     now = time.time()
     node = settings.node_id
     for seq, (message_type, payload) in enumerate(

@@ -241,12 +241,6 @@ def test_per_entity_form_is_retained_and_forgotten(watch, adapter, prefixes):
     assert len(left) == 4  # the cluster's own entities stay
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MasterService.forget: CommandService.node_forgotten writes the same SQLite file "
-    "through its own connection while the store's delete is uncommitted, so it fails with "
-    "'database is locked' after 5 s and the Home Assistant observer after it is never called",
-)
 def test_forget_on_a_running_master_clears_the_node_from_home_assistant(
     watch, adapter, broker, prefixes, tmp_path
 ):
