@@ -200,6 +200,11 @@ def test_wrong_password_is_refused(session: Any) -> None:
         (HOME_ASSISTANT, "homeassistant/sensor/x/config", False),
         (HOME_ASSISTANT, "cluster/node-a/cmd/x", False),
         (HOME_ASSISTANT, "cluster/node-a/status", False),
+        # ... and its button presses, which only the master reads and acts on
+        (HOME_ASSISTANT, "cluster/_master/ha_command", True),
+        (HOME_ASSISTANT, "cluster/_master/status", False),
+        ("node-a", "cluster/_master/ha_command", False),
+        (MASTER, "cluster/_master/ha_command", True),  # under its own subtree; it ignores it
     ],
 )
 def test_publish_rights(session: Any, user: str, topic: str, allowed: bool) -> None:
@@ -277,6 +282,17 @@ def test_master_hears_home_assistant_come_online(session: Any, watch_as: Any) ->
     master = watch_as(MASTER, "homeassistant/status")
     assert session(HOME_ASSISTANT).publish("homeassistant/status", b"online") in ACCEPTED
     assert master.wait_for("homeassistant/status")[0].payload == b"online"
+
+
+def test_master_hears_home_assistant_button_presses(session: Any, watch_as: Any) -> None:
+    master = watch_as(MASTER, "cluster/#")
+    forged = b'{"node": "node-a", "command": "reboot", "ts": 1}'
+    assert session("node-b").publish("cluster/_master/ha_command", forged) == NOT_AUTHORIZED
+    press = b'{"node": "node-a", "command": "refresh", "ts": 1}'
+    assert session(HOME_ASSISTANT).publish("cluster/_master/ha_command", press) in ACCEPTED
+    master.wait_for("cluster/_master/ha_command")
+
+    assert [m.payload for m in master.on("cluster/_master/ha_command")] == [press]
 
 
 def test_shipped_acl_has_no_anonymous_grants() -> None:
