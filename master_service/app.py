@@ -16,6 +16,7 @@ from master_service.api import create_app
 from master_service.commands import CommandService
 from master_service.counters import IngestCounters
 from master_service.ha_bridge import HomeAssistantObserver
+from master_service.ha_commands import ButtonPresses
 from master_service.ha_discovery import CLUSTER_SUMMARY_TYPE, cluster_summary_topic
 from master_service.ha_publisher import DiscoveryPublisher
 from master_service.handlers import Context
@@ -88,6 +89,9 @@ class MasterService:
         self.listener.extra_topics[publisher.ha_status_topic] = lambda payload: (
             self.ingestor.call_in_writer(lambda _store: publisher.on_ha_status(payload))
         )
+        # Button presses: checked on the network thread, sent from a worker thread.
+        presses = ButtonPresses(self.commands, self.state, self.counters, self.settings.prefix)
+        self.listener.extra_topics[presses.topic] = presses.submit
         self.observers.append(observer)
         self.home_assistant = observer
 

@@ -40,6 +40,18 @@ CLUSTER_SUMMARY_KEYS: Final = (
     "cpu_percent_avg",
 )
 PI_MANUFACTURER: Final = "Raspberry Pi Ltd"
+# Home Assistant may not write commands (mosquitto/acl): its buttons publish here, and the
+# master checks each press and sends the command itself (master_service/ha_commands.py).
+HA_COMMAND_TYPE: Final = "ha_command"
+# Pressable commands in the order the buttons appear: (command, name, device class, category,
+# icon). Button device classes are identify/restart/update (HA's button docs); "config" keeps
+# a device-wide "press everything" action or an area call from rebooting a node.
+BUTTONS: Final = (
+    ("refresh", "Refresh", None, "diagnostic", "mdi:refresh"),
+    ("reboot", "Reboot", "restart", "config", None),
+    ("shutdown", "Shutdown", None, "config", "mdi:power"),
+)
+ALWAYS_PRESSABLE: Final = "refresh"  # harmless, so every node gets it, advertised or not
 
 DEFAULT_INTERVAL_S: Final = 10.0  # the node's default, used when details carry no interval
 EXPIRE_INTERVALS: Final = 3
@@ -126,6 +138,29 @@ def ha_status_topic(prefix: str = DEFAULT_HA_PREFIX) -> str:
 def cluster_summary_topic(cluster_prefix: str = DEFAULT_PREFIX) -> str:
     """The master's retained cluster summary the cluster device's sensors read."""
     return f"{cluster_prefix}/_master/{CLUSTER_SUMMARY_TYPE}"
+
+
+def ha_command_topic(cluster_prefix: str = DEFAULT_PREFIX) -> str:
+    """Where Home Assistant's buttons publish their presses for the master to check and send."""
+    return f"{cluster_prefix}/_master/{HA_COMMAND_TYPE}"
+
+
+def press_template(node: str, command: str) -> str:
+    """The button's command_template: which node and command, and when it was pressed.
+
+    The time lets the master refuse a press that waited in a queue (or was retained) long
+    enough to surprise anyone, e.g. a reboot delivered after a master outage.
+    """
+    fixed = json.dumps({"node": node, "command": command}, separators=(",", ":"))
+    return fixed[:-1] + ',"ts":{{ now().timestamp() | round(3) }}}'
+
+
+def pressable_commands(details: Mapping[str, Any]) -> list[str]:
+    """The buttons a node gets: refresh always, reboot/shutdown only when it advertises them."""
+    advertised = details.get("commands")
+    offered = set(advertised) if isinstance(advertised, list) else set()
+    offered.add(ALWAYS_PRESSABLE)
+    return [command for command, *_ in BUTTONS if command in offered]
 
 
 def device_topic(prefix: str, device_object_id: str) -> str:
@@ -360,6 +395,7 @@ def node_components(
                 expire_after=expire,
             )
         )
+    components += node_buttons(node, details, both, cluster_prefix)
     # Connectivity must stay readable while the node is offline: only the master gates it.
     components.append(
         _sensor(
@@ -377,6 +413,36 @@ def node_components(
         )
     )
     return components
+
+
+def node_buttons(
+    node: str,
+    details: Mapping[str, Any],
+    availability: list[dict[str, str]],
+    cluster_prefix: str = DEFAULT_PREFIX,
+) -> list[Component]:
+    """A node's command buttons; a press goes to the master, never to the node directly."""
+    offered = pressable_commands(details)
+    buttons = []
+    for command, name, device_class, category, icon in BUTTONS:
+        if command not in offered:
+            continue
+        config: dict[str, Any] = {
+            "name": name,
+            "unique_id": unique_id(node, command),
+            "command_topic": ha_command_topic(cluster_prefix),
+            "command_template": press_template(node, command),
+            "qos": 1,  # a press must not be lost on the way; never retained (HA's default)
+            "availability": availability,
+            "availability_mode": "all",
+            "entity_category": category,
+        }
+        if device_class is not None:
+            config["device_class"] = device_class
+        if icon is not None:
+            config["icon"] = icon
+        buttons.append(Component(command, "button", config))
+    return buttons
 
 
 def cluster_components(cluster_prefix: str = DEFAULT_PREFIX) -> list[Component]:

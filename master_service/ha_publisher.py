@@ -120,9 +120,9 @@ class DiscoveryPublisher:
             shape = hd.NodeShape(
                 tuple(node.mounts.union(mounts)), has_throttled=True
             )  # clearing a topic that was never set is harmless
-            components = hd.node_components(
-                node_id, node.details or {}, shape, self._cluster_prefix
-            )
+            # Every button too, whatever the node advertised last (or was never seen to).
+            details = {**(node.details or {}), "commands": [c for c, *_ in hd.BUTTONS]}
+            components = hd.node_components(node_id, details, shape, self._cluster_prefix)
             for message in hd.clear_messages(self._prefix, hd.object_id(node_id), components):
                 self._send(message)
             logger.info("cleared Home Assistant discovery for %s", node_id)

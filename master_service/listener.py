@@ -190,8 +190,14 @@ class Listener:
             )
             # Subscribing on every connect: a broker that lost our session (restart without
             # persistence) would otherwise leave us deaf. no_local skips our own publishes.
-            topics = [(subscription(self.settings.prefix), SubscribeOptions(qos=1, noLocal=True))]
-            topics += [(topic, SubscribeOptions(qos=1)) for topic in self.extra_topics]
+            everything = subscription(self.settings.prefix)
+            topics = [(everything, SubscribeOptions(qos=1, noLocal=True))]
+            # A second, overlapping subscription makes Mosquitto 2 deliver the message twice.
+            topics += [
+                (topic, SubscribeOptions(qos=1))
+                for topic in self.extra_topics
+                if not mqtt.topic_matches_sub(everything, topic)
+            ]
             client.subscribe(topics)
             client.publish(
                 master_status_topic(self.settings.prefix), master_status("online"), 1, True

@@ -73,7 +73,7 @@ def node_payload(
 
 def all_configs() -> list[tuple[str, dict[str, Any]]]:
     components = hd.node_components("pi-01", PI_DETAILS, PI_SHAPE) + hd.cluster_components()
-    return [(c.platform, dict(c.config)) for c in components]
+    return [(c.platform, dict(c.config)) for c in components if c.platform != "button"]
 
 
 # --- what Home Assistant reads -------------------------------------------------------------
@@ -92,10 +92,12 @@ def test_node_device_payload_has_the_documented_shape():
         "via_device": "picluster__cluster",
     }
     for key, component in payload["cmps"].items():
-        assert component["p"] in {"sensor", "binary_sensor"}, key
         assert component["unique_id"] == f"picluster_pi-01_{key}"
-        assert component["state_topic"].startswith("cluster/pi-01/")
         assert component["name"]
+        if component["p"] == "button":
+            continue  # buttons publish, they read nothing (see the button tests)
+        assert component["p"] in {"sensor", "binary_sensor"}, key
+        assert component["state_topic"].startswith("cluster/pi-01/")
 
 
 def test_unique_ids_never_change():
@@ -113,6 +115,7 @@ def test_unique_ids_never_change():
             "net_tx_bytes_per_s",
             "boot_time",
             "throttled",
+            "refresh",
             "online",
         ]
     )
@@ -186,7 +189,7 @@ def test_metric_entities_need_both_the_node_and_the_master_online():
 
 def test_metrics_expire_after_three_intervals():
     cmps = node_payload()["cmps"]
-    on_metrics = [k for k, c in cmps.items() if c["state_topic"] == "cluster/pi-01/metrics"]
+    on_metrics = [k for k, c in cmps.items() if c.get("state_topic") == "cluster/pi-01/metrics"]
     assert len(on_metrics) == 10
     assert {cmps[k]["expire_after"] for k in on_metrics} == {30}
     assert "expire_after" not in cmps["boot_time"]  # retained, sent once per connect
@@ -299,6 +302,7 @@ def ha_environment() -> Any:
     env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined)
     env.globals["as_datetime"] = as_datetime
     env.filters["as_datetime"] = as_datetime
+    env.globals["now"] = lambda: datetime.now(UTC)
     return env
 
 
@@ -351,7 +355,7 @@ def test_node_templates_render_the_values_ha_will_show():
     env = ha_environment()
     cmps = node_payload()["cmps"]
     metrics = envelope("metrics", METRICS)
-    on_metrics = {k: c for k, c in cmps.items() if c["state_topic"].endswith("/metrics")}
+    on_metrics = {k: c for k, c in cmps.items() if c.get("state_topic", "").endswith("/metrics")}
     got = {k: render(env, c["value_template"], metrics) for k, c in on_metrics.items()}
     assert got["cpu_percent"] == "12.5"
     assert got["load_1"] == "0.42"
@@ -528,6 +532,7 @@ def test_forget_clears_both_forms_and_is_not_reannounced(publisher, recorder):
     assert "homeassistant/device/picluster_pi-01/config" in topics
     assert "homeassistant/sensor/picluster_pi-01/disk_mnt_usb_percent/config" in topics
     assert "homeassistant/binary_sensor/picluster_pi-01/throttled/config" in topics
+    assert "homeassistant/button/picluster_pi-01/refresh/config" in topics
     publisher.on_ha_status(b"online")
     assert [t for t, *_ in recorder.take()] == ["homeassistant/device/picluster__cluster/config"]
 
@@ -537,6 +542,9 @@ def test_forget_of_a_node_unseen_since_start_uses_the_mounts_given(publisher, re
     topics = {t for t, *_ in recorder.take()}
     assert "homeassistant/device/picluster_pi-09/config" in topics
     assert "homeassistant/sensor/picluster_pi-09/disk_srv_percent/config" in topics
+    # Its details are unknown here, so every button a node could have had is cleared.
+    for command in ("refresh", "reboot", "shutdown"):
+        assert f"homeassistant/button/picluster_pi-09/{command}/config" in topics
 
 
 def test_per_entity_form_publishes_only_the_entities_that_changed(recorder):
@@ -544,7 +552,7 @@ def test_per_entity_form_publishes_only_the_entities_that_changed(recorder):
     publisher.node_details("pi-01", PI_DETAILS)
     publisher.node_metrics_shape("pi-01", ["/"], False)
     first = recorder.take()
-    assert len(first) == 10
+    assert len(first) == 11  # 10 sensors and the Refresh button
     assert all(t.startswith("ha/") and t.endswith("/config") for t, *_ in first)
     assert not any(t.startswith("ha/device/") for t, *_ in first)
     publisher.node_metrics_shape("pi-01", ["/", "/data"], False)
@@ -560,3 +568,90 @@ def test_cluster_announcement(publisher, recorder):
     body = json.loads(payload or b"")
     assert body["dev"]["ids"] == ["picluster__cluster"]
     assert set(body["cmps"]) == {"nodes_online", "cores_total", "ram_total", "cpu_percent_avg"}
+
+
+# --- buttons ------------------------------------------------------------------------------
+
+ALL_COMMANDS = ["ping", "refresh", "set_interval", "run", "reboot", "shutdown"]
+
+
+def buttons(details: dict[str, Any], prefix: str = "cluster") -> dict[str, dict[str, Any]]:
+    components = hd.node_components("pi-01", details, PI_SHAPE, prefix)
+    return {c.key: dict(c.config) for c in components if c.platform == "button"}
+
+
+@pytest.mark.parametrize(
+    ("commands", "expected"),
+    [
+        (None, ["refresh"]),  # an older agent that advertises nothing: refresh is harmless
+        (["ping", "refresh", "set_interval", "run"], ["refresh"]),
+        (["ping", "refresh", "set_interval", "run", "reboot"], ["refresh", "reboot"]),
+        (ALL_COMMANDS, ["refresh", "reboot", "shutdown"]),
+        ("reboot", ["refresh"]),  # not a list: nothing is inferred from it
+    ],
+)
+def test_reboot_and_shutdown_buttons_only_where_the_node_enables_them(commands, expected):
+    details = dict(PI_DETAILS) if commands is None else {**PI_DETAILS, "commands": commands}
+    got = buttons(details)
+    assert list(got) == expected
+    assert [c["unique_id"] for c in got.values()] == [f"picluster_pi-01_{k}" for k in expected]
+
+
+def test_buttons_publish_to_the_master_never_to_the_node():
+    for key, button in buttons({**PI_DETAILS, "commands": ALL_COMMANDS}, "lab").items():
+        # Home Assistant's broker user may not write cluster/<node>/cmd/#: the master relays.
+        assert button["command_topic"] == "lab/_master/ha_command", key
+        assert button["qos"] == 1
+        assert not button.get("retain", False)  # a retained press would replay on reconnect
+        assert {"state_topic", "value_template", "expire_after", "state_class"}.isdisjoint(button)
+        assert [a["topic"] for a in button["availability"]] == [
+            "lab/pi-01/status",
+            "lab/_master/status",
+        ]
+        assert button["availability_mode"] == "all"
+
+
+def test_button_classes_and_categories_are_home_assistants():
+    got = buttons({**PI_DETAILS, "commands": ALL_COMMANDS})
+    # HA's button device classes are identify, restart and update (none fits shutdown).
+    assert {k: b.get("device_class") for k, b in got.items()} == {
+        "refresh": None,
+        "reboot": "restart",
+        "shutdown": None,
+    }
+    assert {k: b["entity_category"] for k, b in got.items()} == {
+        "refresh": "diagnostic",
+        "reboot": "config",
+        "shutdown": "config",
+    }
+    assert {k: b["name"] for k, b in got.items()} == {
+        "refresh": "Refresh",
+        "reboot": "Reboot",
+        "shutdown": "Shutdown",
+    }
+
+
+@pytest.mark.parametrize("command", ["refresh", "reboot", "shutdown"])
+def test_a_press_renders_to_what_the_master_accepts(command):
+    from master_service.ha_commands import parse_press
+
+    env = ha_environment()
+    template = buttons({**PI_DETAILS, "commands": ALL_COMMANDS})[command]["command_template"]
+    pressed = env.from_string(template).render(value="PRESS")
+    now = datetime.now(UTC).timestamp()
+    body = json.loads(pressed)
+    assert (body["node"], body["command"]) == ("pi-01", command)
+    assert abs(body["ts"] - now) < 5
+    press = parse_press(pressed.encode(), now)
+    assert (press.node, press.command) == ("pi-01", command)
+
+
+def test_enabling_reboot_on_a_node_adds_its_button(publisher, recorder):
+    publisher.node_details("pi-01", {**PI_DETAILS, "commands": ["ping", "refresh"]})
+    publisher.node_metrics_shape("pi-01", ["/"], False)
+    first = json.loads(recorder.take()[0][1] or b"")
+    assert "reboot" not in first["cmps"]
+    publisher.node_details("pi-01", {**PI_DETAILS, "commands": ["ping", "refresh", "reboot"]})
+    [(topic, payload, _, retain)] = recorder.take()
+    assert (topic, retain) == ("homeassistant/device/picluster_pi-01/config", True)
+    assert json.loads(payload or b"")["cmps"]["reboot"]["device_class"] == "restart"
