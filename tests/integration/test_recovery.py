@@ -6,6 +6,7 @@ and the nodes are the real `cluster-master run` and `cluster-node run` processes
 
 from __future__ import annotations
 
+import logging
 import signal
 import sqlite3
 import time
@@ -20,6 +21,8 @@ import pytest
 from tests.integration.test_mosquitto_config import ShippedBroker
 from tests.support.processes import RunningMaster, Service, start_master, start_node
 from tests.support.waiting import wait_until
+
+logger = logging.getLogger(__name__)
 
 MASTER_PASSWORD = "recovery-master-secret"
 NODE_PASSWORD = "recovery-node-secret"
@@ -188,9 +191,7 @@ def test_master_killed_and_restarted_loses_nothing(cluster: Cluster) -> None:
     cluster.wait_delivered({n: seq + 1 for n, seq in seqs_now(cluster).items()})
 
 
-def test_broker_sigkill_under_load_everyone_reconnects(
-    cluster: Cluster, record_property: Any
-) -> None:
+def test_broker_sigkill_under_load_everyone_reconnects(cluster: Cluster) -> None:
     cluster.broker.stop(signal.SIGKILL)
     cluster.broker.start()
     after = seqs_now(cluster)
@@ -206,6 +207,7 @@ def test_broker_sigkill_under_load_everyone_reconnects(
     # Master and nodes reconnect and resubscribe by themselves: new data reaches the master.
     wait_until(flowing_again, 30, interval_s=0.2, message="data flowing after the kill")
     assert master.get("/healthz")["mqtt_connected"]
-    # What a hard kill can lose is documented in docs/reliability.md; record what it did here.
-    gaps = {n: cluster.counters(n)["seq_gaps"] for n in cluster.node_ids}
-    record_property("seq_gaps_after_broker_sigkill", gaps)
+    # What a hard kill can lose is documented in docs/reliability.md (here the broker had no
+    # snapshot yet: measured 0-1 lost per node); any loss shows as seq gaps, logged for the record.
+    for node_id in cluster.node_ids:
+        logger.warning("after the broker SIGKILL, %s: %s", node_id, cluster.counters(node_id))

@@ -1,0 +1,259 @@
+"""Soak: N simulated nodes, one envelope per interval each, against the shipped broker and a master.
+
+Not run in CI. The broker runs mosquitto/mosquitto.conf (listener and paths rewritten, users and
+the shipped ACL); the master is `python -m master_service run` in its own process, so its memory
+is its own. Each simulated node is a lean publisher: its own MQTT connection and user, and the
+node agent's real on-disk `Spool` and `Outbox` (seq, spooling while the broker is away, delete on
+PUBACK); no collectors, status or details, so the counts are metrics envelopes only.
+The broker is restarted once in the middle (SIGTERM by default; `--restart-signal KILL` crashes it).
+
+    .venv/bin/python -m bench.soak --nodes 200 --duration 600
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from cluster_protocol import Envelope, MessageType, encode_envelope, topic_for
+from node_publisher.outbox import Outbox
+from node_publisher.spool import Spool
+from tests.support.broker import free_port, wait_for_port
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_CONF = REPO_ROOT / "mosquitto" / "mosquitto.conf"
+SHIPPED_ACL = REPO_ROOT / "mosquitto" / "acl"
+NODE_PASSWORD = "soak-node"
+MASTER_PASSWORD = "soak-master"
+METRICS = {
+    "cpu_percent": 12.5,
+    "cpu_percent_per_core": [10.0, 15.0, 12.0, 13.0],
+    "load_1": 0.5,
+    "load_5": 0.4,
+    "load_15": 0.3,
+    "memory_total_bytes": 4_000_000_000,
+    "memory_available_bytes": 3_000_000_000,
+    "memory_percent": 25.0,
+    "swap_percent": 0.0,
+    "disks": [{"mount": "/", "total_bytes": 32e9, "used_bytes": 8e9, "percent": 25.0}],
+    "disk_read_bytes_per_s": 1000.0,
+    "disk_write_bytes_per_s": 2000.0,
+    "net_rx_bytes_per_s": 500.0,
+    "net_tx_bytes_per_s": 700.0,
+    "temperature_celsius": 48.2,
+    "uptime_s": 1000.0,
+    "process_count": 120,
+    "throttled": None,
+    "spool_dropped": 0,
+}
+
+
+def log(text: str) -> None:
+    sys.stderr.write(f"[{time.strftime('%H:%M:%S')}] {text}\n")
+    sys.stderr.flush()
+
+
+class Broker:
+    """The shipped mosquitto.conf on a free port, with users for the master and every node."""
+
+    def __init__(self, workdir: Path, node_ids: list[str]) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        passwd = workdir / "passwd"
+        lines = [f"picluster-master:{MASTER_PASSWORD}", *(f"{n}:{NODE_PASSWORD}" for n in node_ids)]
+        passwd.write_text("\n".join(lines) + "\n")
+        subprocess.run(["mosquitto_passwd", "-U", str(passwd)], check=True)
+        passwd.chmod(0o600)
+        acl = workdir / "acl"
+        acl.write_text(SHIPPED_ACL.read_text())
+        replacements = {
+            "listener 1883": f"listener {self.port} 127.0.0.1",
+            "pid_file /run/mosquitto/mosquitto.pid": "",
+            "password_file /etc/mosquitto/passwd": f"password_file {passwd}",
+            "acl_file /etc/mosquitto/acl": f"acl_file {acl}",
+            "persistence_location /var/lib/mosquitto/": f"persistence_location {workdir}/",
+            "log_dest file /var/log/mosquitto/mosquitto.log": f"log_dest file {workdir}/broker.log",
+        }
+        conf = [replacements.get(line, line) for line in SHIPPED_CONF.read_text().splitlines()]
+        if os.geteuid() == 0:
+            conf.insert(0, "user root")
+        self.config = workdir / "mosquitto.conf"
+        self.config.write_text("\n".join(conf) + "\n")
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["mosquitto", "-c", str(self.config)], stderr=subprocess.DEVNULL
+        )
+        wait_for_port("127.0.0.1", self.port)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        if self.process is not None:
+            self.process.send_signal(sig)
+            self.process.wait(30)
+            self.process = None
+
+
+@dataclass
+class SimNode:
+    """One simulated node: its connection, real spool and outbox."""
+
+    node_id: str
+    spool: Spool
+    outbox: Outbox
+    client: mqtt.Client
+
+    def append(self) -> None:
+        ts = time.time()
+
+        def build(seq: int) -> bytes:
+            return encode_envelope(Envelope(MessageType.METRICS, self.node_id, ts, seq, METRICS))
+
+        self.spool.append(topic_for(self.node_id, MessageType.METRICS), build)
+        self.outbox.wake()
+
+
+def make_node(node_id: str, port: int, state_dir: Path) -> SimNode:
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"picluster-node-{node_id}", protocol=mqtt.MQTTv5
+    )
+    client.username_pw_set(node_id, NODE_PASSWORD)
+    spool = Spool(state_dir / f"spool-{node_id}.sqlite3", 8640)
+    outbox = Outbox(spool, client)
+    client.on_connect = lambda c, u, f, rc, p: (
+        outbox.notify_connected() if not rc.is_failure else None
+    )
+    client.on_disconnect = lambda *args: outbox.notify_disconnected()
+    client.on_publish = lambda c, u, mid, rc, p: outbox.notify_acked(mid, rc.is_failure, str(rc))
+    client.reconnect_delay_set(1, 5)
+    client.connect_async("127.0.0.1", port, keepalive=30)
+    outbox.start()
+    client.loop_start()
+    return SimNode(node_id, spool, outbox, client)
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def api_nodes(api: str) -> dict[str, dict[str, Any]]:
+    with urllib.request.urlopen(api + "/api/nodes", timeout=30) as response:
+        nodes = json.load(response)["nodes"]
+    return {n["node"]: n["counters"] for n in nodes}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="picluster-soak-"))
+    node_ids = [f"soak-{i:04d}" for i in range(args.nodes)]
+    broker = Broker(workdir, node_ids)
+    broker.start()
+    http_port = free_port()
+    api = f"http://127.0.0.1:{http_port}"
+    (workdir / "master.password").write_text(MASTER_PASSWORD + "\n")
+    master_log = (workdir / "master.log").open("wb")
+    master = subprocess.Popen(
+        [
+            sys.executable, "-m", "master_service", "run",
+            "--broker", f"mqtt://picluster-master@127.0.0.1:{broker.port}",
+            "--password-file", str(workdir / "master.password"),
+            "--db", str(workdir / "master.db"), "--http", f"127.0.0.1:{http_port}",
+            "--no-ha-discovery", "--log-level", "WARNING",
+        ],
+        cwd=REPO_ROOT, stdout=master_log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    nodes: list[SimNode] = []
+    try:
+        wait_for_port("127.0.0.1", http_port, timeout_s=30)
+        nodes = [make_node(n, broker.port, workdir / "nodes") for n in node_ids]
+        time.sleep(2)  # let every connection settle before the baseline
+        rss_start = rss_mib(master.pid)
+        log(f"{args.nodes} nodes, master RSS {rss_start:.1f} MiB; running {args.duration} s")
+        started = time.monotonic()
+        restart_at = started + args.duration / 2
+        restarted = False
+        tick = 0
+        while (now := time.monotonic()) < started + args.duration:
+            for node in nodes:
+                node.append()
+            tick += 1
+            if not restarted and now >= restart_at:
+                sig = signal.Signals[f"SIG{args.restart_signal}"]
+                log(f"restarting the broker ({sig.name}, {args.outage} s down)")
+                broker.stop(sig)
+                restarted = True
+                threading.Timer(args.outage, broker.start).start()
+            time.sleep(max(0.0, started + tick * args.interval - time.monotonic()))
+        sent = {n.node_id: n.spool.current_seq() for n in nodes}
+        log("publishing stopped; waiting for spools to drain and the master to catch up")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            counters = api_nodes(api)
+            spooled = sum(len(n.spool) for n in nodes)
+            caught_up = all(
+                (counters.get(n) or {}).get("last_seq") == seq for n, seq in sent.items()
+            )
+            if spooled == 0 and caught_up:
+                break
+            time.sleep(1)
+        counters = api_nodes(api)
+        rss_end = rss_mib(master.pid)
+        lost = 0
+        for node_id, seq in sent.items():
+            c = counters.get(node_id) or {"last_seq": 0, "seq_gaps": 0}
+            lost += int(c["seq_gaps"]) + max(0, seq - int(c["last_seq"] or 0))
+        return {
+            "nodes": args.nodes,
+            "duration_s": args.duration,
+            "interval_s": args.interval,
+            "restart_signal": args.restart_signal,
+            "outage_s": args.outage,
+            "sent": sum(sent.values()),
+            "received": sum(int(c["received"]) for c in counters.values()),
+            "lost": lost,
+            "duplicates_dropped": sum(int(c["duplicates"]) for c in counters.values()),
+            "still_spooled": sum(len(n.spool) for n in nodes),
+            "master_rss_mib_start": round(rss_start, 1),
+            "master_rss_mib_end": round(rss_end, 1),
+            "workdir": str(workdir),
+        }
+    finally:
+        for node in nodes:
+            node.client.disconnect()
+            node.client.loop_stop()
+            node.outbox.stop()
+        master.send_signal(signal.SIGTERM)
+        master.wait(30)
+        master_log.close()
+        broker.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=200)
+    parser.add_argument("--duration", type=float, default=600.0, help="seconds of publishing")
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between envelopes")
+    parser.add_argument("--outage", type=float, default=5.0, help="seconds the broker is down")
+    parser.add_argument("--restart-signal", choices=("TERM", "KILL"), default="TERM")
+    result = run(parser.parse_args())
+    sys.stdout.write(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
