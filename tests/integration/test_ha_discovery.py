@@ -135,8 +135,11 @@ def test_node_and_cluster_configs_are_retained_for_home_assistant(watch, adapter
     assert node["dev"]["mf"] == "Raspberry Pi Ltd"
     cmps = node["cmps"]
     for key, component in cmps.items():
-        assert {"p", "unique_id", "state_topic", "value_template", "availability"} <= set(component)
         assert component["unique_id"] == f"picluster_pi-01_{key}"
+        if component["p"] == "button":  # buttons read nothing: they publish presses
+            assert {"command_topic", "command_template", "availability"} <= set(component)
+            continue
+        assert {"p", "unique_id", "state_topic", "value_template", "availability"} <= set(component)
     assert [a["topic"] for a in cmps["cpu_percent"]["availability"]] == [
         f"{cluster}/pi-01/status",
         f"{cluster}/_master/status",
@@ -156,6 +159,8 @@ def test_node_and_cluster_configs_are_retained_for_home_assistant(watch, adapter
     assert (throttled["p"], throttled["device_class"]) == ("binary_sensor", "problem")
     assert cmps["online"]["device_class"] == "connectivity"
     assert [a["topic"] for a in cmps["online"]["availability"]] == [f"{cluster}/_master/status"]
+    assert cmps["refresh"]["command_topic"] == f"{cluster}/_master/ha_command"
+    assert "reboot" not in cmps  # DETAILS advertise no reboot
 
     totals = config(retained, f"{prefix}/device/picluster__cluster/config")["cmps"]
     assert {c["state_topic"] for c in totals.values()} == {f"{cluster}/_master/cluster"}
@@ -229,7 +234,8 @@ def test_per_entity_form_is_retained_and_forgotten(watch, adapter, prefixes):
     node_topics = sorted(m.topic for m in retained if "/picluster_pi-01/" in m.topic)
     assert f"{prefix}/sensor/picluster_pi-01/cpu_percent/config" in node_topics
     assert f"{prefix}/binary_sensor/picluster_pi-01/online/config" in node_topics
-    assert len(node_topics) == 12
+    assert f"{prefix}/button/picluster_pi-01/refresh/config" in node_topics
+    assert len(node_topics) == 13  # 12 sensors and the Refresh button
     cpu = config(retained, f"{prefix}/sensor/picluster_pi-01/cpu_percent/config")
     assert "p" not in cpu
     assert cpu["unique_id"] == "picluster_pi-01_cpu_percent"
