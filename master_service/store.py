@@ -6,9 +6,11 @@ import json
 import logging
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Final
+
+import orjson
 
 from master_service.state import NodeState
 
@@ -226,7 +228,13 @@ def _minute(ts: float) -> float:
     return float(int(ts // ROLLUP_STEP_S) * ROLLUP_STEP_S)
 
 
+_NODE_FIELDS: Final = tuple(f.name for f in fields(NodeState))
+
+
 def _state_json(state: NodeState) -> str:
-    record = asdict(state)
+    # Every dirty node is saved on every flush: asdict() deep-copies its metrics and details
+    # first and json.dumps is slow; orjson over the fields as they are costs ~4 us instead of
+    # ~100 us per node (bench/README.md).
+    record = {name: getattr(state, name) for name in _NODE_FIELDS}
     record["missing"] = sorted(state.missing)
-    return json.dumps(record, separators=(",", ":"))
+    return orjson.dumps(record).decode()
