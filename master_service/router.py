@@ -41,6 +41,10 @@ HANDLERS: Final[Mapping[MessageType, Handler]] = {
 }
 
 
+# A dict lookup: calling MessageType(value) costs about a microsecond per message.
+_TYPES: Final[Mapping[str, MessageType]] = {member.value: member for member in MessageType}
+
+
 @dataclass(frozen=True, slots=True)
 class RawMessage:
     """A message as the listener got it from the broker."""
@@ -63,9 +67,8 @@ def dispatch(raw: RawMessage, ctx: Context) -> bool:
     if parsed.type == COMMAND_LEVEL or parsed.node == MASTER_NODE_ID:
         counters.ignored += 1
         return False
-    try:
-        message_type = MessageType(parsed.type)
-    except ValueError:
+    message_type = _TYPES.get(parsed.type)
+    if message_type is None:
         counters.reject(RejectCause.UNKNOWN_TYPE, raw.topic, f"unknown type {parsed.type!r}")
         return False
     try:
