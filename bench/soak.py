@@ -16,10 +16,10 @@ import argparse
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -159,8 +159,41 @@ def api_nodes(api: str) -> dict[str, dict[str, Any]]:
     return {n["node"]: n["counters"] for n in nodes}
 
 
+NODES_PER_WORKER = 40  # paho's select() fails past fd 1023; each node holds ~6 descriptors
+
+
+def run_worker(args: argparse.Namespace) -> None:
+    """One worker process: its share of the nodes, one envelope each per interval."""
+    node_ids = [f"soak-{i:04d}" for i in range(args.first, args.first + args.count)]
+    nodes = [make_node(n, args.port, Path(args.state_dir)) for n in node_ids]
+    started = time.monotonic()
+    tick = 0
+    while time.monotonic() < started + args.duration:
+        for node in nodes:
+            node.append()
+        tick += 1
+        time.sleep(max(0.0, started + tick * args.interval - time.monotonic()))
+    deadline = time.monotonic() + args.drain
+    while time.monotonic() < deadline and any(len(n.spool) for n in nodes):
+        time.sleep(0.5)
+    for node in nodes:
+        node.client.disconnect()
+        node.client.loop_stop()
+        node.outbox.stop()
+
+
+def spool_figures(state_dir: Path, node_id: str) -> tuple[int, int]:
+    """(last seq handed out, envelopes still spooled) read from a node's spool file."""
+    with sqlite3.connect(state_dir / f"spool-{node_id}.sqlite3", timeout=30) as db:
+        row = db.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
+        (spooled,) = db.execute("SELECT COUNT(*) FROM outbox").fetchone()
+    return (int(row[0]) if row else 0), int(spooled)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Broker, master and worker processes; restart the broker mid-way; count."""
     workdir = Path(tempfile.mkdtemp(prefix="picluster-soak-"))
+    state_dir = workdir / "nodes"
     node_ids = [f"soak-{i:04d}" for i in range(args.nodes)]
     broker = Broker(workdir, node_ids)
     broker.start()
@@ -178,38 +211,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ],
         cwd=REPO_ROOT, stdout=master_log, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    nodes: list[SimNode] = []
+    workers: list[subprocess.Popen[bytes]] = []
     try:
         wait_for_port("127.0.0.1", http_port, timeout_s=30)
-        nodes = [make_node(n, broker.port, workdir / "nodes") for n in node_ids]
-        time.sleep(2)  # let every connection settle before the baseline
         rss_start = rss_mib(master.pid)
-        log(f"{args.nodes} nodes, master RSS {rss_start:.1f} MiB; running {args.duration} s")
-        started = time.monotonic()
-        restart_at = started + args.duration / 2
-        restarted = False
-        tick = 0
-        while (now := time.monotonic()) < started + args.duration:
-            for node in nodes:
-                node.append()
-            tick += 1
-            if not restarted and now >= restart_at:
-                sig = signal.Signals[f"SIG{args.restart_signal}"]
-                log(f"restarting the broker ({sig.name}, {args.outage} s down)")
-                broker.stop(sig)
-                restarted = True
-                threading.Timer(args.outage, broker.start).start()
-            time.sleep(max(0.0, started + tick * args.interval - time.monotonic()))
-        sent = {n.node_id: n.spool.current_seq() for n in nodes}
-        log("publishing stopped; waiting for spools to drain and the master to catch up")
-        deadline = time.monotonic() + 120
+        common = ["--port", str(broker.port), "--state-dir", str(state_dir)]
+        common += ["--duration", str(args.duration), "--interval", str(args.interval)]
+        for first in range(0, args.nodes, NODES_PER_WORKER):
+            share = [
+                "--first",
+                str(first),
+                "--count",
+                str(min(NODES_PER_WORKER, args.nodes - first)),
+            ]
+            command = [sys.executable, "-m", "bench.soak", "--worker", *share, *common]
+            workers.append(subprocess.Popen(command, cwd=REPO_ROOT))
+        log(f"{args.nodes} nodes in {len(workers)} workers; master RSS {rss_start:.1f} MiB")
+        time.sleep(args.duration / 2)
+        sig = signal.Signals[f"SIG{args.restart_signal}"]
+        log(f"restarting the broker ({sig.name}, {args.outage} s down)")
+        broker.stop(sig)
+        time.sleep(args.outage)
+        broker.start()
+        for worker in workers:
+            worker.wait()
+        log("workers done (published, spools drained or drain timed out)")
+        figures = {n: spool_figures(state_dir, n) for n in node_ids}
+        sent = {n: seq for n, (seq, _) in figures.items()}
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             counters = api_nodes(api)
-            spooled = sum(len(n.spool) for n in nodes)
-            caught_up = all(
-                (counters.get(n) or {}).get("last_seq") == seq for n, seq in sent.items()
-            )
-            if spooled == 0 and caught_up:
+            if all((counters.get(n) or {}).get("last_seq") == seq for n, seq in sent.items()):
                 break
             time.sleep(1)
         counters = api_nodes(api)
@@ -228,16 +260,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "received": sum(int(c["received"]) for c in counters.values()),
             "lost": lost,
             "duplicates_dropped": sum(int(c["duplicates"]) for c in counters.values()),
-            "still_spooled": sum(len(n.spool) for n in nodes),
+            "still_spooled": sum(spooled for _, spooled in figures.values()),
             "master_rss_mib_start": round(rss_start, 1),
             "master_rss_mib_end": round(rss_end, 1),
             "workdir": str(workdir),
         }
     finally:
-        for node in nodes:
-            node.client.disconnect()
-            node.client.loop_stop()
-            node.outbox.stop()
+        for worker in workers:
+            if worker.poll() is None:
+                worker.terminate()
+                worker.wait(30)
         master.send_signal(signal.SIGTERM)
         master.wait(30)
         master_log.close()
@@ -245,14 +277,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Run the soak (or, with --worker, one share of its nodes) and print the figures."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--nodes", type=int, default=200)
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of publishing")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between envelopes")
     parser.add_argument("--outage", type=float, default=5.0, help="seconds the broker is down")
     parser.add_argument("--restart-signal", choices=("TERM", "KILL"), default="TERM")
-    result = run(parser.parse_args())
-    sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    worker = parser.add_argument_group("worker (internal)")
+    worker.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    worker.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
+    worker.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
+    worker.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    worker.add_argument("--state-dir", default="", help=argparse.SUPPRESS)
+    worker.add_argument("--drain", type=float, default=120.0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        run_worker(args)
+        return
+    sys.stdout.write(json.dumps(run(args), indent=2) + "\n")
 
 
 if __name__ == "__main__":
