@@ -1,0 +1,140 @@
+"""The real master (MasterService: listener, ingest, state, SQLite history), run as its own process.
+
+No HTTP server: nothing reads the API during the measurement. Latency is sampled at commit
+time: a thin wrapper around `Ingestor.flush` notes the `ts` of every metrics row of the batch
+and the wall time once the transaction committed.
+
+Prints {"event": "ready"} when the first message (the retained probe) is committed, and writes
+a JSON result file once `--target` messages are committed (or the timeout passed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import sys
+import threading
+import time
+from array import array
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.procstat import cpu_seconds, memory_kib
+from bench.sizes import deep_size
+from master_service.app import MasterService
+from master_service.settings import MasterSettings
+
+
+def emit(event: str, **fields: object) -> None:
+    """One JSON line on stdout for the orchestrator."""
+    sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
+    sys.stdout.flush()
+
+
+class Probe:
+    """Commit-time instrumentation of one MasterService."""
+
+    def __init__(self, service: MasterService, target: int) -> None:
+        self.service = service
+        self.target = target
+        self.ready = threading.Event()
+        self.done = threading.Event()
+        # Per batch: when it committed and how many samples; per sample: its node ts.
+        self.batch_at: array[float] = array("d")
+        self.batch_size: array[int] = array("l")
+        self.sample_ts: array[float] = array("d")
+        self.marks: dict[str, float] = {}
+        ingestor = service.ingestor
+        original_flush = ingestor.flush
+
+        def flush() -> None:
+            rows = service.ctx.pending_history
+            original_flush()
+            if rows:  # the arithmetic waits until the end: keep the ingest thread's share small
+                self.batch_at.append(time.time())
+                self.batch_size.append(len(rows))
+                self.sample_ts.extend([row[1] for row in rows])
+
+        ingestor.flush = flush  # type: ignore[method-assign]
+        ingestor.commit_listeners.append(self._committed)
+
+    def latencies(self) -> dict[str, list[float]]:
+        """Per committed sample: commit wall time and latency (commit time - node ts)."""
+        committed_at: list[float] = []
+        for at, size in zip(self.batch_at, self.batch_size, strict=True):
+            committed_at += [at] * size
+        latency = [at - ts for at, ts in zip(committed_at, self.sample_ts, strict=True)]
+        return {"committed_at": committed_at, "latency_s": latency}
+
+    def _committed(self, count: int) -> None:
+        committed = self.service.ingestor.committed
+        if committed >= 1 and not self.ready.is_set():
+            self.marks["ready"] = time.time()
+            self.ready.set()
+        if committed >= self.target and not self.done.is_set():
+            self.marks["done"] = time.time()
+            self.done.set()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the master until the target is committed; write the result file."""
+    parser = argparse.ArgumentParser(prog="python -m bench.master_proc")
+    parser.add_argument("--broker", required=True)
+    parser.add_argument("--db", required=True)
+    parser.add_argument("--target", type=int, required=True)
+    parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--no-ha", action="store_true", help="turn Home Assistant discovery off")
+    parser.add_argument("--deep-size", action="store_true", help="measure state size per node")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    settings = MasterSettings(
+        broker=args.broker,
+        db=args.db,
+        client_id="bench-master",
+        ha_discovery=not args.no_ha,
+        log_level="WARNING",
+    )
+    service = MasterService(settings)
+    probe = Probe(service, args.target)
+    service.start()
+    if not probe.ready.wait(30):
+        emit("error", reason="the probe message was not committed within 30 s")
+        return 1
+    gc.collect()
+    memory_ready = memory_kib()
+    cpu_ready = cpu_seconds()
+    emit("ready", t=probe.marks["ready"])
+    probe.done.wait(args.timeout)
+    cpu_done = cpu_seconds()
+    time.sleep(0.5)  # let the last flush and HA publishes settle before reading memory
+    gc.collect()
+    memory_done = memory_kib()
+    result: dict[str, Any] = {
+        "t_ready": probe.marks["ready"],
+        "t_done": probe.marks.get("done"),
+        "committed": service.ingestor.committed,
+        "counters": service.counters.snapshot(),
+        "nodes": len(service.state.node_ids()),
+        "cpu_s": cpu_done - cpu_ready,
+        "rss_ready_kib": memory_ready["VmRSS"],
+        "rss_done_kib": memory_done["VmRSS"],
+        "hwm_kib": memory_done["VmHWM"],
+        **probe.latencies(),
+    }
+    if args.deep_size:
+        with service.state.lock:
+            result["state_bytes"] = deep_size(service.state)
+        if service.home_assistant is not None:
+            result["ha_bytes"] = deep_size(service.home_assistant)
+    service.stop()
+    Path(args.out).write_text(json.dumps(result))
+    emit("done", t_done=result["t_done"], committed=result["committed"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

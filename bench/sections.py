@@ -1,0 +1,324 @@
+"""The bench sections: master ingest against baselines, latency at a fixed load, scale, history."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from bench.harness import CONSUMERS, RunResult, run_load
+from bench.loadgen import Plan
+from bench.stats import median, percentile, ratio
+
+INGEST_NODES: Final = 100
+LATENCY_RATE: Final = 5000.0
+LATENCY_NODES: Final = 500
+SCALE_NODES: Final = 10_000
+SCALE_INTERVAL_S: Final = 10.0
+LATENCY_WARMUP_S: Final = 2.0  # leave out the first seconds (births, connection set-up)
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One line of the printed table."""
+
+    section: str
+    figure: str
+    value: str
+    baseline: str = ""
+    target: str = ""
+    verdict: str = ""
+
+
+def _fmt(value: float | None, spec: str, unit: str = "") -> str:
+    return "n/a" if value is None else f"{value:{spec}}{unit}"
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("met" if ok else "MISSED")
+
+
+def _steady_latencies(master: dict[str, Any], after: float) -> list[float]:
+    return [
+        latency
+        for at, latency in zip(master["committed_at"], master["latency_s"], strict=True)
+        if at - latency >= after
+    ]
+
+
+def _run_summary(result: RunResult) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "consumer": result.consumer,
+        "messages": result.plan.total,
+        "received": result.received - 1,
+        "complete": result.complete,
+        "rate_msg_s": result.rate,
+        "cpu_s": result.cpu_s,
+        "cpu_us_per_msg": (
+            result.cpu_s / result.plan.total * 1e6 if result.cpu_s is not None else None
+        ),
+        "generator_s": result.generator.get("t_acked", 0) - result.generator.get("t_start", 0),
+    }
+    if result.master is not None:
+        master = result.master
+        latencies = master["latency_s"]
+        summary.update(
+            latency_p50_s=percentile(latencies, 0.50),
+            latency_p99_s=percentile(latencies, 0.99),
+            rss_done_kib=master["rss_done_kib"],
+            hwm_kib=master["hwm_kib"],
+            counters=master["counters"],
+        )
+    return summary
+
+
+def ingest(workdir: Path, messages: int, repeats: int) -> tuple[dict[str, Any], list[Row]]:
+    """The same flat-out load against the master, a counting paho client and mosquitto_sub."""
+    plan = Plan(
+        nodes=INGEST_NODES,
+        metrics=messages,
+        rate=0.0,
+        births=True,
+        birth_rate=0.0,
+        interval_s=1.0,
+    )
+    runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in CONSUMERS}
+    for repeat in range(repeats):
+        for kind in CONSUMERS:  # interleaved, so drift on the machine hits all three alike
+            result = run_load(kind, plan, workdir / f"ingest-{kind}-{repeat}")
+            runs[kind].append(_run_summary(result))
+            _progress(f"ingest {kind} #{repeat + 1}: {_fmt(result.rate, ',.0f')} msg/s")
+    rates = {kind: median([r["rate_msg_s"] for r in runs[kind]]) for kind in CONSUMERS}
+    master_runs = runs["master"]
+    p50 = median([r.get("latency_p50_s") for r in master_runs])
+    p99 = median([r.get("latency_p99_s") for r in master_runs])
+    rss = median([r.get("rss_done_kib") for r in master_runs])
+    cpu = {kind: median([r["cpu_us_per_msg"] for r in runs[kind]]) for kind in CONSUMERS}
+    vs_paho = ratio(rates["master"], rates["paho"])
+    vs_sub = ratio(rates["master"], rates["mosquitto_sub"])
+    paho_vs_sub = ratio(rates["paho"], rates["mosquitto_sub"])
+    figures: dict[str, Any] = {
+        "plan": {"nodes": plan.nodes, "messages": plan.total, "qos": 1, "repeats": repeats},
+        "rate_msg_s": rates,
+        "cpu_us_per_msg": cpu,
+        "master_vs_paho": vs_paho,
+        "master_vs_mosquitto_sub": vs_sub,
+        "paho_vs_mosquitto_sub": paho_vs_sub,
+        "master_latency_p50_s": p50,
+        "master_latency_p99_s": p99,
+        "master_rss_kib": rss,
+        "runs": runs,
+    }
+    section = f"ingest, QoS 1, {plan.nodes} nodes, {plan.total:,} msgs, median of {repeats}"
+    rows = [
+        Row(
+            section,
+            "master (history on) msg/s",
+            _fmt(rates["master"], ",.0f"),
+            f"paho {_fmt(rates['paho'], ',.0f')}",
+            ">= 0.80 x paho",
+            f"{_fmt(vs_paho, '.2f')} x, {_verdict(None if vs_paho is None else vs_paho >= 0.8)}",
+        ),
+        Row(
+            section,
+            "bare paho counter msg/s",
+            _fmt(rates["paho"], ",.0f"),
+            f"mosquitto_sub {_fmt(rates['mosquitto_sub'], ',.0f')}",
+            "",
+            f"{_fmt(paho_vs_sub, '.2f')} x",
+        ),
+        Row(
+            section,
+            "master vs mosquitto_sub",
+            f"{_fmt(vs_sub, '.2f')} x",
+        ),
+        Row(
+            section,
+            "CPU per message (master / paho / sub)",
+            " / ".join(_fmt(cpu[k], ".0f", " us") for k in CONSUMERS),
+        ),
+        Row(
+            section,
+            "master latency p50 / p99 at saturation",
+            f"{_fmt(p50, '.2f', ' s')} / {_fmt(p99, '.2f', ' s')}",
+            "",
+            "(queueing: offered load > capacity)",
+        ),
+        Row(
+            section,
+            "master RSS after the run",
+            _fmt(None if rss is None else rss / 1024, ".1f", " MiB"),
+        ),
+    ]
+    return figures, rows
+
+
+def latency(workdir: Path, duration_s: float) -> tuple[dict[str, Any], list[Row]]:
+    """End-to-end latency (node ts -> committed) at a fixed 5,000 msg/s."""
+    plan = Plan(
+        nodes=LATENCY_NODES,
+        metrics=int(LATENCY_RATE * duration_s),
+        rate=LATENCY_RATE,
+        births=True,
+        birth_rate=LATENCY_RATE / 2,
+        interval_s=LATENCY_NODES / LATENCY_RATE,
+    )
+    result = run_load("master", plan, workdir / "latency")
+    assert result.master is not None
+    after = result.generator["t_metrics_start"] + LATENCY_WARMUP_S
+    latencies = _steady_latencies(result.master, after)
+    p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
+    worst = max(latencies) if latencies else None
+    achieved = plan.metrics / (result.generator["t_sent"] - result.generator["t_metrics_start"])
+    _progress(f"latency at {LATENCY_RATE:,.0f} msg/s: p99 {_fmt(p99, '.3f', ' s')}")
+    figures = {
+        "offered_msg_s": LATENCY_RATE,
+        "achieved_offer_msg_s": achieved,
+        "complete": result.complete,
+        "samples": len(latencies),
+        "p50_s": p50,
+        "p95_s": percentile(latencies, 0.95),
+        "p99_s": p99,
+        "max_s": worst,
+        "master_cpu_s": result.cpu_s,
+        "master_rss_kib": result.master["rss_done_kib"],
+    }
+    section = (
+        f"latency, {LATENCY_RATE:,.0f} msg/s offered for {duration_s:.0f} s, node ts -> committed"
+    )
+    ok = None if p99 is None else (p99 < 0.25 and result.complete)
+    rows = [
+        Row(
+            section,
+            "p50 / p99 / max",
+            " / ".join(_fmt(v, ".0f", " ms") for v in (_ms(p50), _ms(p99), _ms(worst))),
+            "",
+            "p99 < 250 ms",
+            _verdict(ok),
+        ),
+        Row(
+            section,
+            "master CPU while at 5k msg/s",
+            _fmt(_share(result.cpu_s, plan, result), ".0%", " of a core"),
+        ),
+    ]
+    return figures, rows
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else value * 1000
+
+
+def _share(cpu_s: float | None, plan: Plan, result: RunResult) -> float | None:
+    if cpu_s is None or result.t_done is None:
+        return None
+    return cpu_s / (result.t_done - result.t_start)
+
+
+def scale(workdir: Path, duration_s: float) -> tuple[dict[str, Any], list[Row]]:
+    """10,000 nodes every 10 s (1,000 msg/s): latency and memory per tracked node."""
+    rate = SCALE_NODES / SCALE_INTERVAL_S
+    plan = Plan(
+        nodes=SCALE_NODES,
+        metrics=int(rate * duration_s),
+        rate=rate,
+        births=True,
+        birth_rate=2500.0,
+        interval_s=SCALE_INTERVAL_S,
+    )
+    result = run_load("master", plan, workdir / "scale")
+    assert result.master is not None
+    master = result.master
+    after = result.generator["t_metrics_start"] + SCALE_INTERVAL_S  # every node heard once
+    latencies = _steady_latencies(master, after)
+    p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
+    tracked = master["nodes"] - 1  # the probe node was there at the baseline
+    per_node = (master["rss_done_kib"] - master["rss_ready_kib"]) * 1024 / tracked
+    state_per_node = master.get("state_bytes", 0) / tracked
+    ha_per_node = master.get("ha_bytes", 0) / tracked
+    _progress(f"scale: {tracked:,} nodes, {per_node:,.0f} B RSS per node, p99 {_fmt(p99, '.3f')}")
+    figures = {
+        "nodes": tracked,
+        "interval_s": SCALE_INTERVAL_S,
+        "metrics_msgs": plan.metrics,
+        "duration_s": duration_s,
+        "complete": result.complete,
+        "p50_s": p50,
+        "p99_s": p99,
+        "rss_empty_kib": master["rss_ready_kib"],
+        "rss_done_kib": master["rss_done_kib"],
+        "rss_bytes_per_node": per_node,
+        "state_bytes_per_node": state_per_node,
+        "ha_discovery_bytes_per_node": ha_per_node,
+        "master_cpu_s": result.cpu_s,
+    }
+    section = f"scale, {tracked:,} nodes every {SCALE_INTERVAL_S:.0f} s for {duration_s:.0f} s"
+    rows = [
+        Row(
+            section,
+            "latency p50 / p99",
+            f"{_fmt(_ms(p50), '.0f', ' ms')} / {_fmt(_ms(p99), '.0f', ' ms')}",
+        ),
+        Row(
+            section,
+            "master RSS per tracked node",
+            _fmt(per_node / 1024, ".2f", " KiB"),
+            f"empty {master['rss_ready_kib'] / 1024:.0f} MiB",
+            "< 4 KiB",
+            _verdict(per_node < 4096),
+        ),
+        Row(
+            section,
+            "  of which state / HA discovery (deep size)",
+            f"{state_per_node:,.0f} B / {ha_per_node:,.0f} B",
+        ),
+        Row(
+            section,
+            "master CPU at 1,000 msg/s",
+            _fmt(_share(result.cpu_s, plan, result), ".0%", " of a core"),
+        ),
+    ]
+    return figures, rows
+
+
+def history(repeat: int) -> tuple[dict[str, Any], list[Row]]:
+    """bench/history_query.py (24 h of one node, 7 days of 50 nodes), run as it is."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.history_query", "--repeat", str(repeat)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    match = re.search(r"^wrote (.+\.json)$", completed.stdout, re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"history_query failed:\n{completed.stdout}\n{completed.stderr}")
+    figures: dict[str, Any] = json.loads(Path(match.group(1)).read_text())
+    section = (
+        f"history, {figures['samples']:,} samples ({figures['days']:g} d x "
+        f"{figures['nodes'] - 1} nodes + 24 h x 1)"
+    )
+    rows = []
+    for index, result in enumerate(figures["results"]):
+        first = index == 0
+        rows.append(
+            Row(
+                section,
+                f"{result['query']} [{result['source']}, {result['points']} pts]",
+                f"{result['direct_median_ms']:.1f} ms",
+                f"HTTP {result['http_median_ms']:.1f} ms",
+                "< 50 ms" if first else "",
+                _verdict(result["http_median_ms"] < 50) if first else "",
+            )
+        )
+    _progress("history queries done")
+    return figures, rows
+
+
+def _progress(text: str) -> None:
+    sys.stderr.write(f"[bench {time.strftime('%H:%M:%S')}] {text}\n")
+    sys.stderr.flush()
