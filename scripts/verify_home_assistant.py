@@ -33,6 +33,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 NODES: Final = ("n1", "n2")
 KILLED: Final = "n2"  # killed, then forgotten; n1 keeps running throughout
+REBOOT_ENABLED: Final = "n1"  # its config turns reboot on (pointed at a harmless stand-in)
+BUTTONS: Final = frozenset({"refresh", "reboot", "shutdown"})
 DISCOVERY_PREFIX: Final = "homeassistant"
 CLUSTER_OBJECT_ID: Final = "picluster__cluster"
 # Values a VM or a container may simply not have; everything else must hold a value.
@@ -46,6 +48,7 @@ MUST_HAVE: Final = (
     "net_tx_bytes_per_s",
     "boot_time",
     "online",
+    "refresh",
 )
 CLUSTER_KEYS: Final = ("nodes_online", "cores_total", "ram_total", "cpu_percent_avg")
 GONE: Final = frozenset({"unavailable"})
@@ -344,6 +347,8 @@ def numeric(value: str | None) -> bool:
 
 def value_ok(key: str, value: str | None) -> bool:
     """Whether a live node entity's state is a plausible value for its key."""
+    if key in BUTTONS:  # a button's state is its last press: none yet, or when
+        return value == "unknown" or _timestamp_ok(value or "")
     if value is None or value in NO_VALUE:
         return key in MAY_BE_UNKNOWN and value == "unknown"
     if key == "online":
@@ -351,11 +356,15 @@ def value_ok(key: str, value: str | None) -> bool:
     if key == "throttled":
         return value in ("on", "off")
     if key == "boot_time":
-        try:
-            return datetime.fromisoformat(value).year > 2000
-        except ValueError:
-            return False
+        return _timestamp_ok(value)
     return numeric(value)
+
+
+def _timestamp_ok(value: str) -> bool:
+    try:
+        return datetime.fromisoformat(value).year > 2000
+    except ValueError:
+        return False
 
 
 def node_problems(view: View, node: str, expected: Sequence[str]) -> list[str]:
@@ -489,23 +498,25 @@ class Run:
             self.start_node(node)
 
     def start_node(self, node: str) -> None:
-        """One node agent sampling every 2 s."""
+        """One node agent sampling every 2 s; REBOOT_ENABLED gets a Reboot button."""
         broker = f"mqtt://127.0.0.1:{self.broker_port}"
-        self.procs.start(
+        argv = [
+            str(self.setup.picluster_bin / "cluster-node"),
+            "run",
+            "--broker",
+            broker,
+            "--node-id",
             node,
-            [
-                str(self.setup.picluster_bin / "cluster-node"),
-                "run",
-                "--broker",
-                broker,
-                "--node-id",
-                node,
-                "--interval",
-                "2",
-                "--state-dir",
-                str(self.setup.work / node),
-            ],
-        )
+            "--interval",
+            "2",
+            "--state-dir",
+            str(self.setup.work / node),
+        ]
+        if node == REBOOT_ENABLED:
+            config = self.setup.work / f"{node}.toml"
+            config.write_text('allow_reboot = true\nreboot_command = ["true"]\n')
+            argv += ["--config", str(config)]
+        self.procs.start(node, argv)
 
     def write_ha_config(self) -> None:
         """A minimal configuration: no default_config, only what this check needs."""
@@ -582,6 +593,52 @@ class Run:
             return self.results.check(False, what)
         return self.results.check(True, what)
 
+    async def master_get(self, path: str) -> Any:
+        """GET a JSON document from the master's API."""
+        async with self.ha.session.get(self.master_api + path) as response:
+            response.raise_for_status()
+            return await response.json()
+
+    async def press_refresh(self, node: str) -> None:
+        """Press the node's Refresh button through HA's REST API; the node must answer."""
+        check = self.results.check
+        view = await look(self.ha)
+        entry = view.entities.get(f"picluster_{node}_refresh")
+        if not check(entry is not None, f"{node} has a Refresh button in Home Assistant"):
+            return
+        assert entry is not None
+        entity_id = entry["entity_id"]
+        before = (await self.master_get(f"/api/nodes/{node}"))["details_ts"]
+        known = {
+            c["id"] for c in (await self.master_get(f"/api/nodes/{node}/commands"))["commands"]
+        }
+        say(f"pressing {entity_id} (POST /api/services/button/press)")
+        await self.ha.rest("POST", "/api/services/button/press", {"entity_id": entity_id})
+
+        async def answered() -> dict[str, Any] | None:
+            commands = (await self.master_get(f"/api/nodes/{node}/commands"))["commands"]
+            new = [c for c in commands if c["id"] not in known and c["status"] != "pending"]
+            return new[0] if new else None
+
+        try:
+            record = await wait_for("the master's record of the press", answered, 30, 0.5)
+        except TimeoutError:
+            check(False, f"pressing Refresh sent refresh to {node} and it answered")
+            return
+        check(
+            record["command"] == "refresh" and record["ok"] is True,
+            f"pressing Refresh sent refresh to {node} and it answered",
+            f"{record['command']}: {record['status']} {record.get('result')}",
+        )
+        after = (await self.master_get(f"/api/nodes/{node}"))["details_ts"]
+        check(after != before, f"{node} re-sent its machine details", f"{before} -> {after}")
+        state = (await look(self.ha)).state(f"picluster_{node}_refresh")
+        check(
+            _timestamp_ok(state or ""), "Home Assistant shows when Refresh was pressed", state or ""
+        )
+        refused = (await self.master_get("/api/cluster"))["master"]["rejected"]
+        check("bad_ha_command" not in refused, "the master refused no press", json.dumps(refused))
+
     async def go(self) -> None:
         """Every step, in the order a user would live through them."""
         check = self.results.check
@@ -627,6 +684,13 @@ class Run:
                 f"{device.get('name')} / {device.get('model')} / sw {device.get('sw_version')}",
             )
         await self.live("picluster_n1_cpu_percent")
+        check(
+            "reboot" in nodes[REBOOT_ENABLED]
+            and all("reboot" not in keys for n, keys in nodes.items() if n != REBOOT_ENABLED)
+            and all("shutdown" not in keys for keys in nodes.values()),
+            f"a Reboot button only on {REBOOT_ENABLED} (the only node enabling it), no Shutdown",
+        )
+        await self.press_refresh("n1")
         self.dump_states(view, "states-live.json")
         if self.setup.screenshot:
             self.take_screenshot(view)
