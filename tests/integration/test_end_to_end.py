@@ -7,21 +7,34 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cluster_protocol import REQUIRED_MACHINE_DETAILS, Envelope, encode_envelope, topic_for
-from tests.support.processes import start_master, start_node
+from tests.support.broker import MosquittoBroker
+from tests.support.processes import RunningMaster, start_master, start_node
 from tests.support.waiting import wait_until
 
 
-def online_with_metrics(master, node_id):
+def online_with_metrics(master: RunningMaster, node_id: str) -> dict[str, Any] | None:
     view = master.node(node_id)
     if view and view["state"] == "online" and view["details"] and view["metrics"]:
         return view
     return None
+
+
+def state_of(master: RunningMaster, node_id: str) -> str | None:
+    view = master.node(node_id)
+    return None if view is None else str(view["state"])
+
+
+def counters_of(master: RunningMaster, node_id: str) -> dict[str, Any]:
+    view = master.node(node_id)
+    return {"received": -1} if view is None else dict(view["counters"])
 
 
 def test_two_nodes_show_up_in_the_api_with_details_and_fresh_metrics(broker, tmp_path):
@@ -30,7 +43,7 @@ def test_two_nodes_show_up_in_the_api_with_details_and_fresh_metrics(broker, tmp
     try:
         started = time.monotonic()
         views = [
-            wait_until(lambda n=n: online_with_metrics(master, n), 5, message=f"{n} online")
+            wait_until(partial(online_with_metrics, master, n), 5, message=f"{n} online")
             for n in ("e2e-a", "e2e-b")
         ]
         assert time.monotonic() - started < 5
@@ -82,19 +95,19 @@ def test_killed_node_goes_offline_through_its_will_and_comes_back(broker, tmp_pa
         node.stop(signal.SIGKILL)
         killed_at = time.monotonic()
         wait_until(
-            lambda: master.node("e2e-kill")["state"] == "offline",
+            lambda: state_of(master, "e2e-kill") == "offline",
             1.5 * keepalive + 1,
             message="offline through the will",
         )
         assert time.monotonic() - killed_at <= 1.5 * keepalive
         node = start_node(broker.url, tmp_path, "e2e-kill", "--keepalive", str(keepalive))
-        wait_until(lambda: master.node("e2e-kill")["state"] == "online", 10, message="online again")
+        wait_until(lambda: state_of(master, "e2e-kill") == "online", 10, message="online again")
     finally:
         node.stop()
         master.stop()
 
 
-def publish_envelopes(broker, node_id, first_seq, count):
+def publish_envelopes(broker: MosquittoBroker, node_id: str, first_seq: int, count: int) -> None:
     """A simulated node: `count` QoS 1 message envelopes, every PUBACK awaited."""
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     client.connect(broker.host, broker.port)
@@ -128,7 +141,7 @@ def test_master_restart_loses_nothing_published_while_it_was_down(broker, tmp_pa
     )
     try:
         counters = wait_until(
-            lambda: (c := master.node(node_id)["counters"])["received"] >= 1001 and c,
+            lambda: (c := counters_of(master, node_id))["received"] >= 1001 and c,
             30,
             message="all 1,000 envelopes counted",
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from tests.support.processes import start_master
 from tests.support.waiting import wait_until
@@ -10,7 +11,7 @@ from tests.support.waiting import wait_until
 MASTER_STATUS = "cluster/_master/status"
 
 
-def states_seen(capmqtt):
+def states_seen(capmqtt: Any) -> list[str]:
     return [
         json.loads(m.payload)["payload"]["state"]
         for m in capmqtt.messages
