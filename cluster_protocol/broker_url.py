@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import ssl
 from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import unquote, urlsplit
@@ -50,3 +52,24 @@ def parse_broker_url(url: str) -> BrokerAddress:
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password is not None else None,
     )
+
+
+def connect_failure_reason(error: BaseException | None, address: BrokerAddress) -> str:
+    """Say in words why a connection attempt failed, naming the setting to check."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return (
+            f"TLS certificate of {address.host} not trusted ({error.verify_message}): "
+            "check that ca_file is the CA that signed the broker's certificate"
+        )
+    if isinstance(error, ssl.SSLError):
+        hint = " (is that port a TLS listener?)" if "VERSION" in str(error.reason) else ""
+        return f"TLS handshake failed: {error.reason or error}{hint}"
+    if isinstance(error, ConnectionRefusedError):
+        return f"connection refused on port {address.port} (is the broker running there?)"
+    if isinstance(error, socket.gaierror):
+        return f"cannot resolve host {address.host!r}: {error.strerror}"
+    if isinstance(error, TimeoutError):
+        return "timed out (network, firewall or wrong address)"
+    if error is None:
+        return "unknown error"
+    return f"{type(error).__name__}: {error}"

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import sqlite3
 import sys
 import time
 import urllib.error
@@ -236,7 +237,15 @@ def run_master(args: argparse.Namespace) -> int:
     )
     from master_service.app import MasterService  # the master extra is needed only here
 
-    MasterService(settings).serve()
+    try:
+        service = MasterService(settings)
+    except SettingsError as error:  # e.g. a CA file that exists but does not load
+        _err(f"bad setting {error}")
+        return 2
+    except (OSError, sqlite3.Error) as error:
+        _err(f"cannot open the database {settings.db}: {error}")
+        return 1
+    service.serve()
     return 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import ssl
 import sys
 import threading
@@ -21,13 +20,13 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from cluster_protocol import (
     MASTER_NODE_ID,
-    BrokerAddress,
     Envelope,
     MessageType,
     encode_envelope,
     master_status_topic,
     subscription,
 )
+from cluster_protocol.broker_url import connect_failure_reason
 from cluster_protocol.config import SettingsError
 from master_service.router import RawMessage
 from master_service.settings import MasterSettings
@@ -37,27 +36,6 @@ logger = logging.getLogger(__name__)
 # PUBACKs wait until a message's effects are committed, so the broker must let that many
 # messages be in flight to us at once (Mosquitto's default for clients that do not ask is 20).
 RECEIVE_MAXIMUM: Final = 65535
-
-
-def connect_failure_reason(error: BaseException | None, address: BrokerAddress) -> str:
-    """Say in words why a connection attempt failed, naming the setting to check."""
-    if isinstance(error, ssl.SSLCertVerificationError):
-        return (
-            f"TLS certificate of {address.host} not trusted ({error.verify_message}): "
-            "check that ca_file is the CA that signed the broker's certificate"
-        )
-    if isinstance(error, ssl.SSLError):
-        hint = " (is that port a TLS listener?)" if "VERSION" in str(error.reason) else ""
-        return f"TLS handshake failed: {error.reason or error}{hint}"
-    if isinstance(error, ConnectionRefusedError):
-        return f"connection refused on port {address.port} (is the broker running there?)"
-    if isinstance(error, socket.gaierror):
-        return f"cannot resolve host {address.host!r}: {error.strerror}"
-    if isinstance(error, TimeoutError):
-        return "timed out (network, firewall or wrong address)"
-    if error is None:
-        return "unknown error"
-    return f"{type(error).__name__}: {error}"
 
 
 def master_status(state: str, clock: Callable[[], float] = time.time) -> bytes:

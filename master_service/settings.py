@@ -73,6 +73,8 @@ class MasterSettings:
         for name in (*positive, "history_rollup_days"):
             if getattr(self, name) <= 0:
                 raise SettingsError(name, f"must be greater than 0, got {getattr(self, name)!r}")
+        if self.ca_file is not None and not Path(self.ca_file).is_file():
+            raise SettingsError("ca_file", f"{self.ca_file!r} is not a readable file")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise SettingsError("log_level", f"{self.log_level!r} is not DEBUG/INFO/WARNING/ERROR")
         if not self.http_is_loopback and not self.api_token:

@@ -27,6 +27,7 @@ from cluster_protocol import (
     parse_topic,
     topic_for,
 )
+from cluster_protocol.broker_url import connect_failure_reason
 from node_publisher import collectors, pi
 from node_publisher.collectors import PsutilLike, SampleContext
 from node_publisher.machine_info import MachineInfo, MachinePaths, details_changed
@@ -52,20 +53,6 @@ class CommandHandler(Protocol):
 def commands_disabled(name: str, payload: bytes, retained: bool) -> None:
     """The default command handler: commands are not enabled on this node yet."""
     logger.warning("command %r received but commands not enabled on this node", name)
-
-
-def connect_failure_reason(error: BaseException | None) -> str:
-    """Say in words why a connection attempt failed, naming the setting to check."""
-    if isinstance(error, ssl.SSLCertVerificationError):
-        return (
-            f"TLS certificate not trusted ({error.verify_message}): "
-            "check that ca_file is the CA that signed the broker's certificate"
-        )
-    if isinstance(error, ssl.SSLError):
-        return f"TLS handshake failed: {error.reason or error}"
-    if isinstance(error, ConnectionRefusedError):
-        return "connection refused (is the broker running on that port?)"
-    return f"{type(error).__name__}: {error}" if error is not None else "unknown error"
 
 
 def client_id_for(node_id: str) -> str:
@@ -383,7 +370,7 @@ class NodeAgent:
                 level,
                 "cannot reach broker %s: %s; retrying",
                 self.settings.address.redacted(),
-                connect_failure_reason(error),
+                connect_failure_reason(error, self.settings.address),
             )
         except Exception:
             self._callback_failed("on_connect_fail")

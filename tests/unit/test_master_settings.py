@@ -87,3 +87,20 @@ def test_cli_stops_before_connecting_with_a_message_naming_the_field(capsys):
     err = capsys.readouterr().err
     assert err.startswith("cluster-master: bad setting http: ")
     assert "Traceback" not in err
+
+
+def test_missing_ca_file_is_a_settings_error(tmp_path):
+    with pytest.raises(SettingsError, match=r"^ca_file: "):
+        parse_settings(["--ca-file", str(tmp_path / "nope.crt")], {})
+
+
+def test_cli_reports_an_unusable_database_without_a_traceback(tmp_path, capsys):
+    from master_service.cli import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    db = blocker / "master.db"  # a path under a regular file cannot be created
+    assert main(["run", "--broker", "mqtt://127.0.0.1:9", "--db", str(db)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"cluster-master: cannot open the database {db}")
+    assert "Traceback" not in err
