@@ -6,7 +6,6 @@ import json
 import logging
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, Final
 
@@ -228,13 +227,7 @@ def _minute(ts: float) -> float:
     return float(int(ts // ROLLUP_STEP_S) * ROLLUP_STEP_S)
 
 
-_NODE_FIELDS: Final = tuple(f.name for f in fields(NodeState))
-
-
 def _state_json(state: NodeState) -> str:
-    # Every dirty node is saved on every flush: asdict() deep-copies its metrics and details
-    # first and json.dumps is slow; orjson over the fields as they are costs ~4 us instead of
-    # ~100 us per node (bench/README.md).
-    record = {name: getattr(state, name) for name in _NODE_FIELDS}
-    record["missing"] = sorted(state.missing)
-    return orjson.dumps(record).decode()
+    # Every dirty node is saved on every flush: asdict() + json.dumps cost ~100 us per node,
+    # orjson over NodeState.record() a few (bench/README.md).
+    return orjson.dumps(state.record()).decode()
