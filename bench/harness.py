@@ -115,7 +115,9 @@ def _start_generator(broker: BenchBroker, plan: Plan) -> subprocess.Popen[str]:
     return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
 
 
-def _consumer_argv(kind: str, broker: BenchBroker, target: int, workdir: Path) -> list[str]:
+def _consumer_argv(
+    kind: str, broker: BenchBroker, target: int, workdir: Path, ha: bool
+) -> list[str]:
     timeout = "600"
     if kind == "master":
         return [
@@ -133,6 +135,7 @@ def _consumer_argv(kind: str, broker: BenchBroker, target: int, workdir: Path) -
             "--out",
             str(workdir / "master.json"),
             "--deep-size",
+            *([] if ha else ["--no-ha"]),
         ]
     if kind == "paho":
         return [
@@ -165,8 +168,13 @@ def _consumer_argv(kind: str, broker: BenchBroker, target: int, workdir: Path) -
     raise ValueError(f"unknown consumer {kind!r}")
 
 
-def run_load(kind: str, plan: Plan, workdir: Path, timeout_s: float = 300.0) -> RunResult:
-    """Start a broker and `kind`, wait until it is subscribed, drive `plan`, collect figures."""
+def run_load(
+    kind: str, plan: Plan, workdir: Path, timeout_s: float = 300.0, ha: bool = True
+) -> RunResult:
+    """Start a broker and `kind`, wait until it is subscribed, drive `plan`, collect figures.
+
+    `ha=False` runs the master with Home Assistant discovery off.
+    """
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
@@ -179,7 +187,7 @@ def run_load(kind: str, plan: Plan, workdir: Path, timeout_s: float = 300.0) -> 
         probe = wire.envelope_bytes("status", PROBE_NODE, time.time(), 0, {"state": "online"})
         wire.publish_one(broker.host, broker.port, f"cluster/{PROBE_NODE}/status", probe, True)
         target = plan.total + 1
-        argv = _consumer_argv(kind, broker, target, workdir)
+        argv = _consumer_argv(kind, broker, target, workdir, ha)
         profile_dir = os.environ.get("BENCH_PROFILE")
         if profile_dir and kind != "mosquitto_sub":
             # py-spy (pip install py-spy) samples the consumer; "raw" is folded stacks.

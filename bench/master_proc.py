@@ -11,6 +11,7 @@ a JSON result file once `--target` messages are committed (or the timeout passed
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import logging
@@ -32,6 +33,19 @@ def emit(event: str, **fields: object) -> None:
     """One JSON line on stdout for the orchestrator."""
     sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
     sys.stdout.flush()
+
+
+def trimmed_rss_kib() -> int | None:
+    """Resident memory after glibc hands its free heap pages back (malloc_trim), or None.
+
+    What the process holds, as opposed to what the allocator keeps cached after a burst.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    libc.malloc_trim(0)
+    return memory_kib()["VmRSS"]
 
 
 class Probe:
@@ -106,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     gc.collect()
     memory_ready = memory_kib()
+    trimmed_ready = trimmed_rss_kib()
     cpu_ready = cpu_seconds()
     emit("ready", t=probe.marks["ready"])
     probe.done.wait(args.timeout)
@@ -113,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     time.sleep(0.5)  # let the last flush and HA publishes settle before reading memory
     gc.collect()
     memory_done = memory_kib()
+    trimmed_done = trimmed_rss_kib()
     result: dict[str, Any] = {
         "t_ready": probe.marks["ready"],
         "t_done": probe.marks.get("done"),
@@ -123,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rss_ready_kib": memory_ready["VmRSS"],
         "rss_done_kib": memory_done["VmRSS"],
         "hwm_kib": memory_done["VmHWM"],
+        "rss_ready_trimmed_kib": trimmed_ready,
+        "rss_done_trimmed_kib": trimmed_done,
         **probe.latencies(),
     }
     if args.deep_size:

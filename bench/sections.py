@@ -221,7 +221,17 @@ def _share(cpu_s: float | None, plan: Plan, result: RunResult) -> float | None:
 
 
 def scale(workdir: Path, duration_s: float) -> tuple[dict[str, Any], list[Row]]:
-    """10,000 nodes every 10 s (1,000 msg/s): latency and memory per tracked node."""
+    """10,000 nodes every 10 s (1,000 msg/s), with and without Home Assistant discovery."""
+    figures: dict[str, Any] = {}
+    rows: list[Row] = []
+    for ha in (True, False):
+        name = "ha_on" if ha else "ha_off"
+        figures[name], section_rows = _scale_run(workdir / f"scale-{name}", duration_s, ha)
+        rows += section_rows
+    return figures, rows
+
+
+def _scale_run(workdir: Path, duration_s: float, ha: bool) -> tuple[dict[str, Any], list[Row]]:
     rate = SCALE_NODES / SCALE_INTERVAL_S
     plan = Plan(
         nodes=SCALE_NODES,
@@ -231,7 +241,7 @@ def scale(workdir: Path, duration_s: float) -> tuple[dict[str, Any], list[Row]]:
         birth_rate=2500.0,
         interval_s=SCALE_INTERVAL_S,
     )
-    result = run_load("master", plan, workdir / "scale")
+    result = run_load("master", plan, workdir, ha=ha)
     assert result.master is not None
     master = result.master
     after = result.generator["t_metrics_start"] + SCALE_INTERVAL_S  # every node heard once
@@ -239,10 +249,17 @@ def scale(workdir: Path, duration_s: float) -> tuple[dict[str, Any], list[Row]]:
     p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
     tracked = master["nodes"] - 1  # the probe node was there at the baseline
     per_node = (master["rss_done_kib"] - master["rss_ready_kib"]) * 1024 / tracked
+    trimmed = None
+    if master.get("rss_done_trimmed_kib") and master.get("rss_ready_trimmed_kib"):
+        trimmed = (
+            (master["rss_done_trimmed_kib"] - master["rss_ready_trimmed_kib"]) * 1024 / tracked
+        )
     state_per_node = master.get("state_bytes", 0) / tracked
     ha_per_node = master.get("ha_bytes", 0) / tracked
-    _progress(f"scale: {tracked:,} nodes, {per_node:,.0f} B RSS per node, p99 {_fmt(p99, '.3f')}")
+    label = "HA discovery on" if ha else "HA discovery off"
+    _progress(f"scale ({label}): {per_node:,.0f} B RSS per node, p99 {_fmt(p99, '.3f', ' s')}")
     figures = {
+        "ha_discovery": ha,
         "nodes": tracked,
         "interval_s": SCALE_INTERVAL_S,
         "metrics_msgs": plan.metrics,
@@ -253,11 +270,14 @@ def scale(workdir: Path, duration_s: float) -> tuple[dict[str, Any], list[Row]]:
         "rss_empty_kib": master["rss_ready_kib"],
         "rss_done_kib": master["rss_done_kib"],
         "rss_bytes_per_node": per_node,
+        "rss_trimmed_bytes_per_node": trimmed,
         "state_bytes_per_node": state_per_node,
         "ha_discovery_bytes_per_node": ha_per_node,
         "master_cpu_s": result.cpu_s,
     }
-    section = f"scale, {tracked:,} nodes every {SCALE_INTERVAL_S:.0f} s for {duration_s:.0f} s"
+    section = (
+        f"scale, {tracked:,} nodes every {SCALE_INTERVAL_S:.0f} s for {duration_s:.0f} s, {label}"
+    )
     rows = [
         Row(
             section,
@@ -274,7 +294,15 @@ def scale(workdir: Path, duration_s: float) -> tuple[dict[str, Any], list[Row]]:
         ),
         Row(
             section,
-            "  of which state / HA discovery (deep size)",
+            "  same after malloc_trim (allocator cache returned)",
+            _fmt(None if trimmed is None else trimmed / 1024, ".2f", " KiB"),
+            "",
+            "< 4 KiB",
+            _verdict(None if trimmed is None else trimmed < 4096),
+        ),
+        Row(
+            section,
+            "  deep size: node state / HA discovery",
             f"{state_per_node:,.0f} B / {ha_per_node:,.0f} B",
         ),
         Row(
