@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ class Session:
         client_id: str = "",
         clean_start: bool = True,
         session_expiry_s: int = 0,
+        on_message: Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None] | None = None,
     ) -> None:
         self.connack: ReasonCode | None = None
         self.acks: dict[int, ReasonCode] = {}
@@ -58,6 +59,9 @@ class Session:
         self.client.on_connect = self._on_connect
         self.client.on_publish = self._on_publish
         self.client.on_subscribe = lambda *args: self._subscribed.set()
+        if on_message is not None:
+            # Before connecting: a resumed session delivers its queue right after CONNACK.
+            self.client.on_message = on_message
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = session_expiry_s
         self.client.connect(

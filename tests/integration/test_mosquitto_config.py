@@ -138,8 +138,8 @@ def test_queue_holds_a_master_outage_across_a_broker_restart(shipped_broker: Any
         client_id="picluster-master",
         clean_start=False,
         session_expiry_s=3600,
+        on_message=lambda client, userdata, msg: received.append(bytes(msg.payload)),
     )
-    back.client.on_message = lambda client, userdata, msg: received.append(bytes(msg.payload))
     try:
         wait_until(lambda: len(received) >= count, timeout_s=30, message=f"{count} messages")
         assert sorted(int(p) for p in received) == list(range(count))
