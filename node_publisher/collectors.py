@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 from node_publisher import pi
 
@@ -16,6 +16,11 @@ logger = logging.getLogger(__name__)
 
 # Pseudo file systems that are not disks a user cares about (snap images, for one).
 IGNORED_FSTYPES: Final = frozenset({"squashfs", "iso9660"})
+# The mount table and the boot time rarely change; reading them costs a Pi Zero more than most
+# collectors, so they are read again at most this often (a new USB disk shows within a minute).
+SLOW_READINGS_TTL_S: Final = 60.0
+
+T = TypeVar("T")
 
 
 class PsutilLike(Protocol):
@@ -88,6 +93,18 @@ class SampleContext:
     wall: Callable[[], float] = time.time
     # name -> (monotonic time, counter values) of the previous sample, for rates
     previous: dict[str, tuple[float, tuple[float, ...]]] = field(default_factory=dict)
+    # name -> (monotonic time read, value) of slow-changing readings
+    cache: dict[str, tuple[float, Any]] = field(default_factory=dict)
+
+    def cached(self, name: str, read: Callable[[], T], ttl_s: float = SLOW_READINGS_TTL_S) -> T:
+        """`read()`, called again only once its last value is `ttl_s` seconds old."""
+        now = self.monotonic()
+        hit = self.cache.get(name)
+        if hit is not None and 0 <= now - hit[0] < ttl_s:
+            return hit[1]  # type: ignore[no-any-return]
+        value = read()
+        self.cache[name] = (now, value)
+        return value
 
     def rates(self, name: str, counters: tuple[float, ...]) -> tuple[float | None, ...]:
         """Per-second rates since the previous call for `name`; None on the first or a reset."""
@@ -143,7 +160,7 @@ def collect_disks(ps: PsutilLike, ctx: SampleContext) -> Metrics:
     """Size and use of each mounted file system, one entry per mount point."""
     disks: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for partition in ps.disk_partitions(all=False):
+    for partition in ctx.cached("partitions", lambda: list(ps.disk_partitions(all=False))):
         if partition.mountpoint in seen or partition.fstype in IGNORED_FSTYPES:
             continue
         seen.add(partition.mountpoint)
@@ -190,7 +207,8 @@ def collect_temperature(ps: PsutilLike, ctx: SampleContext) -> Metrics:
 
 def collect_uptime(ps: PsutilLike, ctx: SampleContext) -> Metrics:
     """Seconds since boot."""
-    return {"uptime_s": max(0.0, ctx.wall() - ps.boot_time())}
+    # Re-read now and then: a Pi without a clock battery moves its boot time at the NTP sync.
+    return {"uptime_s": max(0.0, ctx.wall() - ctx.cached("boot_time", ps.boot_time))}
 
 
 def collect_processes(ps: PsutilLike, ctx: SampleContext) -> Metrics:
