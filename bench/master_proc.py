@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.procstat import cpu_seconds, memory_kib
+from bench.procstat import cpu_seconds, memory_kib, thread_cpu_seconds
 from bench.sizes import deep_size
 from master_service.app import MasterService
 from master_service.settings import MasterSettings
@@ -122,9 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     memory_ready = memory_kib()
     trimmed_ready = trimmed_rss_kib()
     cpu_ready = cpu_seconds()
+    threads_ready = thread_cpu_seconds()
     emit("ready", t=probe.marks["ready"])
     probe.done.wait(args.timeout)
     cpu_done = cpu_seconds()
+    threads_done = thread_cpu_seconds()
     time.sleep(0.5)  # let the last flush and HA publishes settle before reading memory
     gc.collect()
     memory_done = memory_kib()
@@ -136,6 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "counters": service.counters.snapshot(),
         "nodes": len(service.state.node_ids()),
         "cpu_s": cpu_done - cpu_ready,
+        "thread_cpu_s": {
+            name: round(seconds - threads_ready.get(name, 0.0), 3)
+            for name, seconds in threads_done.items()
+        },
         "rss_ready_kib": memory_ready["VmRSS"],
         "rss_done_kib": memory_done["VmRSS"],
         "hwm_kib": memory_done["VmHWM"],

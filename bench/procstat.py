@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -29,3 +30,18 @@ def memory_kib(pid: int | str = "self") -> dict[str, int]:
 def rss_kib(pid: int | str = "self") -> int:
     """Resident memory in KiB."""
     return memory_kib(pid)["VmRSS"]
+
+
+def thread_cpu_seconds() -> dict[str, float]:
+    """CPU seconds of each live Python thread of this process, by thread name."""
+    out: dict[str, float] = {}
+    for thread in threading.enumerate():
+        if thread.native_id is None:
+            continue
+        try:
+            text = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        out[thread.name] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return out

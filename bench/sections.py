@@ -73,6 +73,11 @@ def _run_summary(result: RunResult) -> dict[str, Any]:
             rss_done_kib=master["rss_done_kib"],
             hwm_kib=master["hwm_kib"],
             counters=master["counters"],
+            thread_cpu_us_per_msg={
+                name: seconds / result.plan.total * 1e6
+                for name, seconds in master.get("thread_cpu_s", {}).items()
+                if seconds > 0
+            },
         )
     return summary
 
@@ -99,6 +104,7 @@ def ingest(workdir: Path, messages: int, repeats: int) -> tuple[dict[str, Any], 
     p99 = median([r.get("latency_p99_s") for r in master_runs])
     rss = median([r.get("rss_done_kib") for r in master_runs])
     cpu = {kind: median([r["cpu_us_per_msg"] for r in runs[kind]]) for kind in CONSUMERS}
+    threads = _median_threads([r.get("thread_cpu_us_per_msg", {}) for r in master_runs])
     vs_paho = ratio(rates["master"], rates["paho"])
     vs_sub = ratio(rates["master"], rates["mosquitto_sub"])
     paho_vs_sub = ratio(rates["paho"], rates["mosquitto_sub"])
@@ -112,6 +118,7 @@ def ingest(workdir: Path, messages: int, repeats: int) -> tuple[dict[str, Any], 
         "master_latency_p50_s": p50,
         "master_latency_p99_s": p99,
         "master_rss_kib": rss,
+        "master_thread_cpu_us_per_msg": threads,
         "runs": runs,
     }
     section = f"ingest, QoS 1, {plan.nodes} nodes, {plan.total:,} msgs, median of {repeats}"
@@ -144,6 +151,11 @@ def ingest(workdir: Path, messages: int, repeats: int) -> tuple[dict[str, Any], 
         ),
         Row(
             section,
+            "  master CPU by thread",
+            ", ".join(f"{_short(name)} {us:.0f} us" for name, us in threads.items()),
+        ),
+        Row(
+            section,
             "master latency p50 / p99 at saturation",
             f"{_fmt(p50, '.2f', ' s')} / {_fmt(p99, '.2f', ' s')}",
             "",
@@ -156,6 +168,20 @@ def ingest(workdir: Path, messages: int, repeats: int) -> tuple[dict[str, Any], 
         ),
     ]
     return figures, rows
+
+
+def _median_threads(runs: list[dict[str, float]]) -> dict[str, float]:
+    names = sorted(
+        {name for run in runs for name in run}, key=lambda n: -max(run.get(n, 0.0) for run in runs)
+    )
+    medians = {name: median([run.get(name) for run in runs]) for name in names}
+    return {name: value for name, value in medians.items() if value is not None and value >= 1}
+
+
+def _short(thread_name: str) -> str:
+    if thread_name.startswith("paho"):
+        return "paho network"
+    return thread_name.removeprefix("picluster-")
 
 
 def latency(workdir: Path, duration_s: float) -> tuple[dict[str, Any], list[Row]]:
