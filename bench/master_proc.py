@@ -28,6 +28,8 @@ from bench.sizes import deep_size
 from master_service.app import MasterService
 from master_service.settings import MasterSettings
 
+RSS_EVERY_S = 2.0
+
 
 def emit(event: str, **fields: object) -> None:
     """One JSON line on stdout for the orchestrator."""
@@ -124,7 +126,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cpu_ready = cpu_seconds()
     threads_ready = thread_cpu_seconds()
     emit("ready", t=probe.marks["ready"])
-    probe.done.wait(args.timeout)
+    series: list[tuple[float, int]] = []
+    while not probe.done.wait(RSS_EVERY_S):  # resident memory over time: growth vs. nodes
+        series.append((time.time(), memory_kib()["VmRSS"]))
+        if time.time() - probe.marks["ready"] > args.timeout:
+            break
     cpu_done = cpu_seconds()
     threads_done = thread_cpu_seconds()
     time.sleep(0.5)  # let the last flush and HA publishes settle before reading memory
@@ -145,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rss_ready_kib": memory_ready["VmRSS"],
         "rss_done_kib": memory_done["VmRSS"],
         "hwm_kib": memory_done["VmHWM"],
+        "rss_series": series,
         "rss_ready_trimmed_kib": trimmed_ready,
         "rss_done_trimmed_kib": trimmed_done,
         **probe.latencies(),
