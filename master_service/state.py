@@ -127,17 +127,28 @@ class NodeState:
     def metrics(self, value: dict[str, Any] | None) -> None:
         self.metrics_json = _encode(value)
 
-    def record(self) -> dict[str, Any]:
-        """Everything needed to rebuild this state: `NodeState(**record)`."""
+    def record_json(self) -> bytes:
+        """`record()` encoded as JSON, with details and metrics copied in without decoding."""
+        record = self.record(decode=False)
+        for key in ("details", "metrics"):
+            if record[key] is not None:
+                record[key] = orjson.Fragment(record[key])
+        return orjson.dumps(record)
+
+    def record(self, decode: bool = True) -> dict[str, Any]:
+        """Everything needed to rebuild this state: `NodeState(**record)`.
+
+        With `decode=False`, details and metrics stay the JSON bytes they are kept as.
+        """
         return {
             "node": self.node,
             "status": self.status,
             "status_ts": self.status_ts,
             "state_since": self.state_since,
             "last_heard": self.last_heard,
-            "details": self.details,
+            "details": self.details if decode else self.details_json,
             "details_ts": self.details_ts,
-            "metrics": self.metrics,
+            "metrics": self.metrics if decode else self.metrics_json,
             "metrics_ts": self.metrics_ts,
             "last_seq": self.last_seq,
             "missing": sorted(self.missing),
