@@ -15,6 +15,7 @@ import ctypes
 import gc
 import json
 import logging
+import re
 import sys
 import threading
 import time
@@ -26,9 +27,12 @@ from typing import Any
 from bench.procstat import cpu_seconds, memory_kib, thread_cpu_seconds
 from bench.sizes import deep_size
 from master_service.app import MasterService
+from master_service.router import RawMessage
 from master_service.settings import MasterSettings
 
 RSS_EVERY_S = 2.0
+RECEIVE_SAMPLE = 20
+TS_PATTERN = re.compile(rb'"ts":([0-9.]+)')
 
 
 def emit(event: str, **fields: object) -> None:
@@ -75,6 +79,22 @@ class Probe:
                 self.sample_ts.extend([row[1] for row in rows])
 
         ingestor.flush = flush  # type: ignore[method-assign]
+        # Every RECEIVE_SAMPLE-th message: node ts -> handed over by paho's network thread,
+        # to tell waiting in the broker and paho apart from waiting for the commit.
+        self.received: array[float] = array("d")
+        submit = service.listener.submit
+        seen = 0
+
+        def sampled_submit(message: RawMessage) -> None:
+            nonlocal seen
+            seen += 1
+            if seen % RECEIVE_SAMPLE == 0:
+                found = TS_PATTERN.search(message.payload)
+                if found:
+                    self.received.append(message.received_at - float(found.group(1)))
+            submit(message)
+
+        service.listener.submit = sampled_submit
         ingestor.commit_listeners.append(self._committed)
 
     def latencies(self) -> dict[str, list[float]]:
@@ -83,7 +103,11 @@ class Probe:
         for at, size in zip(self.batch_at, self.batch_size, strict=True):
             committed_at += [at] * size
         latency = [at - ts for at, ts in zip(committed_at, self.sample_ts, strict=True)]
-        return {"committed_at": committed_at, "latency_s": latency}
+        return {
+            "committed_at": committed_at,
+            "latency_s": latency,
+            "receive_latency_s": self.received.tolist(),
+        }
 
     def _committed(self, count: int) -> None:
         committed = self.service.ingestor.committed
