@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from bench.sizes import deep_size
 from bench.wire import METRICS_PAYLOAD, details_payload
+from master_service import state as state_module
 from master_service.state import ClusterState, NodeState
 from master_service.store import Store
 
@@ -60,3 +63,11 @@ def test_a_tracked_pi_costs_under_two_kib_of_state() -> None:
     # 10,000 nodes on one master (bench/README.md): dicts took ~4 KiB per node, over the
     # issue's 4 KiB budget for everything the master holds per node.
     assert deep_size(tracked_node()) < 2048
+
+
+@pytest.mark.parametrize("fragments", [True, False])
+def test_saved_json_is_the_record(monkeypatch: pytest.MonkeyPatch, fragments: bool) -> None:
+    if not fragments:  # orjson before 3.10 has no Fragment: the record is decoded instead
+        monkeypatch.setattr(state_module, "_FRAGMENT", None)
+    node = tracked_node()
+    assert json.loads(node.record_json()) == node.record()
