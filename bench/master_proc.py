@@ -185,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result["state_bytes"] = deep_size(service.state)
         if service.home_assistant is not None:
             result["ha_bytes"] = deep_size(service.home_assistant)
+    logging.getLogger().setLevel(logging.CRITICAL)  # the shutdown's own notices are noise here
     service.stop()
     Path(args.out).write_text(json.dumps(result))
     emit("done", t_done=result["t_done"], committed=result["committed"])
