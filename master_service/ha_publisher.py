@@ -7,11 +7,14 @@ USB disk does not delete its entity (and its history settings) every time it bli
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
+
+import orjson
 
 from cluster_protocol import DEFAULT_PREFIX
 from master_service import ha_discovery as hd
@@ -28,12 +31,23 @@ Publish = Callable[[str, bytes | None, int, bool], None]
 class _Node:
     """What the publisher knows about one node, and what it last published for it."""
 
-    details: dict[str, Any] | None = None
+    details_json: bytes | None = None  # as bytes: a dict cost ~2 KB per node, this ~0.8 KB
     mounts: frozenset[str] = frozenset()
     has_throttled: bool = False
     shape_known: bool = False
     last_mounts: tuple[str, ...] | None = None  # fast path: the last list seen, as given
-    published: dict[str, bytes] = field(default_factory=dict)  # topic -> payload
+    # topic -> digest of the payload last published there; the payloads themselves took
+    # ~7 KB per node (bench/README.md, scale run).
+    published: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def details(self) -> dict[str, Any] | None:
+        """The node's latest machine details (a fresh dict)."""
+        return None if self.details_json is None else orjson.loads(self.details_json)
+
+
+def _digest(payload: bytes | None) -> bytes:
+    return hashlib.blake2b(payload or b"", digest_size=16).digest()
 
 
 class DiscoveryPublisher:
@@ -67,7 +81,7 @@ class DiscoveryPublisher:
         """A machine_details envelope was accepted: publish if the node's config changed."""
         with self._lock:
             node = self._nodes.setdefault(node_id, _Node())
-            node.details = dict(details)
+            node.details_json = orjson.dumps(dict(details))
             self._sync(node_id, node, force=False)
 
     def node_metrics_shape(self, node_id: str, mounts: Sequence[str], has_throttled: bool) -> None:
@@ -142,25 +156,27 @@ class DiscoveryPublisher:
     def _sync(self, node_id: str, node: _Node, force: bool) -> None:
         # Wait for the first metrics: announcing without the disks would make HA delete
         # those entities (and the user's settings for them) until the next publish.
-        if node.details is None or not node.shape_known:
+        details = node.details
+        if details is None or not node.shape_known:
             return
         shape = hd.NodeShape(tuple(sorted(node.mounts)), node.has_throttled)
-        components = hd.node_components(node_id, node.details, shape, self._cluster_prefix)
+        components = hd.node_components(node_id, details, shape, self._cluster_prefix)
         # The other form is never cleared here: HA gives `<prefix>/sensor/<dev>/<key>` and
         # `cmps.<key>` of `<prefix>/device/<dev>` the same discovery id, so clearing one
         # would delete the entity the other just announced.
         messages = hd.discovery_messages(
             self._prefix,
             hd.object_id(node_id),
-            hd.node_device(node_id, node.details),
+            hd.node_device(node_id, details),
             self._origin,
             components,
             self._per_entity,
         )
-        changed = [m for m in messages if force or node.published.get(m.topic) != m.payload]
-        for message in changed:
+        digests = [(m, _digest(m.payload)) for m in messages]
+        changed = [(m, d) for m, d in digests if force or node.published.get(m.topic) != d]
+        for message, digest in changed:
             self._send(message)
-            node.published[message.topic] = message.payload
+            node.published[message.topic] = digest
         if changed and not force:
             logger.info("announced %s to Home Assistant (%d message(s))", node_id, len(changed))
 
