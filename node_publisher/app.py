@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 RECONNECT_MIN_S: Final = 1
 RECONNECT_MAX_S: Final = 30
 OFFLINE_ACK_TIMEOUT_S: Final = 2.0
+DETAILS_CHECK_EVERY_S: Final = 60.0  # how often details are rebuilt to spot a change
 
 
 class CommandHandler(Protocol):
@@ -88,8 +89,10 @@ class NodeAgent:
         machine_paths: MachinePaths | None = None,
         clock: Callable[[], float] = time.time,
         extra_details: Mapping[str, Any] | None = None,
+        details_check_every_s: float = DETAILS_CHECK_EVERY_S,
     ) -> None:
         self.settings = settings
+        self.details_check_every_s = details_check_every_s
         self._ps = ps
         self._command_handler = command_handler
         self._clock = clock
@@ -105,6 +108,7 @@ class NodeAgent:
         self._sample_lock = threading.Lock()  # the sampler and the refresh command share ctx
         self._details: dict[str, Any] | None = None
         self._details_lock = threading.Lock()
+        self._details_checked_at = time.monotonic()
         self._stopping = threading.Event()
         self._connected = threading.Event()
         self._ready = threading.Event()  # connected and subscribed to its commands
@@ -196,16 +200,29 @@ class NodeAgent:
         self._publish_details()
         return seq
 
+    @property
+    def details(self) -> dict[str, Any] | None:
+        """The machine details as last built (a copy)."""
+        with self._details_lock:
+            return None if self._details is None else dict(self._details)
+
     def sample_once(self) -> int | None:
         """Collect and spool one metrics envelope (re-publishing details on change); its seq."""
         with self._sample_lock:
             metrics = collectors.collect_metrics(self._ps, self._ctx)
             metrics["spool_dropped"] = self.spool.take_dropped()
             seq = self._spool_envelope(MessageType.METRICS, metrics)
-            details = self._build_details(float(metrics.get("cpu_percent") or 0.0))
-            with self._details_lock:
-                changed = details_changed(self._details, details)
-                self._details = details
+            changed = False
+            now = time.monotonic()
+            # Details (hostname, addresses, disks...) rarely change; rebuilding them every
+            # sample was a sixth of the node's CPU per sample (bench/README.md).
+            due = now - self._details_checked_at >= self.details_check_every_s
+            if due or self._details is None:
+                self._details_checked_at = now
+                details = self._build_details(float(metrics.get("cpu_percent") or 0.0))
+                with self._details_lock:
+                    changed = details_changed(self._details, details)
+                    self._details = details
         if changed and self._connected.is_set():
             logger.info("machine details changed; re-publishing")
             self._publish_details()

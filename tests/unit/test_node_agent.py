@@ -60,3 +60,29 @@ def test_status_carries_the_current_seq_without_taking_one(tmp_path):
     status = decode_envelope(agent._status_payload("offline"), "u1", "status", 0.0)
     assert (status.seq, status.payload) == (1, {"state": "offline"})
     assert agent.sample_once() == 2
+
+
+class GrowingPs(FakePs):
+    """A machine whose core count can change under the agent (a stand-in for any detail)."""
+
+    cores = 4
+
+    def cpu_count(self, logical: bool = True) -> int:
+        return self.cores
+
+
+def test_details_are_rebuilt_on_their_own_cadence_to_spot_a_change(tmp_path):
+    ps = GrowingPs()
+
+    def agent(name: str, every_s: float) -> NodeAgent:
+        args = ["--node-id", name, "--state-dir", str(tmp_path / name)]
+        return NodeAgent(load_settings(args, {}), ps=ps, details_check_every_s=every_s)
+
+    eager, lazy = agent("eager", 0.0), agent("lazy", 3600.0)
+    eager.sample_once()
+    lazy.sample_once()
+    ps.cores = 8
+    eager.sample_once()
+    lazy.sample_once()
+    assert (eager.details or {})["cpu_cores"] == 8
+    assert (lazy.details or {})["cpu_cores"] == 4  # seen at the next check, within the hour
