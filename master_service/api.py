@@ -44,11 +44,13 @@ def create_app(service: MasterService) -> FastAPI:
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:
         """Liveness: is the master connected to the broker and keeping up."""
+        store_error = service.ingestor.store_error
         return {
-            "status": "ok",
+            "status": "ok" if store_error is None else "degraded",
             "mqtt_connected": service.listener.connected.is_set(),
             "queue_depth": service.ingestor.queue.qsize(),
             "committed": service.ingestor.committed,
+            "store_error": store_error,
         }
 
     @app.get("/api/nodes", tags=["nodes"])

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from master_service.handlers import Context
 from master_service.router import RawMessage, dispatch
+from master_service.state import NodeState
 from master_service.store import Store
 
 logger = logging.getLogger(__name__)
@@ -112,6 +114,8 @@ class Ingestor(threading.Thread):
         self._stopping = threading.Event()
         self.commit_listeners: list[Callable[[int], None]] = []
         self.crashes: list[BaseException] = []  # dispatch errors re-raised in tests
+        self.store_errors = 0  # flushes that failed (and were retried)
+        self.store_error: str | None = None  # the last one, while the store stays unwritable
 
     def submit(self, message: RawMessage) -> None:
         """Queue one message (called on the paho network thread; blocks only when full)."""
@@ -170,6 +174,20 @@ class Ingestor(threading.Thread):
             except Exception:
                 logger.exception("writer task failed")
 
+    def _store_failed(
+        self, error: Exception, rows: list[tuple[str, float, Any]], dirty: list[NodeState]
+    ) -> None:
+        self.store.rollback()
+        state = self.ctx.state
+        with state.lock:
+            self.ctx.pending_history[:0] = rows
+            state.dirty.update(node.node for node in dirty)
+        self.store_errors += 1
+        if self.store_error is None:  # once per outage, not once per flush
+            logger.error("cannot write to the store %s: %s; retrying", self.store.path, error)
+        self.store_error = str(error)
+        self._last_flush = time.monotonic()
+
     def flush(self) -> None:
         """Write queued history and changed node states in one transaction."""
         state = self.ctx.state
@@ -178,9 +196,20 @@ class Ingestor(threading.Thread):
             dirty = [node for n in state.dirty if (node := state.get(n)) is not None]
             state.dirty.clear()
             self.store.save_nodes(dirty, self.clock())
-        if rows:
-            self.store.append_history(rows)
-        self.store.commit()
+        try:
+            if rows:
+                self.store.append_history(rows)
+            self.store.commit()
+        except (sqlite3.Error, OSError) as error:
+            # Disk full, database locked...: keep the batch and retry at the next flush. Nothing
+            # is acknowledged meanwhile, so the broker keeps every message for us.
+            self._store_failed(error, rows, dirty)
+            return
+        if self.store_error is not None:
+            logger.warning(
+                "the store is writable again; %d batch(es) had failed", self.store_errors
+            )
+            self.store_error = None
         self.committed += self._pending
         done, self._pending = self._pending, 0
         self._last_flush = time.monotonic()

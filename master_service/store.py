@@ -215,6 +215,10 @@ class Store:
         if last < self._meta(META_ROLLED_ROWID, 0.0):
             self._set_meta(META_ROLLED_ROWID, float(last))
 
+    def rollback(self) -> None:
+        """Drop what was written since the last commit."""
+        self.connection.rollback()
+
     def close(self) -> None:
         """Commit and close."""
         self.connection.commit()
