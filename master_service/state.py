@@ -29,7 +29,6 @@ class SeqVerdict(StrEnum):
     NEW = "new"
     LATE = "late"  # fills an earlier gap (spooled data, reordering)
     DUPLICATE = "duplicate"
-    RESTARTED = "restarted"  # the node lost its counter; tracking begins again
 
 
 _FRAGMENT: Final[Any] = getattr(orjson, "Fragment", None)  # pre-encoded JSON, orjson >= 3.10
