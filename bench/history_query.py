@@ -27,11 +27,11 @@ from typing import Any
 import uvicorn
 
 from master_service.app import MasterService
-from master_service.history import HistoryQuery, open_reader, plan, read_history
-from master_service.retention import run_retention
 from master_service.settings import MasterSettings
 from master_service.state import NodeState
-from master_service.store import Store
+from master_service.storage.history import HistoryQuery, open_reader, plan, read_history
+from master_service.storage.retention import run_retention
+from master_service.storage.store import Store
 from tests.support.broker import free_port
 from tests.support.waiting import wait_until
 

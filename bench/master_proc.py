@@ -27,7 +27,7 @@ from typing import Any
 from bench.procstat import cpu_seconds, memory_kib, thread_cpu_seconds
 from bench.sizes import deep_size
 from master_service.app import MasterService
-from master_service.router import RawMessage
+from master_service.ingest.router import RawMessage
 from master_service.settings import MasterSettings
 
 RSS_EVERY_S = 2.0

@@ -12,22 +12,22 @@ from typing import Final
 import uvicorn
 
 from cluster_protocol import MASTER_NODE_ID, Envelope, encode_envelope
-from master_service.api import create_app
-from master_service.commands import CommandService
-from master_service.counters import IngestCounters
-from master_service.ha_bridge import HomeAssistantObserver
-from master_service.ha_commands import ButtonPresses
-from master_service.ha_discovery import CLUSTER_SUMMARY_TYPE, cluster_summary_topic
-from master_service.ha_publisher import DiscoveryPublisher
-from master_service.handlers import Context
-from master_service.ingest import Ingestor
-from master_service.listener import Listener
-from master_service.observers import Observer
-from master_service.prometheus import MasterMetrics
-from master_service.retention import RetentionJob
+from master_service.control.commands import CommandService
+from master_service.home_assistant.bridge import HomeAssistantObserver
+from master_service.home_assistant.discovery import CLUSTER_SUMMARY_TYPE, cluster_summary_topic
+from master_service.home_assistant.presses import ButtonPresses
+from master_service.home_assistant.publisher import DiscoveryPublisher
+from master_service.ingest.counters import IngestCounters
+from master_service.ingest.handlers import Context
+from master_service.ingest.ingestor import Ingestor
+from master_service.ingest.listener import Listener
+from master_service.ingest.observers import Observer
 from master_service.settings import MasterSettings
 from master_service.state import ClusterState
-from master_service.store import Store
+from master_service.storage.retention import RetentionJob
+from master_service.storage.store import Store
+from master_service.web.api import create_app
+from master_service.web.prometheus import MasterMetrics
 
 logger = logging.getLogger(__name__)
 

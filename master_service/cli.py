@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cluster_protocol.config import SettingsError
-from master_service.placement import render_placement
+from master_service.control.placement import render_placement
 from master_service.settings import build_parser, load_settings
 from master_service.status_table import render_table
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from master_service.store import HISTORY_METRICS
+from master_service.storage.store import HISTORY_METRICS
 from tests.integration.conftest import NODE_IDS, Cluster
 
 

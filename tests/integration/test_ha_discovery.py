@@ -13,7 +13,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from master_service.app import MasterService
-from master_service.ha_publisher import DiscoveryPublisher
+from master_service.home_assistant.publisher import DiscoveryPublisher
 from master_service.settings import MasterSettings
 from tests.support.broker import MosquittoBroker
 from tests.support.watcher import Seen, Watcher

@@ -24,9 +24,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cluster_protocol import Envelope, MessageType, encode_envelope
-from master_service import router
 from master_service.app import MasterService
-from master_service.handlers import Context, Incoming
+from master_service.ingest import router
+from master_service.ingest.handlers import Context, Incoming
 from master_service.settings import MasterSettings
 from tests.support.broker import MosquittoBroker
 from tests.support.waiting import wait_until
@@ -293,7 +293,9 @@ def test_hostile_message(
             "last_seq": seq,
         }
         assert without_clock(after) == expected
-        warnings = [r.getMessage() for r in caplog.records if r.name == "master_service.counters"]
+        warnings = [
+            r.getMessage() for r in caplog.records if r.name == "master_service.ingest.counters"
+        ]
         # One clear line per cause; a cause already warned about in the last 10 s stays quiet.
         assert len(warnings) <= 1
         if warnings:
@@ -328,7 +330,7 @@ def test_a_flood_logs_a_few_lines_not_a_thousand(
         publisher.client.publish(f"{T}/metrics", b"garbage %d" % i, qos=1)
     send_valid(publisher, master)
     assert master.counters.snapshot()["rejected"]["not_json"] - before == 1000
-    lines = [r for r in caplog.records if r.name == "master_service.counters"]
+    lines = [r for r in caplog.records if r.name == "master_service.ingest.counters"]
     assert len(lines) <= 2
 
 

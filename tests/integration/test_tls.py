@@ -135,7 +135,7 @@ def test_master_names_an_untrusted_certificate(
     from master_service.app import MasterService
     from master_service.settings import MasterSettings
 
-    caplog.set_level(logging.ERROR, logger="master_service.listener")
+    caplog.set_level(logging.ERROR, logger="master_service.ingest.listener")
     broker, _ = tls_broker
     settings = MasterSettings(
         broker=tls_url(broker, "picluster-master"),

@@ -14,10 +14,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from master_service.api_control import control_router
 from master_service.cli import parse_command_args
-from master_service.commands import CommandRefusedError, CommandService
+from master_service.control.commands import CommandRefusedError, CommandService
 from master_service.state import ClusterState, NodeStatus
+from master_service.web.control import control_router
 
 NOW = 1_700_000_000.0
 

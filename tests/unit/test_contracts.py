@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import cluster_protocol
 from cluster_protocol import MessageType
-from master_service.router import HANDLERS
+from master_service.ingest.router import HANDLERS
 
 
 def test_every_message_type_has_a_handler():

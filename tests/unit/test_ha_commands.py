@@ -8,9 +8,8 @@ from typing import Any
 
 import pytest
 
-from master_service.commands import CommandRecord, CommandRefusedError
-from master_service.counters import IngestCounters
-from master_service.ha_commands import (
+from master_service.control.commands import CommandRecord, CommandRefusedError
+from master_service.home_assistant.presses import (
     MAX_IN_FLIGHT,
     MAX_PRESS_AGE_S,
     REJECT_CAUSE,
@@ -20,6 +19,7 @@ from master_service.ha_commands import (
     check_advertised,
     parse_press,
 )
+from master_service.ingest.counters import IngestCounters
 from master_service.state import ClusterState
 from tests.support.waiting import wait_until
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from cluster_protocol import MACHINE_DETAILS_FIELDS, METRICS_FIELDS
-from master_service import ha_discovery as hd
-from master_service.ha_publisher import DiscoveryPublisher
+from master_service.home_assistant import discovery as hd
+from master_service.home_assistant.publisher import DiscoveryPublisher
 
 GIB = 1024**3
 PI_DETAILS: dict[str, Any] = {
@@ -633,7 +633,7 @@ def test_button_classes_and_categories_are_home_assistants():
 
 @pytest.mark.parametrize("command", ["refresh", "reboot", "shutdown"])
 def test_a_press_renders_to_what_the_master_accepts(command):
-    from master_service.ha_commands import parse_press
+    from master_service.home_assistant.presses import parse_press
 
     env = ha_environment()
     template = buttons({**PI_DETAILS, "commands": ALL_COMMANDS})[command]["command_template"]

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from master_service.history import (
+from master_service.state import NodeState
+from master_service.storage.history import (
     MAX_BUCKETS,
     HistoryQuery,
     HistoryQueryError,
@@ -18,9 +19,8 @@ from master_service.history import (
     query_history,
     read_history,
 )
-from master_service.retention import DAY_S, RetentionJob, run_retention
-from master_service.state import NodeState
-from master_service.store import HISTORY_METRICS, Store
+from master_service.storage.retention import DAY_S, RetentionJob, run_retention
+from master_service.storage.store import HISTORY_METRICS, Store
 
 T0 = 1_764_000_000.0  # a minute boundary (divisible by 60)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from master_service.ingest import Inbox
+from master_service.ingest.inbox import Inbox
 from tests.support.waiting import wait_until
 
 

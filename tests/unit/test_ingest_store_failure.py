@@ -8,12 +8,12 @@ import time
 import pytest
 
 from cluster_protocol import Envelope, encode_envelope
-from master_service.counters import IngestCounters
-from master_service.handlers import Context
-from master_service.ingest import Ingestor
-from master_service.router import RawMessage
+from master_service.ingest.counters import IngestCounters
+from master_service.ingest.handlers import Context
+from master_service.ingest.ingestor import Ingestor
+from master_service.ingest.router import RawMessage
 from master_service.state import ClusterState
-from master_service.store import Store
+from master_service.storage.store import Store
 
 
 class FailingStore(Store):
@@ -59,4 +59,4 @@ def test_a_failed_flush_keeps_its_rows_and_acknowledges_only_after_the_retry(tmp
 
 @pytest.fixture(autouse=True)
 def _errors_only(caplog):
-    caplog.set_level("ERROR", logger="master_service.ingest")
+    caplog.set_level("ERROR", logger="master_service.ingest.ingestor")

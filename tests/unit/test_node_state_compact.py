@@ -11,7 +11,7 @@ from bench.sizes import deep_size
 from bench.wire import METRICS_PAYLOAD, details_payload
 from master_service import state as state_module
 from master_service.state import ClusterState, NodeState
-from master_service.store import Store
+from master_service.storage.store import Store
 
 
 def tracked_node() -> NodeState:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from master_service.placement import (
+from master_service.control.placement import (
     RequirementError,
     Requirements,
     evaluate,
@@ -15,7 +15,7 @@ from master_service.placement import (
     place,
     render_placement,
 )
-from master_service.units import GIB, SizeError, format_size, parse_size
+from master_service.control.units import GIB, SizeError, format_size, parse_size
 
 MIB = 1024**2
 

@@ -10,9 +10,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from cluster_protocol import RejectCause
-from master_service.counters import IngestCounters
-from master_service.prometheus import MasterMetrics
+from master_service.ingest.counters import IngestCounters
 from master_service.state import ClusterState, NodeStatus
+from master_service.web.prometheus import MasterMetrics
 
 NOW = 1_764_000_000.0
 

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from cluster_protocol import Envelope, MessageType, RejectCause, encode_envelope
-from master_service import router
-from master_service.counters import IngestCounters
-from master_service.handlers import Context, Incoming
-from master_service.router import HANDLERS, RawMessage, dispatch
+from master_service.ingest import router
+from master_service.ingest.counters import IngestCounters
+from master_service.ingest.handlers import Context, Incoming
+from master_service.ingest.router import HANDLERS, RawMessage, dispatch
 from master_service.state import ClusterState
 
 NOW = 1_764_300_000.0
@@ -140,7 +140,7 @@ def test_legacy_two_key_form_is_accepted(ctx: Context) -> None:
 
 
 def test_a_flood_of_one_cause_logs_one_line(ctx: Context, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="master_service.counters")
+    caplog.set_level(logging.WARNING, logger="master_service.ingest.counters")
     for _ in range(1000):
         dispatch(raw("cluster/pi-01/metrics", b"garbage"), ctx)
     dispatch(raw("cluster/pi-01/bogus", b"{}"), ctx)

@@ -12,17 +12,17 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from master_service.api_control import control_router
-from master_service.history import HistoryQuery, HistoryQueryError, HistoryReader
-from master_service.prometheus import metrics_router
-from master_service.store import HISTORY_METRICS
+from master_service.storage.history import HistoryQuery, HistoryQueryError, HistoryReader
+from master_service.storage.store import HISTORY_METRICS
+from master_service.web.control import control_router
+from master_service.web.prometheus import metrics_router
 
 if TYPE_CHECKING:
     from master_service.app import MasterService
 
 logger = logging.getLogger(__name__)
 
-STATIC_DIR = resources.files("master_service") / "static"
+STATIC_DIR = resources.files("master_service.web") / "static"
 
 
 def create_app(service: MasterService) -> FastAPI:

@@ -17,7 +17,7 @@ from cluster_protocol import (
     decode_envelope,
     parse_topic,
 )
-from master_service.handlers import (
+from master_service.ingest.handlers import (
     Context,
     Incoming,
     handle_machine_details,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from cluster_protocol import MAX_MESSAGE_BYTES, command_topic
-from master_service.observers import Observer
+from master_service.ingest.observers import Observer
 from master_service.state import ClusterState, NodeStatus
 
 logger = logging.getLogger(__name__)

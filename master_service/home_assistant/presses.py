@@ -17,9 +17,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from master_service import ha_discovery as hd
-from master_service.commands import CommandRefusedError, CommandService
-from master_service.counters import IngestCounters
+from master_service.control.commands import CommandRefusedError, CommandService
+from master_service.home_assistant import discovery as hd
+from master_service.ingest.counters import IngestCounters
 from master_service.state import ClusterState
 
 logger = logging.getLogger(__name__)

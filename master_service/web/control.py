@@ -9,9 +9,9 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from master_service.commands import DEFAULT_TIMEOUT_S, MAX_TIMEOUT_S, CommandRefusedError
-from master_service.placement import RequirementError, Requirements, place
-from master_service.units import SizeError, parse_size
+from master_service.control.commands import DEFAULT_TIMEOUT_S, MAX_TIMEOUT_S, CommandRefusedError
+from master_service.control.placement import RequirementError, Requirements, place
+from master_service.control.units import SizeError, parse_size
 
 if TYPE_CHECKING:
     from master_service.app import MasterService

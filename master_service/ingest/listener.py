@@ -28,7 +28,7 @@ from cluster_protocol import (
 )
 from cluster_protocol.broker_url import connect_failure_reason
 from cluster_protocol.config import SettingsError
-from master_service.router import RawMessage
+from master_service.ingest.router import RawMessage
 from master_service.settings import MasterSettings
 
 logger = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cluster_protocol import Envelope
-from master_service.counters import IngestCounters
-from master_service.observers import Observer
+from master_service.ingest.counters import IngestCounters
+from master_service.ingest.observers import Observer
 from master_service.state import ClusterState, NodeStatus
 
 logger = logging.getLogger(__name__)

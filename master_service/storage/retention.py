@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from master_service.store import Store
+from master_service.storage.store import Store
 
 logger = logging.getLogger(__name__)
 

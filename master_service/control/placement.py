@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
-from master_service.units import GIB, format_size
+from master_service.control.units import GIB, format_size
 
 # Names for the same instruction set, so `--arch arm64` finds a Pi 4 that reports aarch64.
 ARCH_ALIASES: Final[Mapping[str, str]] = {

@@ -41,7 +41,7 @@ CLUSTER_SUMMARY_KEYS: Final = (
 )
 PI_MANUFACTURER: Final = "Raspberry Pi Ltd"
 # Home Assistant may not write commands (mosquitto/acl): its buttons publish here, and the
-# master checks each press and sends the command itself (master_service/ha_commands.py).
+# master checks each press and sends the command itself (master_service/home_assistant/presses.py).
 HA_COMMAND_TYPE: Final = "ha_command"
 # Pressable commands in the order the buttons appear: (command, name, device class, category,
 # icon). Button device classes are identify/restart/update (HA's button docs); "config" keeps

@@ -17,7 +17,7 @@ from typing import Any, Final
 import orjson
 
 from cluster_protocol import DEFAULT_PREFIX
-from master_service import ha_discovery as hd
+from master_service.home_assistant import discovery as hd
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from cluster_protocol import RejectCause
-from master_service.counters import IngestCounters
+from master_service.ingest.counters import IngestCounters
 from master_service.state import ClusterState, NodeStatus
 
 logger = logging.getLogger(__name__)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from master_service.ha_publisher import DiscoveryPublisher
-from master_service.observers import Observer
+from master_service.home_assistant.publisher import DiscoveryPublisher
+from master_service.ingest.observers import Observer
 from master_service.state import NodeState
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-from master_service.store import HISTORY_METRICS, META_ROLLED_UNTIL, ROLLUP_STEP_S, connect
+from master_service.storage.store import HISTORY_METRICS, META_ROLLED_UNTIL, ROLLUP_STEP_S, connect
 
 MAX_POINTS: Final = 2000
 """Without a step, a range that would give more raw points than this is averaged into this many."""

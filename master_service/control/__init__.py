@@ -1,0 +1,1 @@
+"""Commands to nodes and task placement."""

@@ -1,0 +1,1 @@
+"""Home Assistant: discovery payloads, when to publish them, and button presses."""

@@ -1,0 +1,1 @@
+"""Storage: the SQLite writer, schema migrations, history reads, retention and the command log."""

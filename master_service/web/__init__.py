@@ -1,0 +1,1 @@
+"""HTTP: the JSON API, the control API, Prometheus and the dashboard."""
