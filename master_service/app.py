@@ -19,6 +19,7 @@ from master_service.home_assistant.presses import ButtonPresses
 from master_service.home_assistant.publisher import DiscoveryPublisher
 from master_service.ingest.counters import IngestCounters
 from master_service.ingest.handlers import Context
+from master_service.ingest.health import Health, assess
 from master_service.ingest.ingestor import Ingestor
 from master_service.ingest.listener import Listener
 from master_service.ingest.observers import Observer
@@ -160,6 +161,20 @@ class MasterService:
             self.stop()
         if not http.is_alive() and not server.started:
             raise SystemExit(1)
+
+    def health(self) -> Health:
+        """The ingest path's health; `/healthz` answers 503 with the reasons when not ok."""
+        ingestor = self.ingestor
+        return assess(
+            ingest_running=ingestor.is_alive(),
+            ingest_silent_s=time.monotonic() - ingestor.heartbeat,
+            store_error=ingestor.store_error,
+            mqtt_connected=self.listener.connected.is_set(),
+            disconnected_s=self.listener.disconnected_for(),
+            keepalive_s=float(self.settings.keepalive),
+            queue_depth=ingestor.queue.qsize(),
+            committed=ingestor.committed,
+        )
 
     def _health_gauges(self) -> dict[str, float]:
         return {

@@ -52,6 +52,7 @@ class Ingestor(threading.Thread):
         self.crashes: list[BaseException] = []  # dispatch errors re-raised in tests
         self.store_errors = 0  # flushes that failed (and were retried)
         self.store_error: str | None = None  # the last one, while the store stays unwritable
+        self.heartbeat = time.monotonic()  # last turn of the loop, for the health check
 
     def submit(self, message: RawMessage) -> None:
         """Queue one message (called on the paho network thread; blocks only when full)."""
@@ -71,6 +72,7 @@ class Ingestor(threading.Thread):
     def run(self) -> None:
         """Consume until stopped."""
         while True:
+            self.heartbeat = time.monotonic()
             wait_s = FLUSH_EVERY_S
             if self._pending:
                 wait_s = max(0.0, self._last_flush + FLUSH_EVERY_S - time.monotonic())

@@ -63,6 +63,8 @@ class Listener:
         self.submit = submit
         self.extra_topics = dict(extra_topics or {})
         self.connected = threading.Event()
+        # Monotonic time the connection was lost (or the listener started), None while connected.
+        self.disconnected_since: float | None = time.monotonic()
         self.callback_errors = 0
         self.connects = 0
         # (connection number, mid, qos) of every submitted message, in submit order: the
@@ -105,6 +107,7 @@ class Listener:
         properties.SessionExpiryInterval = self.settings.session_expiry
         properties.ReceiveMaximum = RECEIVE_MAXIMUM
         logger.info("connecting to %s as %s", address.redacted(), self.settings.client_id)
+        self.disconnected_since = time.monotonic()
         self.client.connect_async(
             address.host,
             address.port,
@@ -134,6 +137,11 @@ class Listener:
             # broker resends unacknowledged messages and the (node, seq) check drops repeats.
             if connection == current and qos > 0:
                 self.client.ack(mid, qos)
+
+    def disconnected_for(self) -> float | None:
+        """Seconds since the connection was lost (or since start when never up); None if up."""
+        since = self.disconnected_since
+        return None if since is None else time.monotonic() - since
 
     def publish(
         self, topic: str, payload: bytes | None, qos: int = 1, retain: bool = False
@@ -181,6 +189,7 @@ class Listener:
                 master_status_topic(self.settings.prefix), master_status("online"), 1, True
             )
             self.connected.set()
+            self.disconnected_since = None
         except Exception:
             self.callback_errors += 1
             logger.exception("on_connect failed")
@@ -205,6 +214,8 @@ class Listener:
         properties: Properties | None,
     ) -> None:
         self.connected.clear()
+        if self.disconnected_since is None:
+            self.disconnected_since = time.monotonic()
         with self._ack_lock:
             self._connection += 1
         logger.warning("disconnected from the broker: %s; reconnecting", reason_code)
