@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from cluster_protocol.errors import EnvelopeError, RejectCause
+from cluster_protocol.metrics import METRICS
 from cluster_protocol.topics import MessageType
 
 # JSON type names, so schemas read like the docs: "number|null".
@@ -46,28 +47,8 @@ MACHINE_DETAILS_FIELDS: Final[Mapping[str, str]] = {
 
 REQUIRED_MACHINE_DETAILS: Final = ("hostname", "cpu_percent_used", "ram", "cpu", "cpu_cores")
 
-METRICS_FIELDS: Final[Mapping[str, str]] = {
-    "cpu_percent": "number",
-    "cpu_percent_per_core": "array",
-    "load_1": "number|null",
-    "load_5": "number|null",
-    "load_15": "number|null",
-    "memory_total_bytes": "integer",
-    "memory_available_bytes": "integer",
-    "memory_percent": "number",
-    "swap_percent": "number|null",
-    "disks": "array",  # [{"mount", "total_bytes", "used_bytes", "percent"}]
-    "disk_read_bytes_per_s": "number|null",
-    "disk_write_bytes_per_s": "number|null",
-    "net_rx_bytes_per_s": "number|null",
-    "net_tx_bytes_per_s": "number|null",
-    "temperature_celsius": "number|null",
-    "uptime_s": "number",
-    "process_count": "integer|null",
-    "throttled": "object|null",  # Pi only: {"raw", "under_voltage", ...}
-    "spool_dropped": "integer",  # envelopes the node's spool had to drop since last report
-}
-"""Keys of a `metrics` payload."""
+METRICS_FIELDS: Final[Mapping[str, str]] = {m.key: m.json_type for m in METRICS if m.in_payload}
+"""Keys of a `metrics` payload and their JSON types, from the metric table."""
 
 STATUS_FIELDS: Final[Mapping[str, str]] = {"state": "string"}
 STATUS_STATES: Final = ("online", "offline")
