@@ -68,9 +68,16 @@ def command_subscription(node: str, prefix: str = DEFAULT_PREFIX) -> str:
     return f"{prefix}/{node}/{COMMAND_LEVEL}/+"
 
 
+def master_topic(level: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """A topic of the master itself, `<prefix>/_master/<level>` (status, cluster summary...)."""
+    if not level or "/" in level or "+" in level or "#" in level:
+        raise TopicError(RejectCause.BAD_TOPIC, f"master topic level {level!r} is not one level")
+    return f"{prefix}/{MASTER_NODE_ID}/{level}"
+
+
 def master_status_topic(prefix: str = DEFAULT_PREFIX) -> str:
     """The master's own retained status topic."""
-    return f"{prefix}/{MASTER_NODE_ID}/{MessageType.STATUS.value}"
+    return master_topic(MessageType.STATUS.value, prefix)
 
 
 def parse_topic(topic: str, prefix: str = DEFAULT_PREFIX) -> ParsedTopic:
