@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-from master_service.storage.store import HISTORY_METRICS, META_ROLLED_UNTIL, ROLLUP_STEP_S, connect
+from cluster_protocol import HISTORY_METRICS
+from master_service.storage.store import META_ROLLED_UNTIL, ROLLUP_STEP_S, open_connection
 
 MAX_POINTS: Final = 2000
 """Without a step, a range that would give more raw points than this is averaged into this many."""
@@ -154,8 +155,11 @@ def _from_rollup(connection: sqlite3.Connection, query: HistoryQuery, step: floa
 
 
 def open_reader(path: str) -> sqlite3.Connection:
-    """A connection for the API's read side (WAL lets it read while the writer writes)."""
-    connection = connect(path)
+    """A connection for the API's read side (WAL lets it read while the writer writes).
+
+    It never migrates: the Store, opened first, brought the file to the current schema.
+    """
+    connection = open_connection(path)
     connection.execute("PRAGMA query_only = ON")
     return connection
 

@@ -9,48 +9,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from cluster_protocol import HISTORY_METRICS as HISTORY_METRICS  # re-exported for readers
+from cluster_protocol import metric, metric_value
 from master_service.state import NodeState
+from master_service.storage.migrations import migrate, refuse_if_too_new
 
 logger = logging.getLogger(__name__)
-
-HISTORY_METRICS: Final = (
-    "cpu_percent",
-    "memory_percent",
-    "swap_percent",
-    "load_1",
-    "temperature_celsius",
-    "net_rx_bytes_per_s",
-    "net_tx_bytes_per_s",
-    "disk_read_bytes_per_s",
-    "disk_write_bytes_per_s",
-    "root_disk_percent",
-)
-"""Metrics kept in history, one column each."""
-
-_SCHEMA: Final = f"""
-CREATE TABLE IF NOT EXISTS nodes (
-    node TEXT PRIMARY KEY,
-    state TEXT NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS metrics_raw (
-    node TEXT NOT NULL,
-    ts REAL NOT NULL,
-    {", ".join(f"{name} REAL" for name in HISTORY_METRICS)}
-);
-CREATE INDEX IF NOT EXISTS metrics_raw_node_ts ON metrics_raw (node, ts);
-CREATE TABLE IF NOT EXISTS metrics_1m (
-    node TEXT NOT NULL,
-    ts REAL NOT NULL,
-    samples INTEGER NOT NULL,
-    {", ".join(f"{name} REAL" for name in HISTORY_METRICS)},
-    PRIMARY KEY (node, ts)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS history_meta (
-    key TEXT PRIMARY KEY,
-    value REAL NOT NULL
-);
-"""
 
 ROLLUP_STEP_S: Final = 60
 """Width of a rollup bucket: one row per node and minute, averages of the raw samples."""
@@ -64,35 +28,41 @@ META_ROLLED_UNTIL: Final = "rollup_until"  # the rollup is complete before this 
 CommitObserver = Callable[[list[float]], None]
 """Called after each commit with the sender `ts` of every metrics sample it made durable."""
 
+# Inserts name their columns: a file's column order depends on the version that added each.
+_COLUMNS: Final = ", ".join(("node", "ts", *HISTORY_METRICS))
+_PLACEHOLDERS: Final = ", ".join("?" for _ in range(len(HISTORY_METRICS) + 2))
+_INSERT_RAW: Final = f"INSERT INTO metrics_raw ({_COLUMNS}) VALUES ({_PLACEHOLDERS})"
+_HISTORY: Final = tuple(metric(key) for key in HISTORY_METRICS)
+
 
 def history_row(node: str, ts: float, payload: Mapping[str, Any]) -> tuple[Any, ...]:
     """The history columns of one metrics payload (missing or non-numeric values become NULL)."""
     values: list[Any] = [node, ts]
-    for name in HISTORY_METRICS:
-        value = root_disk_percent(payload) if name == "root_disk_percent" else payload.get(name)
+    for m in _HISTORY:
+        value = metric_value(m, payload)
         numeric = isinstance(value, int | float) and not isinstance(value, bool)
         values.append(float(value) if numeric and value is not None else None)
     return tuple(values)
 
 
-def root_disk_percent(payload: Mapping[str, Any]) -> float | None:
-    """Percent used of the disk mounted at '/', if the payload has it."""
-    disks = payload.get("disks")
-    for disk in disks if isinstance(disks, list) else ():
-        if isinstance(disk, dict) and disk.get("mount") == "/":
-            percent = disk.get("percent")
-            return float(percent) if isinstance(percent, int | float) else None
-    return None
-
-
 def connect(path: str) -> sqlite3.Connection:
-    """Open the database (WAL, so readers never block the writer) and create the schema."""
+    """Open the database (WAL, so readers never block the writer) at the current schema.
+
+    A file written by a newer picluster raises SchemaTooNewError before anything is written.
+    """
+    refuse_if_too_new(path)
+    connection = open_connection(path)
+    migrate(connection, path)
+    return connection
+
+
+def open_connection(path: str) -> sqlite3.Connection:
+    """Open the database file as it is (WAL, synchronous=NORMAL), creating its directory."""
     if path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     connection = sqlite3.connect(path, check_same_thread=False)
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")
-    connection.executescript(_SCHEMA)
     return connection
 
 
@@ -131,8 +101,7 @@ class Store:
     def append_history(self, rows: Iterable[tuple[str, float, Mapping[str, Any]]]) -> int:
         """Insert metrics samples; return how many."""
         values = [history_row(node, ts, payload) for node, ts, payload in rows]
-        placeholders = ", ".join("?" for _ in range(len(HISTORY_METRICS) + 2))
-        self.connection.executemany(f"INSERT INTO metrics_raw VALUES ({placeholders})", values)
+        self.connection.executemany(_INSERT_RAW, values)
         if self.commit_observers:
             self._uncommitted_ts.extend(row[1] for row in values)
         return len(values)
@@ -154,7 +123,7 @@ class Store:
             return 0
         averages = ", ".join(f"AVG(r.{name})" for name in HISTORY_METRICS)
         cursor = self.connection.execute(
-            f"INSERT OR REPLACE INTO metrics_1m "
+            f"INSERT OR REPLACE INTO metrics_1m (node, ts, samples, {', '.join(HISTORY_METRICS)}) "
             f"SELECT t.node, t.minute, COUNT(*), {averages} FROM ("
             f"  SELECT DISTINCT node, CAST(ts / {ROLLUP_STEP_S} AS INTEGER) * {ROLLUP_STEP_S}"
             "   AS minute FROM metrics_raw WHERE rowid > ? AND rowid <= ? AND ts >= ?"
