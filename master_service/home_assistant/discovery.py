@@ -4,6 +4,11 @@ Follows Home Assistant's MQTT discovery documentation (see docs/home-assistant.m
 device-based form `<prefix>/device/<object_id>/config` with `dev`, `o` and `cmps`, and the
 older per-entity form `<prefix>/<platform>/<object_id>/<key>/config`. Entities read the nodes'
 own topics through value templates, so nothing is re-published per sample.
+
+A node's device is named by its node id, never its hostname (Pis left as `raspberrypi` and
+cloned VMs share one), and each entity's id is pinned to `<platform>.<node>_<key>`. The metric
+sensors come from the metric table (`cluster_protocol.METRICS`): a metric with a
+`home_assistant` entry there gets a sensor here.
 """
 
 from __future__ import annotations
@@ -17,7 +22,15 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Final
 
-from cluster_protocol import DEFAULT_PREFIX, MessageType, master_status_topic, topic_for
+from cluster_protocol import (
+    DEFAULT_PREFIX,
+    METRICS,
+    HomeAssistantSensor,
+    MessageType,
+    master_status_topic,
+    topic_for,
+)
+from cluster_protocol.topics import master_topic
 
 DEFAULT_HA_PREFIX: Final = "homeassistant"
 HA_STATUS_LEVEL: Final = "status"
@@ -29,6 +42,8 @@ ORIGIN_NAME: Final = "picluster"
 # named "cluster" can never share its device topic or identifiers.
 CLUSTER_KEY: Final = "_cluster"
 CLUSTER_DEVICE_NAME: Final = "picluster"
+# The cluster's entity ids: sensor.picluster_nodes_online (its keys are no node metric's).
+CLUSTER_ENTITY_PREFIX: Final = "picluster"
 CLUSTER_SUMMARY_TYPE: Final = "cluster"
 CLUSTER_SUMMARY_KEYS: Final = (
     "nodes_total",
@@ -63,6 +78,9 @@ GIB: Final = 1024**3
 STATUS_TEMPLATE: Final = "{{ value_json.payload.state }}"
 
 _SLUG_UNSAFE: Final = re.compile(r"[^a-z0-9]+")
+# Metrics whose Home Assistant entities are built by hand below, not from the plain template.
+DISKS_METRIC: Final = "disks"
+THROTTLED_METRIC: Final = "throttled"
 _CLEAN_MOUNT: Final = re.compile(r"^(/[a-z0-9]+)+$")
 _TOPIC_UNSAFE: Final = re.compile(r"[+#\x00]")
 
@@ -130,6 +148,30 @@ def cluster_object_id() -> str:
     return object_id(CLUSTER_KEY)
 
 
+def entity_slug(node: str) -> str:
+    """A node id as Home Assistant's entity ids spell it: `pi-01` -> `pi_01`.
+
+    Entity ids allow only lower-case letters, digits and single inner underscores, so every
+    other run of characters becomes one `_`. Two ids differing only there ("pi-1", "pi_1")
+    share a slug; Home Assistant then gives the second entity a `_2` suffix.
+    """
+    if node == CLUSTER_KEY:
+        return CLUSTER_ENTITY_PREFIX
+    return _SLUG_UNSAFE.sub("_", node.lower()).strip("_")
+
+
+def pinned_entity_id(platform: str, node: str, key: str) -> dict[str, str]:
+    """The options that make Home Assistant name an entity `<platform>.<node>_<key>`.
+
+    `default_entity_id` is the option since Home Assistant 2025.10; `object_id` the one before
+    (deprecated in 2025.10, ignored from 2026.4). Both are sent: older releases drop the
+    unknown `default_entity_id`, 2025.10 and later use it and do not warn about `object_id`
+    when it is there. Either only suggests the id: an entity already registered keeps its own.
+    """
+    suggested = f"{entity_slug(node)}_{_SLUG_UNSAFE.sub('_', key).strip('_')}"
+    return {"object_id": suggested, "default_entity_id": f"{platform}.{suggested}"}
+
+
 def ha_status_topic(prefix: str = DEFAULT_HA_PREFIX) -> str:
     """Where Home Assistant publishes its birth (`online`) and will (`offline`)."""
     return f"{prefix}/{HA_STATUS_LEVEL}"
@@ -137,12 +179,12 @@ def ha_status_topic(prefix: str = DEFAULT_HA_PREFIX) -> str:
 
 def cluster_summary_topic(cluster_prefix: str = DEFAULT_PREFIX) -> str:
     """The master's retained cluster summary the cluster device's sensors read."""
-    return f"{cluster_prefix}/_master/{CLUSTER_SUMMARY_TYPE}"
+    return master_topic(CLUSTER_SUMMARY_TYPE, cluster_prefix)
 
 
 def ha_command_topic(cluster_prefix: str = DEFAULT_PREFIX) -> str:
     """Where Home Assistant's buttons publish their presses for the master to check and send."""
-    return f"{cluster_prefix}/_master/{HA_COMMAND_TYPE}"
+    return master_topic(HA_COMMAND_TYPE, cluster_prefix)
 
 
 def press_template(node: str, command: str) -> str:
@@ -200,12 +242,11 @@ def disk_key(mount: str) -> str:
 
 
 def node_device(node: str, details: Mapping[str, Any]) -> dict[str, Any]:
-    """The `dev` mapping of a node: name, model, manufacturer, software, via the cluster."""
-    hostname = details.get("hostname")
-    device: dict[str, Any] = {
-        "ids": [object_id(node)],
-        "name": hostname if isinstance(hostname, str) and hostname else node,
-    }
+    """The `dev` mapping of a node: named by its node id; model, maker, software, via.
+
+    The hostname is not part of it: it is the node's "Hostname" diagnostic sensor.
+    """
+    device: dict[str, Any] = {"ids": [object_id(node)], "name": node}
     model = details.get("model")
     if isinstance(model, str) and model.strip():
         device["mdl"] = model.strip()
@@ -245,6 +286,7 @@ def _sensor(
     config: dict[str, Any] = {
         "name": name,
         "unique_id": unique_id(node, key),
+        **pinned_entity_id(platform, node, key),
         "state_topic": state_topic,
         "value_template": template,
         "availability": availability,
@@ -255,7 +297,9 @@ def _sensor(
 
 
 def _metric_template(key: str) -> str:
-    return "{{ value_json.payload." + key + " }}"
+    # `default` keeps a key an older agent does not send yet from rendering "" (and HA from
+    # logging a template warning on every sample): "None" shows as unknown.
+    return "{{ value_json.payload." + key + " | default(None) }}"
 
 
 def disk_template(mount: str) -> str:
@@ -275,9 +319,23 @@ THROTTLED_TEMPLATE: Final = (
     "{% else %}None{% endif %}"
 )
 BOOT_TIME_TEMPLATE: Final = "{{ as_datetime(value_json.payload.boot_time | int) }}"
+HOSTNAME_TEMPLATE: Final = "{{ value_json.payload.hostname }}"
 RAM_TOTAL_TEMPLATE: Final = (
     "{{ (value_json.payload.ram_total_bytes / " + str(GIB) + ") | round(2) }}"
 )
+
+
+def metric_options(sensor: HomeAssistantSensor) -> dict[str, Any]:
+    """A metric table entry's Home Assistant options, in discovery's terms (None left out)."""
+    options = {
+        "platform": sensor.platform,
+        "state_class": sensor.state_class,
+        "device_class": sensor.device_class,
+        "unit_of_measurement": sensor.unit,
+        "icon": sensor.icon,
+        "suggested_display_precision": sensor.precision,
+    }
+    return {option: value for option, value in options.items() if value is not None}
 
 
 def node_components(
@@ -286,115 +344,58 @@ def node_components(
     shape: NodeShape,
     cluster_prefix: str = DEFAULT_PREFIX,
 ) -> list[Component]:
-    """Every entity of one node, in a stable order."""
+    """Every entity of one node, in a stable order: the metric table's, then the rest."""
     metrics = topic_for(node, MessageType.METRICS, cluster_prefix)
+    machine_details = topic_for(node, MessageType.MACHINE_DETAILS, cluster_prefix)
     status = topic_for(node, MessageType.STATUS, cluster_prefix)
     master = master_status_topic(cluster_prefix)
     both = _availability(status, master)
     expire = expire_after_s(details.get("interval_s"))
 
-    def metric(key: str, name: str, **options: Any) -> Component:
-        return _sensor(
-            node,
-            key,
-            name,
-            metrics,
-            _metric_template(key),
-            both,
-            state_class="measurement",
-            expire_after=expire,
-            **options,
-        )
+    def on_metrics(key: str, name: str, template: str, sensor: HomeAssistantSensor) -> Component:
+        options = metric_options(sensor)
+        return _sensor(node, key, name, metrics, template, both, expire_after=expire, **options)
 
-    components = [
-        metric(
-            "cpu_percent",
-            "CPU",
-            unit_of_measurement="%",
-            icon="mdi:cpu-64-bit",
-            suggested_display_precision=1,
-        ),
-        metric("load_1", "Load (1 min)", icon="mdi:gauge", suggested_display_precision=2),
-        metric(
-            "memory_percent",
-            "Memory",
-            unit_of_measurement="%",
-            icon="mdi:memory",
-            suggested_display_precision=1,
-        ),
-        metric(
-            "swap_percent",
-            "Swap",
-            unit_of_measurement="%",
-            icon="mdi:swap-horizontal",
-            suggested_display_precision=1,
-        ),
-    ]
-    for mount in sorted(set(shape.mounts)):
-        key = disk_key(mount)
-        components.append(
-            _sensor(
-                node,
-                key,
-                f"Disk {mount}",
-                metrics,
-                disk_template(mount),
-                both,
-                state_class="measurement",
-                expire_after=expire,
-                unit_of_measurement="%",
-                icon="mdi:harddisk",
-                suggested_display_precision=1,
+    components = []
+    for metric in METRICS:
+        sensor = metric.home_assistant
+        if sensor is None or not metric.in_payload:
+            continue
+        if metric.key == DISKS_METRIC:  # one sensor per mount the node has shown
+            components += [
+                on_metrics(disk_key(m), f"{sensor.name} {m}", disk_template(m), sensor)
+                for m in sorted(set(shape.mounts))
+            ]
+        elif metric.key == THROTTLED_METRIC:  # Pi only: absent until a node reports flags
+            if shape.has_throttled:
+                components.append(on_metrics(metric.key, sensor.name, THROTTLED_TEMPLATE, sensor))
+        else:
+            components.append(
+                on_metrics(metric.key, sensor.name, _metric_template(metric.key), sensor)
             )
-        )
+    # machine_details is retained and re-sent on every connect, so no expire_after.
     components += [
-        metric(
-            "temperature_celsius",
-            "Temperature",
-            device_class="temperature",
-            unit_of_measurement="°C",
-            suggested_display_precision=1,
+        _sensor(
+            node,
+            "hostname",
+            "Hostname",
+            machine_details,
+            HOSTNAME_TEMPLATE,
+            both,
+            icon="mdi:lan",
+            entity_category="diagnostic",
         ),
-        metric(
-            "net_rx_bytes_per_s",
-            "Network receive",
-            device_class="data_rate",
-            unit_of_measurement="B/s",
-            suggested_display_precision=0,
-        ),
-        metric(
-            "net_tx_bytes_per_s",
-            "Network send",
-            device_class="data_rate",
-            unit_of_measurement="B/s",
-            suggested_display_precision=0,
-        ),
-        # machine_details is retained and re-sent on every connect, so no expire_after.
         _sensor(
             node,
             "boot_time",
             "Last boot",
-            topic_for(node, MessageType.MACHINE_DETAILS, cluster_prefix),
+            machine_details,
             BOOT_TIME_TEMPLATE,
             both,
             device_class="timestamp",
             entity_category="diagnostic",
         ),
     ]
-    if shape.has_throttled:
-        components.append(
-            _sensor(
-                node,
-                "throttled",
-                "Throttling",
-                metrics,
-                THROTTLED_TEMPLATE,
-                both,
-                platform="binary_sensor",
-                device_class="problem",
-                expire_after=expire,
-            )
-        )
     components += node_buttons(node, details, both, cluster_prefix)
     # Connectivity must stay readable while the node is offline: only the master gates it.
     components.append(
@@ -430,6 +431,7 @@ def node_buttons(
         config: dict[str, Any] = {
             "name": name,
             "unique_id": unique_id(node, command),
+            **pinned_entity_id("button", node, command),
             "command_topic": ha_command_topic(cluster_prefix),
             "command_template": press_template(node, command),
             "qos": 1,  # a press must not be lost on the way; never retained (HA's default)

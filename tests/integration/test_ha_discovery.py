@@ -20,7 +20,7 @@ from tests.support.watcher import Seen, Watcher
 
 GIB = 1024**3
 DETAILS: dict[str, Any] = {
-    "hostname": "pi-01",
+    "hostname": "raspberrypi",  # the image's default: every node of the tests shares it
     "cpu_percent_used": 3.0,
     "ram": 4 * GIB,
     "cpu": "Cortex-A72",
@@ -131,11 +131,13 @@ def test_node_and_cluster_configs_are_retained_for_home_assistant(watch, adapter
     node = config(retained, f"{prefix}/device/picluster_pi-01/config")
     assert node["o"]["name"] == "picluster"
     assert node["dev"]["ids"] == ["picluster_pi-01"]
+    assert node["dev"]["name"] == "pi-01"
     assert node["dev"]["via_device"] == "picluster__cluster"
     assert node["dev"]["mf"] == "Raspberry Pi Ltd"
     cmps = node["cmps"]
     for key, component in cmps.items():
         assert component["unique_id"] == f"picluster_pi-01_{key}"
+        assert component["default_entity_id"] == f"{component['p']}.pi_01_{key}"
         if component["p"] == "button":  # buttons read nothing: they publish presses
             assert {"command_topic", "command_template", "availability"} <= set(component)
             continue
@@ -165,6 +167,31 @@ def test_node_and_cluster_configs_are_retained_for_home_assistant(watch, adapter
     totals = config(retained, f"{prefix}/device/picluster__cluster/config")["cmps"]
     assert {c["state_topic"] for c in totals.values()} == {f"{cluster}/_master/cluster"}
     assert totals["ram_total"]["device_class"] == "data_size"
+
+
+def test_two_nodes_on_one_hostname_are_announced_as_two_named_devices(watch, adapter, prefixes):
+    prefix, cluster = prefixes
+    publisher = DiscoveryPublisher(adapter, prefix=prefix, cluster_prefix=cluster)
+    announce(publisher, "pi-01")
+    announce(publisher, "pi-02")  # same DETAILS: hostname "raspberrypi" for both
+
+    retained = retained_now(watch, adapter, prefix)
+    devices = {
+        node: config(retained, f"{prefix}/device/picluster_{node}/config")
+        for node in ("pi-01", "pi-02")
+    }
+    assert {node: d["dev"]["name"] for node, d in devices.items()} == {
+        "pi-01": "pi-01",
+        "pi-02": "pi-02",
+    }
+    entity_ids = {
+        node: {c["default_entity_id"] for c in d["cmps"].values()} for node, d in devices.items()
+    }
+    assert entity_ids["pi-01"].isdisjoint(entity_ids["pi-02"])
+    assert "sensor.pi_01_cpu_percent" in entity_ids["pi-01"]
+    assert "sensor.pi_02_cpu_percent" in entity_ids["pi-02"]
+    for d in devices.values():  # the shared hostname is shown, as a diagnostic sensor
+        assert d["cmps"]["hostname"]["state_topic"].endswith("/machine_details")
 
 
 def test_home_assistant_birth_triggers_a_reannounce(watch, adapter, broker, prefixes):
@@ -235,7 +262,7 @@ def test_per_entity_form_is_retained_and_forgotten(watch, adapter, prefixes):
     assert f"{prefix}/sensor/picluster_pi-01/cpu_percent/config" in node_topics
     assert f"{prefix}/binary_sensor/picluster_pi-01/online/config" in node_topics
     assert f"{prefix}/button/picluster_pi-01/refresh/config" in node_topics
-    assert len(node_topics) == 13  # 12 sensors and the Refresh button
+    assert len(node_topics) == 14  # 13 sensors and the Refresh button
     cpu = config(retained, f"{prefix}/sensor/picluster_pi-01/cpu_percent/config")
     assert "p" not in cpu
     assert cpu["unique_id"] == "picluster_pi-01_cpu_percent"

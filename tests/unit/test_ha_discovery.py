@@ -9,13 +9,21 @@ from typing import Any
 
 import pytest
 
-from cluster_protocol import MACHINE_DETAILS_FIELDS, METRICS_FIELDS
+from cluster_protocol import (
+    MACHINE_DETAILS_FIELDS,
+    METRICS,
+    METRICS_FIELDS,
+    HomeAssistantSensor,
+    Metric,
+    TopicError,
+)
+from cluster_protocol.topics import master_topic
 from master_service.home_assistant import discovery as hd
 from master_service.home_assistant.publisher import DiscoveryPublisher
 
 GIB = 1024**3
 PI_DETAILS: dict[str, Any] = {
-    "hostname": "pi-01",
+    "hostname": "raspberrypi",  # the image's default, left as is: not the node id
     "cpu_percent_used": 3.0,
     "ram": 4 * GIB,
     "cpu": "Cortex-A72",
@@ -54,6 +62,9 @@ ALLOWED_STATE_CLASSES: dict[str | None, set[str | None]] = {
     None: {"measurement", "total", "total_increasing", None},
 }
 BINARY_SENSOR_CLASSES = {"connectivity", "problem"}
+TEXT_SENSORS = {"hostname"}  # no unit, no state class: not a measurement
+# Home Assistant's valid_entity_id (homeassistant/core.py): lower case, digits, single inner _.
+HA_ENTITY_ID = re.compile(r"^(?!.+__)(?!_)[\da-z_]+(?<!_)\.(?!_)[\da-z_]+(?<!_)$")
 
 
 def node_payload(
@@ -85,7 +96,7 @@ def test_node_device_payload_has_the_documented_shape():
     assert payload["o"] == {"name": "picluster", "sw": "0.1.0"}
     assert payload["dev"] == {
         "ids": ["picluster_pi-01"],
-        "name": "pi-01",
+        "name": "pi-01",  # the node id; the hostname "raspberrypi" is a diagnostic sensor
         "mdl": "Raspberry Pi 4 Model B Rev 1.4",
         "mf": "Raspberry Pi Ltd",
         "sw": "0.1.0",
@@ -93,6 +104,8 @@ def test_node_device_payload_has_the_documented_shape():
     }
     for key, component in payload["cmps"].items():
         assert component["unique_id"] == f"picluster_pi-01_{key}"
+        assert component["default_entity_id"] == f"{component['p']}.pi_01_{key}"
+        assert component["object_id"] == f"pi_01_{key}"
         assert component["name"]
         if component["p"] == "button":
             continue  # buttons publish, they read nothing (see the button tests)
@@ -113,6 +126,7 @@ def test_unique_ids_never_change():
             "temperature_celsius",
             "net_rx_bytes_per_s",
             "net_tx_bytes_per_s",
+            "hostname",
             "boot_time",
             "throttled",
             "refresh",
@@ -136,9 +150,127 @@ def test_a_node_named_cluster_does_not_collide_with_the_cluster_device():
     )
 
 
+# --- device names and entity ids -----------------------------------------------------------
+
+
+def test_two_nodes_with_one_hostname_are_two_devices_with_their_own_entity_ids():
+    # Pis left as "raspberrypi", containers and VMs cloned from one image share a hostname;
+    # named by it, HA showed one name twice and sensor.raspberrypi_cpu / ..._cpu_2.
+    one, two = node_payload("pi-01"), node_payload("pi-02")
+    assert (one["dev"]["name"], two["dev"]["name"]) == ("pi-01", "pi-02")
+    first = {c["default_entity_id"] for c in one["cmps"].values()}
+    second = {c["default_entity_id"] for c in two["cmps"].values()}
+    assert first.isdisjoint(second)
+    assert {"sensor.pi_01_cpu_percent", "binary_sensor.pi_01_online"} <= first
+    assert {"sensor.pi_02_cpu_percent", "button.pi_02_refresh"} <= second
+    assert not [i for i in first | second if "raspberrypi" in i]
+
+
+@pytest.mark.parametrize(
+    ("node", "slug"),
+    [("pi-01", "pi_01"), ("node7", "node7"), ("a__b", "a_b"), ("web_", "web"), ("0-x-", "0_x")],
+)
+def test_entity_ids_are_pinned_and_valid_for_home_assistant(node, slug):
+    details = {**PI_DETAILS, "commands": ALL_COMMANDS}
+    shape = hd.NodeShape(("/", "/mnt/a-b", "/media/USB Stick"), has_throttled=True)
+    components = hd.node_components(node, details, shape)
+    assert {c.platform for c in components} == {"sensor", "binary_sensor", "button"}
+    for component in components:
+        entity_id = component.config["default_entity_id"]
+        assert HA_ENTITY_ID.match(entity_id), entity_id
+        assert entity_id == f"{component.platform}.{slug}_{component.key}"
+        # The option before Home Assistant 2025.10: the same id without the platform.
+        assert component.config["object_id"] == entity_id.split(".", 1)[1]
+
+
+def test_cluster_entity_ids_are_picluster_ones():
+    assert [c.config["default_entity_id"] for c in hd.cluster_components()] == [
+        "sensor.picluster_nodes_online",
+        "sensor.picluster_cores_total",
+        "sensor.picluster_ram_total",
+        "sensor.picluster_cpu_percent_avg",
+    ]
+
+
+def test_the_hostname_is_a_diagnostic_sensor_not_the_device_name():
+    hostname = node_payload()["cmps"]["hostname"]
+    assert hostname["state_topic"] == "cluster/pi-01/machine_details"
+    assert hostname["entity_category"] == "diagnostic"
+    assert hostname["default_entity_id"] == "sensor.pi_01_hostname"
+    env = ha_environment()
+    details = envelope("machine_details", PI_DETAILS)
+    assert render(env, hostname["value_template"], details) == "raspberrypi"
+
+
+def test_a_new_hostname_changes_nothing_in_home_assistant(publisher, recorder):
+    publisher.node_details("pi-01", PI_DETAILS)
+    publisher.node_metrics_shape("pi-01", ["/"], False)
+    recorder.take()
+    # The Hostname sensor follows the retained details; device and entity ids stay as they are.
+    publisher.node_details("pi-01", {**PI_DETAILS, "hostname": "pi-kitchen"})
+    assert recorder.take() == []
+
+
+# --- the metric table ---------------------------------------------------------------------
+
+
+def test_every_home_assistant_metric_of_the_table_is_an_entity():
+    cmps = node_payload()["cmps"]
+    for metric in METRICS:
+        sensor = metric.home_assistant
+        if sensor is None:
+            assert metric.key not in cmps
+            continue
+        keys = ["disk_root_percent", "disk_boot_firmware_percent"]
+        for key in keys if metric.key == "disks" else [metric.key]:
+            config = cmps[key]
+            assert config["p"] == sensor.platform
+            assert config.get("unit_of_measurement") == sensor.unit, key
+            assert config.get("device_class") == sensor.device_class, key
+            assert config.get("icon") == sensor.icon, key
+            assert config.get("state_class") == sensor.state_class, key
+            assert config.get("suggested_display_precision") == sensor.precision, key
+            assert config["name"].startswith(sensor.name)
+    assert cmps["disk_boot_firmware_percent"]["name"] == "Disk /boot/firmware"
+
+
+def test_a_metric_added_to_the_table_gets_a_sensor(monkeypatch):
+    clock = Metric(
+        "cpu_freq_mhz",
+        "number|null",
+        "MHz",
+        "CPU clock",
+        home_assistant=HomeAssistantSensor("CPU clock", "MHz", device_class="frequency"),
+    )
+    monkeypatch.setattr(hd, "METRICS", (*METRICS, clock))
+    config = node_payload()["cmps"]["cpu_freq_mhz"]
+    assert {k: v for k, v in config.items() if k != "availability"} == {
+        "p": "sensor",
+        "name": "CPU clock",
+        "unique_id": "picluster_pi-01_cpu_freq_mhz",
+        "object_id": "pi_01_cpu_freq_mhz",
+        "default_entity_id": "sensor.pi_01_cpu_freq_mhz",
+        "state_topic": "cluster/pi-01/metrics",
+        "value_template": "{{ value_json.payload.cpu_freq_mhz | default(None) }}",
+        "availability_mode": "all",
+        "expire_after": 30,
+        "state_class": "measurement",
+        "device_class": "frequency",
+        "unit_of_measurement": "MHz",
+    }
+    env = ha_environment()
+    sample = envelope("metrics", {**METRICS_SAMPLE, "cpu_freq_mhz": 1800})
+    assert render(env, config["value_template"], sample) == "1800"
+    # An agent older than the metric does not send it: unknown, not an error per sample.
+    assert render(env, config["value_template"], envelope("metrics", METRICS_SAMPLE)) == "None"
+
+
 @pytest.mark.parametrize(("platform", "config"), all_configs())
 def test_classes_units_and_state_classes_are_the_documented_ones(platform, config):
     device_class = config.get("device_class")
+    if config["unique_id"].removeprefix("picluster_pi-01_") in TEXT_SENSORS:
+        assert {"device_class", "unit_of_measurement", "state_class"}.isdisjoint(config)
+        return
     if platform == "binary_sensor":
         assert device_class in BINARY_SENSOR_CLASSES
         assert "unit_of_measurement" not in config
@@ -259,6 +391,9 @@ def test_cluster_device_reads_the_masters_summary():
         assert component.config["state_topic"] == "lab/_master/cluster"
         assert [a["topic"] for a in component.config["availability"]] == ["lab/_master/status"]
     assert hd.cluster_summary_topic("lab") == "lab/_master/cluster"
+    assert hd.ha_command_topic("lab") == "lab/_master/ha_command"
+    with pytest.raises(TopicError):
+        master_topic("cluster/x", "lab")
 
 
 @pytest.mark.parametrize("prefix", ["", "/ha", "ha/", "ha/#", "h+a"])
@@ -315,7 +450,7 @@ def envelope(message_type: str, payload: dict[str, Any], node: str = "pi-01") ->
     return {"v": 1, "type": message_type, "node": node, "ts": 1.7e9, "seq": 7, "payload": payload}
 
 
-METRICS: dict[str, Any] = {
+METRICS_SAMPLE: dict[str, Any] = {
     "cpu_percent": 12.5,
     "cpu_percent_per_core": [10.0, 15.0],
     "load_1": 0.42,
@@ -354,7 +489,7 @@ METRICS: dict[str, Any] = {
 def test_node_templates_render_the_values_ha_will_show():
     env = ha_environment()
     cmps = node_payload()["cmps"]
-    metrics = envelope("metrics", METRICS)
+    metrics = envelope("metrics", METRICS_SAMPLE)
     on_metrics = {k: c for k, c in cmps.items() if c.get("state_topic", "").endswith("/metrics")}
     got = {k: render(env, c["value_template"], metrics) for k, c in on_metrics.items()}
     assert got["cpu_percent"] == "12.5"
@@ -383,14 +518,14 @@ def test_node_templates_render_the_values_ha_will_show():
     ("throttled", "expected"),
     [
         (None, "None"),
-        ({**METRICS["throttled"], "under_voltage": False, "throttled": False}, "OFF"),
-        ({**METRICS["throttled"], "under_voltage": False, "throttled": False,
+        ({**METRICS_SAMPLE["throttled"], "under_voltage": False, "throttled": False}, "OFF"),
+        ({**METRICS_SAMPLE["throttled"], "under_voltage": False, "throttled": False,
           "soft_temp_limit": True}, "ON"),
     ],
 )  # fmt: skip
 def test_throttling_template(throttled, expected):
     env = ha_environment()
-    metrics = envelope("metrics", {**METRICS, "throttled": throttled})
+    metrics = envelope("metrics", {**METRICS_SAMPLE, "throttled": throttled})
     assert render(env, hd.THROTTLED_TEMPLATE, metrics) == expected
 
 
@@ -398,9 +533,12 @@ def test_throttling_template(throttled, expected):
 def test_disk_template_handles_absent_and_odd_mounts(mount):
     env = ha_environment()
     template = hd.disk_template(mount)
-    assert render(env, template, envelope("metrics", METRICS)) == "None"
-    disks = [*METRICS["disks"], {"mount": mount, "total_bytes": 1, "used_bytes": 1, "percent": 7}]
-    assert render(env, template, envelope("metrics", {**METRICS, "disks": disks})) == "7"
+    assert render(env, template, envelope("metrics", METRICS_SAMPLE)) == "None"
+    disks = [
+        *METRICS_SAMPLE["disks"],
+        {"mount": mount, "total_bytes": 1, "used_bytes": 1, "percent": 7},
+    ]
+    assert render(env, template, envelope("metrics", {**METRICS_SAMPLE, "disks": disks})) == "7"
 
 
 def test_cluster_templates_render():
@@ -552,7 +690,7 @@ def test_per_entity_form_publishes_only_the_entities_that_changed(recorder):
     publisher.node_details("pi-01", PI_DETAILS)
     publisher.node_metrics_shape("pi-01", ["/"], False)
     first = recorder.take()
-    assert len(first) == 11  # 10 sensors and the Refresh button
+    assert len(first) == 12  # 11 sensors and the Refresh button
     assert all(t.startswith("ha/") and t.endswith("/config") for t, *_ in first)
     assert not any(t.startswith("ha/device/") for t, *_ in first)
     publisher.node_metrics_shape("pi-01", ["/", "/data"], False)
