@@ -22,9 +22,10 @@ from master_service.ingest.handlers import Context
 from master_service.ingest.health import Health, assess
 from master_service.ingest.ingestor import Ingestor
 from master_service.ingest.listener import Listener
-from master_service.ingest.observers import Observer
+from master_service.ingest.observers import Notice, Observer, notify
 from master_service.settings import MasterSettings
 from master_service.state import ClusterState
+from master_service.storage.command_log import CommandLog
 from master_service.storage.retention import RetentionJob
 from master_service.storage.store import Store
 from master_service.web.api import create_app
@@ -51,7 +52,7 @@ class MasterService:
         self.listener = Listener(settings, self.ingestor.submit)
         self.ingestor.commit_listeners.append(self.listener.acknowledge)  # PUBACK once stored
         self.commands = CommandService(
-            settings.db,
+            CommandLog(self.store, self.ingestor.write),
             self.listener.publish,
             self.state,
             self.listener.connected.is_set,
@@ -112,7 +113,10 @@ class MasterService:
         self.ingestor.stop()
         self.listener.stop()
         self.commands.close()
-        self.store.close()
+        try:
+            self.store.close()
+        except Exception as error:  # e.g. the disk is full: what is not stored was not acked
+            logger.error("closing the store failed: %s", error)
 
     def forget(self, node: str) -> bool:
         """Remove a node from state, store and observers; True when it was known."""
@@ -120,12 +124,9 @@ class MasterService:
 
         def forget_in_writer(store: Store) -> None:
             store.delete_node(node)
-            store.commit()  # observers (the command log) write the same file on their own
-            for observer in self.observers:
-                try:
-                    observer.node_forgotten(node)
-                except Exception:
-                    logger.exception("forgetting %s in %s failed", node, type(observer).__name__)
+            store.commit()
+            # Observers' own writes (the command log) go with the next flush.
+            notify(self.observers, [Notice("node_forgotten", node)], self.ctx.observer_errors)
 
         # On the ingest thread, so no message of that node is half-way through its handler.
         self.ingestor.call_in_writer(forget_in_writer)
@@ -150,16 +151,27 @@ class MasterService:
         http = threading.Thread(target=server.run, name="picluster-http", daemon=True)
         http.start()
         logger.info("API and dashboard on http://%s/", self.settings.http)
+        failed = False
         try:
             while not stop.wait(1.0):
                 if not http.is_alive():
                     logger.error("the HTTP server stopped (is %s free?)", self.settings.http)
                     break
+                if not self.ingestor.is_alive():
+                    # Fail fast: a master that no longer stores anything must not look alive.
+                    # Exiting non-zero lets systemd or compose restart it; nothing it received
+                    # since the last commit was acknowledged, so the broker sends it again.
+                    logger.critical(
+                        "ingest stopped (%r); exiting so the master is restarted",
+                        self.ingestor.failure,
+                    )
+                    failed = True
+                    break
         finally:
             server.should_exit = True
             http.join(timeout=10)
             self.stop()
-        if not http.is_alive() and not server.started:
+        if failed or (not http.is_alive() and not server.started):
             raise SystemExit(1)
 
     def health(self) -> Health:

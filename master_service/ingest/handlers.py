@@ -1,4 +1,8 @@
-"""One handler per message type; each updates state and queues history (lock held by the router)."""
+"""One handler per message type; each updates state and queues history (lock held by the router).
+
+Observers are not called here: handlers queue a Notice, and the router delivers the notices
+once the cluster lock is released, so a slow or failing observer never holds up the API.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from typing import Any
 
 from cluster_protocol import Envelope
 from master_service.ingest.counters import IngestCounters
-from master_service.ingest.observers import Observer
+from master_service.ingest.observers import Notice, Observer, ObserverErrors
 from master_service.state import ClusterState, NodeStatus
 
 logger = logging.getLogger(__name__)
@@ -26,13 +30,15 @@ class Incoming:
 
 @dataclass(slots=True)
 class Context:
-    """What handlers may touch: the state, the history queue, the observers."""
+    """What handlers may touch: the state, the history queue, the notices for observers."""
 
     state: ClusterState
     counters: IngestCounters
     prefix: str = "cluster"
     observers: Sequence[Observer] = ()
     pending_history: list[tuple[str, float, dict[str, Any]]] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)  # delivered by the router
+    observer_errors: ObserverErrors = field(default_factory=ObserverErrors)
     reraise_handler_errors: bool = False
 
 
@@ -59,8 +65,8 @@ def handle_status(incoming: Incoming, ctx: Context) -> None:
         logger.info("node %s is %s", node.node, state)
         node.state_since = incoming.received_at
     node.status, node.status_ts = state, envelope.ts
-    for observer in ctx.observers:
-        observer.node_status(node.node, state)
+    if ctx.observers:
+        ctx.notices.append(Notice("node_status", node.node, (state,)))
 
 
 def handle_machine_details(incoming: Incoming, ctx: Context) -> None:
@@ -70,8 +76,8 @@ def handle_machine_details(incoming: Incoming, ctx: Context) -> None:
     if not incoming.retained:
         node.last_heard = incoming.received_at
     node.details, node.details_ts = envelope.payload, envelope.ts
-    for observer in ctx.observers:
-        observer.node_details(node.node, envelope.payload)
+    if ctx.observers:
+        ctx.notices.append(Notice("node_details", node.node, (envelope.payload,)))
 
 
 def handle_metrics(incoming: Incoming, ctx: Context) -> None:
@@ -83,8 +89,8 @@ def handle_metrics(incoming: Incoming, ctx: Context) -> None:
     ctx.pending_history.append((node.node, envelope.ts, envelope.payload))
     if node.metrics_ts is None or envelope.ts >= node.metrics_ts:
         node.metrics, node.metrics_ts = envelope.payload, envelope.ts
-        for observer in ctx.observers:
-            observer.node_metrics(node.node, envelope.payload)
+        if ctx.observers:
+            ctx.notices.append(Notice("node_metrics", node.node, (envelope.payload,)))
 
 
 def handle_message(incoming: Incoming, ctx: Context) -> None:
@@ -99,5 +105,5 @@ def handle_reply(incoming: Incoming, ctx: Context) -> None:
     """A node's answer to a command: handed to whoever waits for it."""
     node = ctx.state.node(incoming.envelope.node)
     node.last_heard = incoming.received_at
-    for observer in ctx.observers:
-        observer.node_reply(node.node, incoming.envelope.payload)
+    if ctx.observers:
+        ctx.notices.append(Notice("node_reply", node.node, (incoming.envelope.payload,)))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import queue
-import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from typing import Any, Final
+from concurrent.futures import Future
+from typing import Any, Final, TypeVar
 
 from master_service.ingest.handlers import Context
 from master_service.ingest.inbox import Inbox
@@ -18,6 +19,8 @@ from master_service.storage.store import Store
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 FLUSH_EVERY_S: Final = 0.1
 FLUSH_ROWS: Final = 1000
 QUEUE_LIMIT: Final = 100_000
@@ -25,6 +28,13 @@ BATCH_MAX: Final = 256  # messages taken from the inbox at once
 # After a short batch, let more messages gather before taking again: at a few thousand
 # messages per second, waking this thread for each one cost more than the messages did.
 GATHER_S: Final = 0.005
+# A turn of the loop that fails this many times in a row is not a passing fault: the thread
+# ends, `/healthz` says so and `MasterService.serve` exits non-zero for systemd or compose
+# to restart the master (unacknowledged messages wait in the broker meanwhile).
+GIVE_UP_AFTER: Final = 5
+LOOP_RETRY_S: Final = 0.2
+
+Write = tuple[Callable[[Store], Any], "Future[Any]"]
 
 
 class Ingestor(threading.Thread):
@@ -46,16 +56,26 @@ class Ingestor(threading.Thread):
         self.committed = 0  # messages whose effects are committed to the store
         self._pending = 0
         self._last_flush = time.monotonic()
+        self._batch: deque[RawMessage | None] = deque()
         self._tasks: queue.Queue[Callable[[Store], None]] = queue.Queue()
+        self._writes: list[Write] = []  # run inside the next flush's transaction
+        self._writes_lock = threading.Lock()
         self._stopping = threading.Event()
         self.commit_listeners: list[Callable[[int], None]] = []
-        self.crashes: list[BaseException] = []  # dispatch errors re-raised in tests
+        # Dispatch errors, kept only when the context re-raises them (tests); counted always.
+        self.crashes: list[BaseException] = []
+        self.dispatch_errors = 0
+        self.listener_errors = 0  # commit listeners that raised (the commit itself stands)
+        self.loop_errors = 0  # unexpected failures of a loop turn, survived
+        self.failure: BaseException | None = None  # why the loop ended, if not by `stop`
         self.store_errors = 0  # flushes that failed (and were retried)
         self.store_error: str | None = None  # the last one, while the store stays unwritable
         self.heartbeat = time.monotonic()  # last turn of the loop, for the health check
 
     def submit(self, message: RawMessage) -> None:
         """Queue one message (called on the paho network thread; blocks only when full)."""
+        if self.failure is not None:
+            return  # nobody will take it; unacknowledged, the broker keeps it for the next run
         self.queue.put(message)
 
     def call_in_writer(self, task: Callable[[Store], None]) -> None:
@@ -63,42 +83,96 @@ class Ingestor(threading.Thread):
         self._tasks.put(task)
         self.queue.put(None)  # wake the thread
 
+    def write(self, task: Callable[[Store], T]) -> Future[T]:
+        """Run `task(store)` on this thread in the next flush's transaction, soon.
+
+        The future gets the task's result once it is committed. While the store fails, the
+        task is rolled back and run again with the retried batch: it must only write.
+        """
+        future: Future[T] = Future()
+        with self._writes_lock:
+            self._writes.append((task, future))
+        self.queue.put(None)  # wake the thread: a write is flushed without waiting
+        return future
+
     def stop(self) -> None:
         """Finish what is queued, flush, and end the thread."""
         self._stopping.set()
+        if self.failure is not None:
+            self._drop_queued()
+            return
         self.queue.put(None)
         self.join(timeout=10)
 
+    def _drop_queued(self) -> None:
+        """After a fatal failure: empty the inbox, so the network thread never blocks on it."""
+        self.queue.take(QUEUE_LIMIT, 0)
+
     def run(self) -> None:
-        """Consume until stopped."""
-        while True:
-            self.heartbeat = time.monotonic()
+        """Consume until stopped; survive passing faults, give up on persistent ones."""
+        failures = 0
+        try:
+            while True:
+                try:
+                    if self._turn():
+                        return
+                    failures = 0
+                except Exception as error:
+                    failures += 1
+                    self.loop_errors += 1
+                    logger.exception("ingest loop failed (%d in a row); going on", failures)
+                    if failures >= GIVE_UP_AFTER:
+                        self.failure = error
+                        logger.critical("ingest gives up after %d failures in a row", failures)
+                        self._drop_queued()
+                        return
+                    time.sleep(LOOP_RETRY_S * failures)
+        except BaseException as error:  # not an Exception: nothing to go on with
+            self.failure = error
+            logger.critical("ingest thread ended: %r", error)
+            self._drop_queued()
+            raise
+
+    def _turn(self) -> bool:
+        """One pass: handle a batch, run tasks, flush when due; True once stopped and drained."""
+        self.heartbeat = time.monotonic()
+        if not self._batch:
             wait_s = FLUSH_EVERY_S
-            if self._pending:
+            if self._writes:
+                wait_s = 0.0
+            elif self._pending:
                 wait_s = max(0.0, self._last_flush + FLUSH_EVERY_S - time.monotonic())
-            batch = self.queue.take(BATCH_MAX, wait_s)
-            for message in batch:
-                if message is not None:
-                    self._handle(message)
-                    if len(self.ctx.pending_history) >= FLUSH_ROWS:
-                        self.flush()
-            self._run_tasks()
-            due = time.monotonic() - self._last_flush >= FLUSH_EVERY_S
-            if self._pending and due:
-                self.flush()
-            if self._stopping.is_set() and self.queue.empty():
-                self.flush()
-                return
-            if 0 < len(batch) < BATCH_MAX and not self._stopping.is_set():
-                time.sleep(GATHER_S)
+            self._batch.extend(self.queue.take(BATCH_MAX, wait_s))
+        taken = len(self._batch)
+        # Popped one at a time, so a failed turn resumes the batch instead of losing the
+        # rest of it: every message must be counted once, or the PUBACKs would go astray.
+        while self._batch:
+            message = self._batch.popleft()
+            if message is not None:
+                self._handle(message)
+                if len(self.ctx.pending_history) >= FLUSH_ROWS:
+                    self.flush()
+        self._run_tasks()
+        due = time.monotonic() - self._last_flush >= FLUSH_EVERY_S
+        if (self._pending and due) or self._writes:
+            self.flush()
+        if self._stopping.is_set() and self.queue.empty():
+            self.flush()
+            return True
+        if 0 < taken < BATCH_MAX and not self._stopping.is_set():
+            time.sleep(GATHER_S)
+        return False
 
     def _handle(self, message: RawMessage) -> None:
         try:
             dispatch(message, self.ctx)
-        except Exception as error:  # only reached when tests ask handlers to re-raise
+        except Exception as error:  # dispatch handles bad input itself; this is a bug
+            self.dispatch_errors += 1
             logger.exception("dispatch failed on %s", message.topic)
-            self.crashes.append(error)
-        self._pending += 1
+            if self.ctx.reraise_handler_errors:
+                self.crashes.append(error)
+        finally:
+            self._pending += 1  # acknowledged with its batch: resending it would fail again
 
     def _run_tasks(self) -> None:
         while True:
@@ -111,37 +185,55 @@ class Ingestor(threading.Thread):
                 self.store.commit()
             except Exception:
                 logger.exception("writer task failed")
+                self._rollback()  # or the next flush would commit half of it
+
+    def _rollback(self) -> None:
+        try:
+            self.store.rollback()
+        except Exception:  # nothing was written, or the connection is gone: retry anyway
+            logger.exception("rollback failed")
 
     def _store_failed(
-        self, error: Exception, rows: list[tuple[str, float, Any]], dirty: list[NodeState]
+        self,
+        error: Exception,
+        rows: list[tuple[str, float, Any]],
+        dirty: list[str],
+        writes: list[Write],
     ) -> None:
-        self.store.rollback()
+        self._rollback()
         state = self.ctx.state
         with state.lock:
             self.ctx.pending_history[:0] = rows
-            state.dirty.update(node.node for node in dirty)
+            state.dirty.update(dirty)
+        with self._writes_lock:
+            self._writes[:0] = writes
         self.store_errors += 1
         if self.store_error is None:  # once per outage, not once per flush
             logger.error("cannot write to the store %s: %s; retrying", self.store.path, error)
-        self.store_error = str(error)
+        self.store_error = str(error) or type(error).__name__
         self._last_flush = time.monotonic()
 
     def flush(self) -> None:
-        """Write queued history and changed node states in one transaction."""
+        """Write queued history, changed node states and queued writes in one transaction.
+
+        Any failure keeps the whole batch for the next flush and acknowledges nothing, so the
+        broker keeps every message for us until the store takes them.
+        """
         state = self.ctx.state
         with state.lock:
             rows, self.ctx.pending_history = self.ctx.pending_history, []
-            dirty = [node for n in state.dirty if (node := state.get(n)) is not None]
+            dirty = list(state.dirty)
+            nodes = [node for n in dirty if (node := state.get(n)) is not None]
             state.dirty.clear()
-            self.store.save_nodes(dirty, self.clock())
+        with self._writes_lock:
+            writes, self._writes = self._writes, []
+        results: list[Any] = []
         try:
-            if rows:
-                self.store.append_history(rows)
-            self.store.commit()
-        except (sqlite3.Error, OSError) as error:
-            # Disk full, database locked...: keep the batch and retry at the next flush. Nothing
-            # is acknowledged meanwhile, so the broker keeps every message for us.
-            self._store_failed(error, rows, dirty)
+            # Outside the cluster lock: this thread is the only one that changes node states,
+            # and the API's readers must not wait for the disk.
+            self._save(nodes, rows, writes, results)
+        except Exception as error:
+            self._store_failed(error, rows, dirty, writes)
             return
         if self.store_error is not None:
             logger.warning(
@@ -151,5 +243,29 @@ class Ingestor(threading.Thread):
         self.committed += self._pending
         done, self._pending = self._pending, 0
         self._last_flush = time.monotonic()
+        for (_, future), result in zip(writes, results, strict=True):
+            if not future.cancelled():
+                future.set_result(result)
         for listener in self.commit_listeners:
-            listener(done)
+            try:
+                listener(done)
+            except Exception:
+                # The batch is stored; an unacknowledged message comes again and is dropped
+                # as a duplicate by its seq.
+                self.listener_errors += 1
+                logger.exception("commit listener %r failed", listener)
+
+    def _save(
+        self,
+        nodes: list[NodeState],
+        rows: list[tuple[str, float, Any]],
+        writes: list[Write],
+        results: list[Any],
+    ) -> None:
+        for task, _ in writes:
+            results.append(task(self.store))
+        if nodes:
+            self.store.save_nodes(nodes, self.clock())
+        if rows:
+            self.store.append_history(rows)
+        self.store.commit()

@@ -26,6 +26,7 @@ from master_service.ingest.handlers import (
     handle_reply,
     handle_status,
 )
+from master_service.ingest.observers import notify
 from master_service.state import SeqVerdict
 
 logger = logging.getLogger(__name__)
@@ -91,10 +92,15 @@ def dispatch(raw: RawMessage, ctx: Context) -> bool:
         try:
             HANDLERS[message_type](incoming, ctx)
         except Exception:
+            ctx.notices.clear()  # the change they announce may be half made
             counters.handler_errors += 1
             logger.exception("handler for %s failed on %s", message_type.value, raw.topic)
             if ctx.reraise_handler_errors:
                 raise
             return False
     counters.accepted += 1
+    if ctx.notices:
+        # After the lock: observers publish and write, and the API must not wait for them.
+        notices, ctx.notices = ctx.notices, []
+        notify(ctx.observers, notices, ctx.observer_errors)
     return True

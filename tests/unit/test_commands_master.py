@@ -16,8 +16,14 @@ from fastapi import FastAPI
 
 from master_service.cli import parse_command_args
 from master_service.control.commands import CommandRefusedError, CommandService
+from master_service.ingest.counters import IngestCounters
+from master_service.ingest.handlers import Context
+from master_service.ingest.ingestor import Ingestor
 from master_service.state import ClusterState, NodeStatus
+from master_service.storage.command_log import CommandLog
+from master_service.storage.store import Store
 from master_service.web.control import control_router
+from tests.support.waiting import wait_until
 
 NOW = 1_700_000_000.0
 
@@ -47,6 +53,22 @@ def make_state(**nodes: str) -> ClusterState:
     return state
 
 
+class Master:
+    """The store, its writer thread and the command service, as the master wires them."""
+
+    def __init__(self, path: Path, publish: FakeBroker, state: ClusterState, up: bool = True):
+        self.store = Store(str(path))
+        self.ingestor = Ingestor(Context(state, IngestCounters()), self.store)
+        log = CommandLog(self.store, self.ingestor.write)
+        self.commands = CommandService(log, publish, state, lambda: up, "cluster")
+        self.ingestor.start()
+
+    def close(self) -> None:
+        self.ingestor.stop()
+        self.commands.close()
+        self.store.close()
+
+
 @pytest.fixture
 def broker() -> FakeBroker:
     return FakeBroker()
@@ -55,9 +77,9 @@ def broker() -> FakeBroker:
 @pytest.fixture
 def service(tmp_path: Path, broker: FakeBroker) -> Iterator[CommandService]:
     state = make_state(n1=NodeStatus.ONLINE, n2=NodeStatus.ONLINE, gone=NodeStatus.OFFLINE)
-    commands = CommandService(str(tmp_path / "master.db"), broker, state, lambda: True, "cluster")
-    yield commands
-    commands.close()
+    master = Master(tmp_path / "master.db", broker, state)
+    yield master.commands
+    master.close()
 
 
 def test_a_command_is_published_once_at_qos1_never_retained_with_an_expiry(service, broker):
@@ -84,6 +106,7 @@ def test_no_reply_is_a_timeout_and_a_late_reply_is_still_kept(service, broker):
     record = service.send("n1", "ping", timeout_s=0.2)
     assert (record.status, record.ok) == ("timeout", None)
     service.node_reply("n1", {"id": record.id, "ok": True, "result": "late", "error": None})
+    wait_until(lambda: service.recent("n1")[0].status == "ok", message="the late reply stored")
     (latest,) = service.recent("n1")
     assert (latest.status, latest.result) == ("ok", "late")
 
@@ -101,6 +124,7 @@ def test_the_first_reply_wins(service, broker):
     record = service.send("n1", "ping", timeout_s=0.1)
     service.node_reply("n1", {"id": record.id, "ok": True, "result": 1, "error": None})
     service.node_reply("n1", {"id": record.id, "ok": False, "result": 2, "error": "again"})
+    wait_until(lambda: service.recent("n1")[0].status == "ok", message="the reply stored")
     assert service.recent("n1")[0].result == 1
 
 
@@ -119,23 +143,23 @@ def test_commands_that_cannot_arrive_are_refused_before_publishing(
 
 def test_not_connected_to_the_broker_is_refused(tmp_path, broker):
     state = make_state(n1=NodeStatus.ONLINE)
-    commands = CommandService(str(tmp_path / "m.db"), broker, state, lambda: False)
+    master = Master(tmp_path / "m.db", broker, state, up=False)
     with pytest.raises(CommandRefusedError) as caught:
-        commands.send("n1", "ping", timeout_s=1)
+        master.commands.send("n1", "ping", timeout_s=1)
     assert caught.value.status == 503
-    commands.close()
+    master.close()
 
 
 def test_history_is_newest_first_survives_a_restart_and_goes_with_forget(tmp_path, broker):
     state = make_state(n1=NodeStatus.ONLINE)
-    path = str(tmp_path / "m.db")
-    first = CommandService(path, broker, state, lambda: True)
-    ids = [first.send("n1", name, timeout_s=0.05).id for name in ("ping", "refresh")]
+    path = tmp_path / "m.db"
+    first = Master(path, broker, state)
+    ids = [first.commands.send("n1", name, timeout_s=0.05).id for name in ("ping", "refresh")]
     first.close()
-    second = CommandService(path, broker, state, lambda: True)
-    assert [r.id for r in second.recent("n1")] == ids[::-1]
-    second.node_forgotten("n1")
-    assert second.recent("n1") == []
+    second = Master(path, broker, state)
+    assert [r.id for r in second.commands.recent("n1")] == ids[::-1]
+    second.commands.node_forgotten("n1")
+    wait_until(lambda: second.commands.recent("n1") == [], message="the commands forgotten")
     second.close()
 
 

@@ -1,0 +1,185 @@
+"""The `commands` table: written in the ingest thread's transactions, read on its own connection.
+
+The master's database has one writer, the ingest thread. Every change here is a task handed
+to it (`Writer`, e.g. `Ingestor.write`) and runs in its next flush's transaction; the future
+it returns completes once that transaction is committed. Reads for the API use a read-only
+connection of their own, which WAL lets run beside the writer.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Final, Protocol, TypeVar
+
+from master_service.storage.store import Store
+
+T = TypeVar("T")
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS commands (
+    id TEXT PRIMARY KEY,
+    node TEXT NOT NULL,
+    command TEXT NOT NULL,
+    args TEXT NOT NULL,
+    sent_at REAL NOT NULL,
+    expires REAL NOT NULL,
+    status TEXT NOT NULL,          -- pending, ok, error, timeout
+    result TEXT,                   -- JSON of the reply's result
+    error TEXT,
+    replied_at REAL
+);
+CREATE INDEX IF NOT EXISTS commands_node_sent ON commands (node, sent_at);
+"""
+_COLUMNS: Final = "id, node, command, args, sent_at, expires, status, result, error, replied_at"
+
+
+class Writer(Protocol):
+    """Runs `task(store)` on the writer thread; the future completes once it is committed."""
+
+    def __call__(self, task: Callable[[Store], T]) -> Future[T]:
+        """Queue one write task."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRecord:
+    """A command as sent, with its reply once there is one."""
+
+    id: str
+    node: str
+    command: str
+    args: dict[str, Any]
+    sent_at: float
+    expires: float
+    status: str
+    result: Any = None
+    error: str | None = None
+    replied_at: float | None = None
+
+    @property
+    def ok(self) -> bool | None:
+        """True or False once answered; None while pending or after a timeout."""
+        return {"ok": True, "error": False}.get(self.status)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as the API returns it."""
+        return {**asdict(self), "ok": self.ok}
+
+
+def _record(row: tuple[Any, ...]) -> CommandRecord:
+    (cid, node, command, args, sent_at, expires, status, result, error, replied_at) = row
+    return CommandRecord(
+        id=cid,
+        node=node,
+        command=command,
+        args=json.loads(args),
+        sent_at=sent_at,
+        expires=expires,
+        status=status,
+        result=None if result is None else json.loads(result),
+        error=error,
+        replied_at=replied_at,
+    )
+
+
+class CommandLog:
+    """Commands and replies in the master's database: writes via `write`, reads read-only."""
+
+    def __init__(self, store: Store, write: Writer) -> None:
+        # Created before the writer thread starts, on the writer's own connection, like the
+        # store's schema: nothing else writes to the file yet.
+        store.connection.executescript(_SCHEMA)
+        store.connection.commit()
+        self._write = write
+        self._lock = threading.Lock()
+        uri = Path(store.path).absolute().as_uri() + "?mode=ro"
+        self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+
+    def add(self, record: CommandRecord) -> Future[None]:
+        """Store a command about to be sent."""
+        values = (
+            record.id,
+            record.node,
+            record.command,
+            json.dumps(record.args),
+            record.sent_at,
+            record.expires,
+            record.status,
+        )
+
+        def insert(store: Store) -> None:
+            store.connection.execute(
+                f"INSERT INTO commands ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL)",
+                values,
+            )
+
+        return self._write(insert)
+
+    def answer(self, node: str, reply: Mapping[str, Any], at: float) -> Future[bool]:
+        """Store a node's reply to one of its own commands; True if it was; the first wins."""
+        status = "ok" if reply.get("ok") is True else "error"
+        values = (
+            status,
+            json.dumps(reply.get("result")),
+            reply.get("error"),
+            at,
+            reply.get("id"),
+            node,
+        )
+
+        def update(store: Store) -> bool:
+            cursor = store.connection.execute(
+                "UPDATE commands SET status = ?, result = ?, error = ?, replied_at = ? "
+                "WHERE id = ? AND node = ? AND status IN ('pending', 'timeout')",
+                values,
+            )
+            return cursor.rowcount == 1
+
+        return self._write(update)
+
+    def time_out(self, command_id: str) -> Future[None]:
+        """Mark a command that got no reply in time (a late reply still replaces this)."""
+
+        def update(store: Store) -> None:
+            store.connection.execute(
+                "UPDATE commands SET status = 'timeout' WHERE id = ? AND status = 'pending'",
+                (command_id,),
+            )
+
+        return self._write(update)
+
+    def delete_node(self, node: str) -> Future[None]:
+        """Drop a forgotten node's commands."""
+
+        def delete(store: Store) -> None:
+            store.connection.execute("DELETE FROM commands WHERE node = ?", (node,))
+
+        return self._write(delete)
+
+    def get(self, command_id: str) -> CommandRecord | None:
+        """One command by id, as committed."""
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_COLUMNS} FROM commands WHERE id = ?", (command_id,)
+            ).fetchone()
+        return None if row is None else _record(row)
+
+    def recent(self, node: str, limit: int) -> list[CommandRecord]:
+        """A node's latest commands, newest first, as committed."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM commands WHERE node = ? ORDER BY sent_at DESC LIMIT ?",
+                (node, limit),
+            ).fetchall()
+        return [_record(row) for row in rows]
+
+    def close(self) -> None:
+        """Close the read connection."""
+        with self._lock:
+            self._db.close()
