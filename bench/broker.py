@@ -10,7 +10,7 @@ from typing import Final
 from tests.support.broker import MosquittoBroker
 
 # The queue and size limits of mosquitto/mosquitto.conf, so a slow consumer is measured, not
-# silently dropped at the default max_queued_messages of 1000 (FIELD_NOTES).
+# silently dropped at Mosquitto's default max_queued_messages of 1000 (docs/protocol.md).
 PRODUCTION_LIMITS: Final = (
     "max_queued_messages 400000",
     "max_queued_bytes 536870912",
