@@ -6,7 +6,7 @@ import socket
 import ssl
 from dataclasses import dataclass, field
 from typing import Final
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 DEFAULT_PORTS: Final = {"mqtt": 1883, "mqtts": 8883}
 
@@ -52,6 +52,17 @@ def parse_broker_url(url: str) -> BrokerAddress:
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password is not None else None,
     )
+
+
+def split_password(url: str) -> tuple[str, str | None]:
+    """The URL without its password, and the password (None when it has none)."""
+    address = parse_broker_url(url)
+    if address.password is None:
+        return url, None
+    scheme = "mqtts" if address.tls else "mqtt"
+    user = f"{quote(address.username, safe='')}@" if address.username else ""
+    host = f"[{address.host}]" if ":" in address.host else address.host
+    return f"{scheme}://{user}{host}:{address.port}", address.password
 
 
 def connect_failure_reason(error: BaseException | None, address: BrokerAddress) -> str:

@@ -1,13 +1,10 @@
-"""Layered configuration shared by both services: defaults < TOML file < environment < flags."""
+"""Small helpers for settings: the error type, the TOML file, variable names, booleans, secrets."""
 
 from __future__ import annotations
 
-import dataclasses
 import tomllib
-import types
-from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Final, get_args, get_type_hints
+from typing import Any, Final
 
 ENV_PREFIX: Final = "CLUSTER_"
 
@@ -36,36 +33,6 @@ def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
 
 
-def layer(
-    defaults: Mapping[str, Any],
-    file_values: Mapping[str, Any],
-    environ: Mapping[str, str],
-    flags: Mapping[str, Any],
-    converters: Mapping[str, Callable[[str], Any]],
-) -> dict[str, Any]:
-    """Merge the four layers; unknown file keys are errors, flags left as None do not count."""
-    unknown = sorted(set(file_values) - set(defaults))
-    if unknown:
-        raise SettingsError(
-            unknown[0], f"unknown key in config file (known: {', '.join(sorted(defaults))})"
-        )
-    merged = dict(defaults)
-    merged.update(file_values)
-    for field in defaults:
-        raw = environ.get(env_name(field))
-        if raw is None or raw == "":
-            continue
-        convert = converters.get(field, str)
-        try:
-            merged[field] = convert(raw)
-        except ValueError as error:
-            raise SettingsError(
-                field, f"{env_name(field)}={raw!r} is not valid: {error}"
-            ) from error
-    merged.update({key: value for key, value in flags.items() if value is not None})
-    return merged
-
-
 def to_bool(raw: str) -> bool:
     """Parse an environment boolean: 1/0, true/false, yes/no, on/off."""
     lowered = raw.strip().lower()
@@ -82,37 +49,3 @@ def read_secret_file(field: str, path: str) -> str:
         return Path(path).read_text(encoding="utf-8").splitlines()[0].strip()
     except (OSError, IndexError) as error:
         raise SettingsError(field, f"cannot read a password from {path}: {error}") from error
-
-
-def check_types(settings: Any) -> None:
-    """Raise SettingsError when a settings field holds a wrong type (e.g. from TOML)."""
-    hints = get_type_hints(type(settings))
-    for item in dataclasses.fields(settings):
-        value = getattr(settings, item.name)
-        allowed = _allowed_types(hints[item.name])
-        if isinstance(value, bool) and bool not in allowed:
-            ok = False
-        else:
-            ok = isinstance(value, allowed)
-        if not ok:
-            names = " or ".join(sorted(t.__name__ for t in allowed))
-            raise SettingsError(item.name, f"must be {names}, got {type(value).__name__} {value!r}")
-
-
-def _allowed_types(hint: Any) -> tuple[type, ...]:
-    members = get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    allowed = tuple(type(None) if m is None else m for m in members)
-    if float in allowed:
-        allowed += (int,)  # TOML and env give 10 for 10.0
-    return allowed
-
-
-def field_defaults(settings_class: type) -> dict[str, Any]:
-    """Each field's default value of a settings dataclass (default factories called)."""
-    defaults: dict[str, Any] = {}
-    for item in dataclasses.fields(settings_class):
-        if item.default is not dataclasses.MISSING:
-            defaults[item.name] = item.default
-        elif item.default_factory is not dataclasses.MISSING:
-            defaults[item.name] = item.default_factory()
-    return defaults

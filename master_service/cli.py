@@ -38,7 +38,8 @@ def parser() -> argparse.ArgumentParser:
     """The command line: run, status, send, place, forget."""
     top = argparse.ArgumentParser(prog="cluster-master", description=__doc__)
     commands = top.add_subparsers(dest="command", required=True)
-    build_parser(commands.add_parser("run", help="run the master service"))
+    # No abbreviations: `--password` must not quietly mean `--password-file`.
+    build_parser(commands.add_parser("run", help="run the master service", allow_abbrev=False))
     status = commands.add_parser("status", help="print a table of nodes from a running master")
     status.add_argument("--api", help=f"master API URL (env CLUSTER_API, default {DEFAULT_API})")
     status.add_argument("--json", action="store_true", help="print the nodes as JSON")

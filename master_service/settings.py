@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
-from cluster_protocol.broker_url import BrokerAddress, BrokerUrlError, parse_broker_url
-from cluster_protocol.config import (
-    SettingsError,
-    check_types,
-    field_defaults,
-    layer,
-    read_secret_file,
-    read_toml,
-    to_bool,
+from cluster_protocol import settings as declared
+from cluster_protocol.broker_url import BrokerAddress, parse_broker_url
+from cluster_protocol.config import SettingsError
+from cluster_protocol.settings import (
+    DEFAULT_BROKER,
+    DEFAULT_KEEPALIVE_S,
+    PASSWORD_IN_FILE,
+    setting,
 )
+from cluster_protocol.topics import DEFAULT_PREFIX
 
 DEFAULT_HTTP: Final = "127.0.0.1:8080"
 DEFAULT_CLIENT_ID: Final = "picluster-master"
@@ -33,50 +33,99 @@ def default_db_path() -> str:
     return str(Path(state_home) / "picluster" / "master.db")
 
 
+def host_port(value: str) -> str | None:
+    """`HOST:PORT` with a port from 1 to 65535."""
+    host, _, port = value.rpartition(":")
+    if host and port.isdigit() and 0 < int(port) < 65536:
+        return None
+    return f"{value!r} must be HOST:PORT, e.g. {DEFAULT_HTTP}"
+
+
 @dataclass(frozen=True, slots=True)
 class MasterSettings:
     """Everything the master needs, validated before it connects anywhere."""
 
-    broker: str = "mqtt://127.0.0.1:1883"
-    db: str = field(default_factory=default_db_path)
-    http: str = DEFAULT_HTTP
-    prefix: str = "cluster"
-    client_id: str = DEFAULT_CLIENT_ID
-    session_expiry: int = 7 * 24 * 3600
-    keepalive: int = 30
-    password: str | None = field(default=None, repr=False)
-    password_file: str | None = None
-    ca_file: str | None = None
-    api_token: str | None = field(default=None, repr=False)
-    stale_factor: float = 3.0
-    history_raw_days: float = 7.0
-    history_rollup_days: float = 90.0
-    ha_discovery: bool = True
-    ha_prefix: str = "homeassistant"
-    ha_per_entity: bool = False
-    log_level: str = "INFO"
+    broker: str = setting(
+        DEFAULT_BROKER,
+        help="mqtt://[user@]host[:port] or mqtts://... for TLS",
+        check=declared.broker_url,
+        password_of="password",
+        metavar="URL",
+    )
+    db: str = setting(
+        default_factory=default_db_path, help="SQLite file for state and history", metavar="PATH"
+    )
+    http: str = setting(
+        DEFAULT_HTTP,
+        help=f"HOST:PORT of the API and dashboard (default {DEFAULT_HTTP})",
+        check=host_port,
+        metavar="HOST:PORT",
+    )
+    prefix: str = setting(DEFAULT_PREFIX, help="topic prefix", check=declared.topic_level)
+    client_id: str = setting(
+        DEFAULT_CLIENT_ID,
+        help="MQTT client id (fixed: it names the session)",
+        check=declared.topic_level,
+        metavar="ID",
+    )
+    session_expiry: int = setting(
+        7 * 24 * 3600,
+        help="seconds the broker keeps the session while the master is away",
+        check=declared.positive,
+        metavar="SECONDS",
+    )
+    keepalive: int = setting(
+        DEFAULT_KEEPALIVE_S,
+        help="MQTT keepalive in seconds",
+        check=declared.positive,
+        metavar="SECONDS",
+    )
+    # From the URL, CLUSTER_PASSWORD or password_file; never a flag, never in the file.
+    password: str | None = setting(
+        None, help="broker password", secret=True, in_file=PASSWORD_IN_FILE
+    )
+    password_file: str | None = setting(
+        None,
+        help="file whose first line is the broker password",
+        secret_file_of="password",
+        metavar="FILE",
+    )
+    ca_file: str | None = setting(
+        None,
+        help="CA certificate that signed the broker's certificate (mqtts://)",
+        check=declared.existing_file,
+        metavar="FILE",
+    )
+    api_token: str | None = setting(
+        None, help="token every API write needs (required beyond localhost)", secret=True
+    )
+    stale_factor: float = setting(
+        3.0,
+        help="a node silent for this many intervals is stale",
+        check=declared.positive,
+        metavar="FACTOR",
+    )
+    history_raw_days: float = setting(
+        7.0, help="days raw metrics are kept", check=declared.positive, metavar="DAYS"
+    )
+    history_rollup_days: float = setting(
+        90.0, help="days 1-minute averages are kept", check=declared.positive, metavar="DAYS"
+    )
+    ha_discovery: bool = setting(True, help="publish Home Assistant discovery")
+    ha_prefix: str = setting(
+        "homeassistant", help="Home Assistant discovery prefix", check=declared.topic_level
+    )
+    ha_per_entity: bool = setting(False, help="also use per-entity discovery topics")
+    log_level: str = setting(
+        "INFO",
+        help="DEBUG, INFO, WARNING, ERROR or CRITICAL",
+        check=declared.log_level,
+        normalize=declared.upper,
+        metavar="LEVEL",
+    )
 
     def __post_init__(self) -> None:
-        check_types(self)
-        try:
-            parse_broker_url(self.broker)
-        except BrokerUrlError as error:
-            raise SettingsError("broker", str(error)) from error
-        host, _, port = self.http.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise SettingsError("http", f"{self.http!r} must be HOST:PORT, e.g. {DEFAULT_HTTP}")
-        for name in ("prefix", "ha_prefix", "client_id"):
-            value = getattr(self, name)
-            if not value or any(c in value for c in "/+#"):
-                raise SettingsError(name, f"{value!r} must be one topic level, without / + #")
-        positive = ("session_expiry", "keepalive", "stale_factor", "history_raw_days")
-        for name in (*positive, "history_rollup_days"):
-            if getattr(self, name) <= 0:
-                raise SettingsError(name, f"must be greater than 0, got {getattr(self, name)!r}")
-        if self.ca_file is not None and not Path(self.ca_file).is_file():
-            raise SettingsError("ca_file", f"{self.ca_file!r} is not a readable file")
-        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-            raise SettingsError("log_level", f"{self.log_level!r} is not DEBUG/INFO/WARNING/ERROR")
+        declared.finish(self)
         if not self.http_is_loopback and not self.api_token:
             raise SettingsError(
                 "api_token",
@@ -102,67 +151,18 @@ class MasterSettings:
     @property
     def broker_address(self) -> BrokerAddress:
         """The broker URL parsed, with the password from URL, environment or file."""
-        address = parse_broker_url(self.broker)
-        if address.password is None and self.password is not None:
-            address = replace(address, password=self.password)
-        return address
-
-
-_CONVERTERS: Final[Mapping[str, Callable[[str], Any]]] = {
-    "session_expiry": int,
-    "keepalive": int,
-    "stale_factor": float,
-    "history_raw_days": float,
-    "history_rollup_days": float,
-    "ha_discovery": to_bool,
-    "ha_per_entity": to_bool,
-}
+        return replace(parse_broker_url(self.broker), password=self.password)
 
 
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the `run` flags (every one has a CLUSTER_* variable and a TOML key)."""
-    parser.add_argument("--config", help="TOML file (env CLUSTER_CONFIG)")
-    parser.add_argument("--broker", help="mqtt://[user[:pass]@]host[:port] or mqtts://...")
-    parser.add_argument("--db", help="SQLite file for state and history")
-    parser.add_argument(
-        "--http", help=f"HOST:PORT of the API and dashboard (default {DEFAULT_HTTP})"
-    )
-    parser.add_argument("--prefix", help="topic prefix (default cluster)")
-    parser.add_argument(
-        "--client-id", dest="client_id", help="MQTT client id (fixed: it names the session)"
-    )
-    parser.add_argument(
-        "--password-file", dest="password_file", help="file holding the broker password"
-    )
-    parser.add_argument("--ca-file", dest="ca_file", help="CA certificate for mqtts://")
-    parser.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING or ERROR")
-    parser.add_argument("--ha-prefix", dest="ha_prefix", help="Home Assistant discovery prefix")
-    parser.add_argument(
-        "--no-ha-discovery",
-        dest="ha_discovery",
-        action="store_const",
-        const=False,
-        help="do not publish Home Assistant discovery",
-    )
+    """Add `--config` and the `run` flags: one per setting, secrets excepted."""
+    declared.add_arguments(parser, MasterSettings)
     return parser
 
 
 def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> MasterSettings:
     """Build settings from parsed flags and the environment; raise SettingsError on bad values."""
-    names = [f.name for f in fields(MasterSettings)]
-    defaults = field_defaults(MasterSettings)
-    config_path = getattr(args, "config", None) or environ.get("CLUSTER_CONFIG")
-    file_values = read_toml(Path(config_path)) if config_path else {}
-    if "password" in file_values:
-        raise SettingsError("password", "keep passwords out of config files: use password_file")
-    flags = {name: getattr(args, name, None) for name in names if name != "password"}
-    merged: dict[str, Any] = layer(defaults, file_values, environ, flags, _CONVERTERS)
-    if merged.get("password") is None and merged.get("password_file"):
-        merged["password"] = read_secret_file("password_file", merged["password_file"])
-    try:
-        return MasterSettings(**{name: merged[name] for name in names})
-    except TypeError as error:
-        raise SettingsError("config", str(error)) from error
+    return declared.load(MasterSettings, vars(args), environ)
 
 
 def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> MasterSettings:

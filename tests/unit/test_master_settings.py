@@ -49,7 +49,7 @@ def test_bad_values_name_the_field(argv, environ, field):
 def test_wrong_type_in_the_file_names_the_field(tmp_path):
     config = tmp_path / "master.toml"
     config.write_text('keepalive = "thirty"\n')
-    with pytest.raises(SettingsError, match=r"^keepalive: must be int"):
+    with pytest.raises(SettingsError, match=r"^keepalive: must be a whole number, got str"):
         parse_settings(["--config", str(config)], {})
 
 
