@@ -3,6 +3,8 @@
 Names follow the Prometheus naming guide: a `picluster_` prefix, base units in the name
 (`_celsius`, `_bytes_per_second`, `_timestamp_seconds`), percentages as `_ratio` from 0 to 1
 (the node reports percent; the exporter divides by 100), counters ending in `_total`.
+The per-node families come from the metric table (cluster_protocol.metrics), each with its
+name, help and scale there; the per-mount filesystem family is built here.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from cluster_protocol import RejectCause
+from cluster_protocol import METRICS, RejectCause
 from master_service.ingest.counters import IngestCounters
 from master_service.state import ClusterState, NodeStatus
 
@@ -32,21 +34,8 @@ CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                           300.0, 3600.0)  # fmt: skip
 
-# (metric suffix, payload key, help, divide by) for single-valued per-node gauges.
-NODE_GAUGES: Final = (
-    ("cpu_usage_ratio", "cpu_percent", "CPU in use, 0-1", 100.0),
-    ("memory_usage_ratio", "memory_percent", "Memory in use, 0-1", 100.0),
-    ("swap_usage_ratio", "swap_percent", "Swap in use, 0-1", 100.0),
-    ("temperature_celsius", "temperature_celsius", "SoC/CPU temperature", 1.0),
-    ("load1", "load_1", "Load average over 1 minute", 1.0),
-    ("load5", "load_5", "Load average over 5 minutes", 1.0),
-    ("load15", "load_15", "Load average over 15 minutes", 1.0),
-    ("network_receive_bytes_per_second", "net_rx_bytes_per_s", "Network bytes received/s", 1.0),
-    ("network_transmit_bytes_per_second", "net_tx_bytes_per_s", "Network bytes sent/s", 1.0),
-    ("disk_read_bytes_per_second", "disk_read_bytes_per_s", "Disk bytes read/s", 1.0),
-    ("disk_write_bytes_per_second", "disk_write_bytes_per_s", "Disk bytes written/s", 1.0),
-    ("uptime_seconds", "uptime_s", "Seconds since the node booted", 1.0),
-)
+# Single-valued per-node families, from the metric table: (metric, its export).
+NODE_EXPORTS: Final = tuple((m, m.prometheus) for m in METRICS if m.prometheus is not None)
 
 
 def _number(value: Any) -> float | None:
@@ -89,9 +78,9 @@ def node_families(views: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
         "When the master last heard from the node (Unix time)",
         labels=["node"],
     )
-    gauges = {
-        key: (GaugeMetricFamily(f"{PREFIX}_node_{suffix}", text, labels=["node"]), scale)
-        for suffix, key, text, scale in NODE_GAUGES
+    exported = {
+        m.key: (_family(export.type, export.name, export.help), export.scale)
+        for m, export in NODE_EXPORTS
     }
     disk = GaugeMetricFamily(
         f"{PREFIX}_node_filesystem_usage_ratio",
@@ -117,17 +106,30 @@ def node_families(views: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
         if (last_seen := _number(view.get("last_seen"))) is not None:
             seen.add_metric([node], last_seen)
         metrics: Mapping[str, Any] = view.get("metrics") or {}
-        for key, (family, scale) in gauges.items():
+        for key, (family, scale) in exported.items():
             if (value := _number(metrics.get(key))) is not None:
-                family.add_metric([node], value / scale)
+                family.add_metric([node], scaled(value, scale))
         for mount, ratio in _disk_ratios(metrics.get("disks")):
             disk.add_metric([node, mount], ratio)
         counters: Mapping[str, Any] = view.get("counters") or {}
         gaps.add_metric([node], float(counters.get("seq_gaps") or 0))
         received.add_metric([node], float(counters.get("received") or 0))
         duplicates.add_metric([node], float(counters.get("duplicates") or 0))
-    yield from (up, state, seen, *(family for family, _ in gauges.values()), disk, gaps)
+    yield from (up, state, seen, *(family for family, _ in exported.values()), disk, gaps)
     yield from (received, duplicates)
+
+
+def scaled(value: float, scale: float) -> float:
+    """`value * scale`, dividing by 1/scale for a scale below 1 (57 % -> 0.57 exactly)."""
+    # 57 * 0.01 is 0.5700000000000001, 57 / 100 is 0.57: scales below 1 are 1/n (checked
+    # in tests/unit/test_metric_table.py), and division by n keeps the exposition clean.
+    return value * scale if scale >= 1 else value / round(1 / scale)
+
+
+def _family(kind: str, name: str, text: str) -> GaugeMetricFamily | CounterMetricFamily:
+    if kind == "counter":
+        return CounterMetricFamily(name, text, labels=["node"])
+    return GaugeMetricFamily(name, text, labels=["node"])
 
 
 def _disk_ratios(disks: Any) -> Iterable[tuple[str, float]]:
