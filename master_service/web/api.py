@@ -14,6 +14,7 @@ from fastapi.staticfiles import StaticFiles
 
 from master_service.storage.history import HistoryQuery, HistoryQueryError, HistoryReader
 from master_service.storage.store import HISTORY_METRICS
+from master_service.web.catalog import catalog_router
 from master_service.web.control import control_router
 from master_service.web.prometheus import metrics_router
 
@@ -40,6 +41,7 @@ def create_app(service: MasterService) -> FastAPI:
 
     history = HistoryReader(service.settings.db, service.settings.history_raw_days, service.clock)
     app.include_router(metrics_router(service.metrics))
+    app.include_router(catalog_router())
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:
