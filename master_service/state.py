@@ -68,6 +68,8 @@ class NodeState:
     metrics_json: bytes | None
     metrics_ts: float | None
     last_seq: int | None
+    seq_base: int | None  # first seq received live since tracking (re)started
+    seq_floor: int | None  # lowest seq received live since then (below the base: spooled)
     missing: set[int] | frozenset[int]
     received: int
     duplicates: int
@@ -88,6 +90,8 @@ class NodeState:
         metrics_ts: float | None = None,
         last_seq: int | None = None,
         missing: Iterable[int] = (),
+        seq_base: int | None = None,
+        seq_floor: int | None = None,
         received: int = 0,
         duplicates: int = 0,
         seq_gaps: int = 0,
@@ -103,6 +107,9 @@ class NodeState:
         self.metrics = metrics
         self.metrics_ts = metrics_ts
         self.last_seq = last_seq
+        # None in a record saved before they existed: then nothing below last_seq is new.
+        self.seq_base = seq_base
+        self.seq_floor = seq_floor
         # A shared empty frozenset: a set per node costs 216 bytes, most nodes never miss a seq.
         self.missing = set(missing) if missing else frozenset()
         self.received = received
@@ -156,35 +163,67 @@ class NodeState:
             "metrics_ts": self.metrics_ts,
             "last_seq": self.last_seq,
             "missing": sorted(self.missing),
+            "seq_base": self.seq_base,
+            "seq_floor": self.seq_floor,
             "received": self.received,
             "duplicates": self.duplicates,
             "seq_gaps": self.seq_gaps,
             "messages": self.messages,
         }
 
-    def observe_seq(self, seq: int) -> SeqVerdict:
-        """Account for one sequence number: new, late (fills a gap), or a duplicate."""
-        if self.last_seq is None:
-            self.last_seq = seq
-            return SeqVerdict.NEW
-        if seq > self.last_seq:
-            skipped = seq - self.last_seq - 1
-            if skipped:
-                self.seq_gaps += skipped
-                room = MAX_TRACKED_MISSING - len(self.missing)
-                if room > 0:
-                    missing = self._mutable_missing()
-                    missing.update(range(self.last_seq + 1, self.last_seq + 1 + min(skipped, room)))
-            self.last_seq = seq
-            return SeqVerdict.NEW
+    def observe_seq(self, seq: int, retained: bool = False) -> SeqVerdict:
+        """Account for one sequence number: new, late (fills a gap), or a duplicate.
+
+        A gap is an envelope that was meant for the master and never came, so gaps are
+        counted only between envelopes received live. A `retained` one is the broker's replay
+        of a node's last status or details on subscribe, possibly sent long before the master
+        (or this node's current run) existed: it is never the start of the count.
+        """
+        if not retained:
+            if self.last_seq is None:
+                self.last_seq = self.seq_base = self.seq_floor = seq
+                return SeqVerdict.NEW
+            if seq > self.last_seq:
+                skipped = seq - self.last_seq - 1
+                if skipped:
+                    self.seq_gaps += skipped
+                    self._track(self.last_seq + 1, skipped)
+                self.last_seq = seq
+                return SeqVerdict.NEW
         if seq in self.missing:
-            missing = self._mutable_missing()
-            missing.discard(seq)
-            if not missing:
-                self.missing = frozenset()
-            self.seq_gaps -= 1
+            self._fill(seq)
+            return SeqVerdict.LATE
+        if retained:
+            if self.last_seq is not None and self._lowest() <= seq <= self.last_seq:
+                return SeqVerdict.DUPLICATE  # the copy of one received live
+            return SeqVerdict.NEW  # news, but it starts and advances nothing
+        if self.seq_floor is not None and seq < self.seq_floor:
+            # Taken before the first envelope we got live but delivered after it: a node
+            # sends its birth details before draining its spool. The seqs between it and the
+            # floor may follow; they are awaited, not counted as gaps (they predate the base).
+            self._track(seq + 1, self.seq_floor - seq - 1)
+            self.seq_floor = seq
             return SeqVerdict.LATE
         return SeqVerdict.DUPLICATE
+
+    def _lowest(self) -> float:
+        # A record saved before seq_floor existed: everything up to last_seq counts as seen.
+        return float("-inf") if self.seq_floor is None else self.seq_floor
+
+    def _track(self, first: int, count: int) -> None:
+        """Remember up to the bound `count` seqs from `first` as still to come."""
+        room = MAX_TRACKED_MISSING - len(self.missing)
+        if count > 0 and room > 0:
+            self._mutable_missing().update(range(first, first + min(count, room)))
+
+    def _fill(self, seq: int) -> None:
+        missing = self._mutable_missing()
+        missing.discard(seq)
+        if not missing:
+            self.missing = frozenset()
+        # Seqs below the base were never counted as gaps (see observe_seq).
+        if self.seq_base is None or seq > self.seq_base:
+            self.seq_gaps -= 1
 
     def _mutable_missing(self) -> set[int]:
         if not isinstance(self.missing, set):
@@ -192,8 +231,12 @@ class NodeState:
         return self.missing
 
     def restart_seq(self, seq: int) -> None:
-        """The node's counter went backwards on a fresh birth: start tracking again from it."""
-        self.last_seq = seq
+        """The node's counter went backwards to `seq` on a fresh birth: count again from scratch.
+
+        The birth's seq is not the base: the node's spool, sent after it, may hold lower ones.
+        The next envelope received live is.
+        """
+        self.last_seq = self.seq_base = self.seq_floor = None
         self.missing = frozenset()
 
     def effective_status(self, now: float, stale_factor: float) -> NodeStatus:
