@@ -81,7 +81,7 @@ def dispatch(raw: RawMessage, ctx: Context) -> bool:
     with ctx.state.lock:
         node = ctx.state.node(envelope.node)
         if message_type != MessageType.STATUS and envelope.seq is not None:
-            verdict = node.observe_seq(envelope.seq)
+            verdict = node.observe_seq(envelope.seq, raw.retained)
             if verdict == SeqVerdict.DUPLICATE:
                 if not raw.retained:  # a retained replay is expected, not a resend
                     node.duplicates += 1
