@@ -23,6 +23,13 @@ from typing import Any, Final, Protocol
 import psutil
 
 from cluster_protocol import MACHINE_DETAILS_FIELDS, EnvelopeError
+from cluster_protocol.commands import (
+    ALWAYS_ACCEPTED,
+    CommandName,
+    CommandPayloadError,
+    build_reply,
+    parse_command,
+)
 from node_publisher import __version__
 from node_publisher.app import NodeAgent
 from node_publisher.collectors import PsutilLike
@@ -32,13 +39,11 @@ from node_publisher.tasks import TaskArgError, run_argv
 logger = logging.getLogger(__name__)
 
 MAX_SEEN_IDS: Final = 1000  # recent command ids kept (and persisted) to refuse repeats
-MAX_ID_LENGTH: Final = 128
 QUEUE_SIZE: Final = 64
 MIN_INTERVAL_S: Final = 0.1
 MAX_INTERVAL_S: Final = 86_400.0
 POWER_DELAY_S: Final = 1.0  # lets the reply leave before reboot/shutdown starts
 POWER_TIMEOUT_S: Final = 60.0
-BUILTIN_COMMANDS: Final = ("ping", "refresh", "set_interval", "run")
 ADVERTISED_KEYS: Final = frozenset({"commands", "tasks"})
 
 
@@ -136,11 +141,11 @@ def advertised_details(settings: PublisherSettings) -> dict[str, Any]:
     """
     if not set(MACHINE_DETAILS_FIELDS) >= ADVERTISED_KEYS:
         return {}
-    commands = list(BUILTIN_COMMANDS)
+    commands = [name.value for name in ALWAYS_ACCEPTED]
     if settings.allow_reboot:
-        commands.append("reboot")
+        commands.append(CommandName.REBOOT.value)
     if settings.allow_shutdown:
-        commands.append("shutdown")
+        commands.append(CommandName.SHUTDOWN.value)
     return {"commands": commands, "tasks": sorted(settings.tasks)}
 
 
@@ -165,12 +170,12 @@ class CommandProcessor:
         self.ignored: dict[str, int] = {"retained": 0, "duplicate": 0, "expired": 0, "no_id": 0}
         self.handled = 0
         self._handlers: Mapping[str, Callable[[Mapping[str, Any]], Outcome]] = {
-            "ping": self._ping,
-            "refresh": self._refresh,
-            "set_interval": self._set_interval,
-            "run": self._run,
-            "reboot": self._reboot,
-            "shutdown": self._shutdown,
+            CommandName.PING: self._ping,
+            CommandName.REFRESH: self._refresh,
+            CommandName.SET_INTERVAL: self._set_interval,
+            CommandName.RUN: self._run,
+            CommandName.REBOOT: self._reboot,
+            CommandName.SHUTDOWN: self._shutdown,
         }
 
     def bind(self, agent: NodeControls) -> None:
@@ -235,46 +240,32 @@ class CommandProcessor:
 
     def _handle(self, name: str, raw: bytes) -> None:
         try:
-            message = json.loads(raw)
-        except ValueError:
-            message = None
-        command_id = message.get("id") if isinstance(message, dict) else None
-        if not isinstance(command_id, str) or not 0 < len(command_id) <= MAX_ID_LENGTH:
-            self.ignored["no_id"] += 1
-            logger.warning("ignoring command %r without a usable id (nothing to reply to)", name)
+            command = parse_command(raw)
+        except CommandPayloadError as error:
+            self._refuse(name, error)
             return
-        assert isinstance(message, dict)
-        if self.state.has_seen(command_id):
-            self.ignored["duplicate"] += 1
-            logger.warning(
-                "ignoring repeated command %r id %s (already answered)", name, command_id
-            )
-            return
-        self.state.mark_seen(command_id)
-        expires = message.get("expires")
-        if isinstance(expires, bool) or not isinstance(expires, int | float):
-            self._reply(command_id, False, None, "expires must be a Unix time in seconds")
+        command_id = command.id
+        if not self._first_time(name, command_id):
             return
         now = self._clock()
-        if expires < now:
+        if command.expires < now:
             self.ignored["expired"] += 1
             logger.warning(
                 "not running expired command %r id %s (expired %.1f s ago)",
                 name,
                 command_id,
-                now - expires,
+                now - command.expires,
             )
-            self._reply(command_id, False, None, f"expired {now - expires:.1f} s ago; not run")
-            return
-        args = message.get("args", {})
-        if not isinstance(args, dict):
-            self._reply(command_id, False, None, "args must be a JSON object")
+            self._reply(
+                command_id, False, None, f"expired {now - command.expires:.1f} s ago; not run"
+            )
             return
         handler = self._handlers.get(name)
         if handler is None:
             known = ", ".join(sorted(self._handlers))
             self._reply(command_id, False, None, f"unknown command {name!r} (known: {known})")
             return
+        args = command.args
         logger.info("running command %r id %s", name, command_id)
         try:
             outcome = handler(args)
@@ -293,15 +284,32 @@ class CommandProcessor:
         if outcome.after is not None:
             outcome.after()
 
+    def _refuse(self, name: str, error: CommandPayloadError) -> None:
+        """A payload that breaks the contract: an error reply when it has a usable id."""
+        if error.command_id is None:
+            self.ignored["no_id"] += 1
+            logger.warning("ignoring command %r without a usable id (nothing to reply to)", name)
+            return
+        if self._first_time(name, error.command_id):
+            self._reply(error.command_id, False, None, str(error))
+
+    def _first_time(self, name: str, command_id: str) -> bool:
+        """Remember an id; False (and nothing else happens) when it was seen before."""
+        if self.state.has_seen(command_id):
+            self.ignored["duplicate"] += 1
+            logger.warning(
+                "ignoring repeated command %r id %s (already answered)", name, command_id
+            )
+            return False
+        self.state.mark_seen(command_id)
+        return True
+
     def _reply(self, command_id: str, ok: bool, result: Any, error: str | None) -> None:
-        payload = {"id": command_id, "ok": ok, "result": result, "error": error}
         try:
-            self._controls().publish_reply(payload)
+            self._controls().publish_reply(build_reply(command_id, ok, result, error))
         except EnvelopeError as failure:  # the result does not fit in one message
             logger.error("reply to %s not sent as is: %s", command_id, failure)
-            self._controls().publish_reply(
-                {"id": command_id, "ok": False, "result": None, "error": "reply too large"}
-            )
+            self._controls().publish_reply(build_reply(command_id, False, None, "reply too large"))
 
     def _controls(self) -> NodeControls:
         if self._agent is None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from cluster_protocol.commands import CommandName, check_reply
 from cluster_protocol.config import SettingsError
 from node_publisher.commands import CommandProcessor, advertised_details
 from node_publisher.settings import PublisherSettings, load_settings
@@ -172,8 +173,8 @@ def test_bad_expires_and_args_get_error_replies(node):
     node.processor("ping", json.dumps({"id": "e2", "args": [], "expires": NOW + 9}).encode(), False)
     assert node.processor.wait_idle(5)
     assert [r["error"] for r in node.agent.replies] == [
-        "expires must be a Unix time in seconds",
-        "args must be a JSON object",
+        "command.expires must be number, got str",  # the contract's COMMAND_FIELDS speaking
+        "command.args must be object, got list",
     ]
 
 
@@ -335,3 +336,20 @@ def test_run_argv_does_not_wait_for_a_grandchild_holding_the_output(tmp_path):
     assert result.timed_out
     assert result.stdout == "started\n"
     assert time.monotonic() - started < 5
+
+
+def test_every_contract_command_is_known_and_every_reply_is_a_contract_reply(tmp_path):
+    settings = load_settings(["--node-id", "k1", "--state-dir", str(tmp_path)], {})
+    harness = Harness(settings)
+    try:
+        for name in CommandName:  # reboot/shutdown are refused (not enabled), not unknown
+            reply = harness.send(name.value, {"no": "such argument"})
+            assert "unknown command" not in reply["error"], name
+        harness.send("format_disk")
+        harness.processor("ping", b'{"id": "bad-expiry", "args": {}, "expires": "soon"}', False)
+        assert harness.processor.wait_idle(5)
+        assert len(harness.agent.replies) == len(CommandName) + 2
+        for payload in harness.agent.replies:
+            check_reply(payload)  # raises CommandPayloadError on a key or type off-contract
+    finally:
+        harness.close()
