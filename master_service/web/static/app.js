@@ -24,6 +24,7 @@ function h(tag, attrs = {}, ...children) {
 }
 
 const app = {
+  catalog: null,         // the metrics the master knows: GET /api/catalog/metrics
   nodes: new Map(),      // node id -> latest NodeView
   cluster: null,
   clockOffset: 0,        // server clock minus ours: "ago" texts use the server's notion of now
@@ -54,6 +55,8 @@ async function getJSON(path) {
 
 async function poll() {
   try {
+    // The list of metrics comes from the master (one table there), fetched until it arrives.
+    if (!app.catalog) setCatalog(await getJSON("/api/catalog/metrics"));
     const [nodes, cluster] = await Promise.all([getJSON("/api/nodes"), getJSON("/api/cluster")]);
     app.clockOffset = nodes.generated_at - Date.now() / 1000;
     app.lastOk = nodes.generated_at;
@@ -87,6 +90,42 @@ function tickUpdated() {
   if (app.lastOk === null) return;
   const age = serverNow() - app.lastOk;
   text.textContent = `Updated ${fmt.clock(app.lastOk)}${age >= 5 ? ` · ${fmt.ago(age)}` : ""}`;
+}
+
+// ---------------------------------------------------------------- the metric catalog
+
+/** Formatters named by the catalog's `dashboard.format`, and their chart axis labels. */
+const FORMATS = {
+  percent: { text: fmt.percent, axis: (v) => `${v} %` },
+  celsius: { text: fmt.celsius, axis: (v) => `${v} °C` },
+  rate: { text: fmt.rate, axis: fmt.rate },
+  load: { text: fmt.load, axis: String },
+  duration: { text: fmt.duration, axis: fmt.duration },
+  count: { text: fmt.count, axis: String },
+};
+const formatOf = (m) => FORMATS[m.dashboard.format] || { text: fmt.count, axis: String };
+
+/** Values the master derives rather than receives (`in_payload: false`). */
+const DERIVED = { root_disk_percent: (metrics) => rootDisk(metrics)?.percent };
+const valueOf = (metrics, m) => (DERIVED[m.key] ? DERIVED[m.key](metrics) : metrics?.[m.key]);
+
+/** Keep the catalog's shown metrics, cards' cells and charts (grouped by `dashboard.chart`). */
+function setCatalog(body) {
+  const shown = body.metrics.filter((m) => m.dashboard);
+  const charts = new Map();
+  let series = 0;
+  for (const m of shown.filter((x) => x.history && x.dashboard.chart)) {
+    const title = m.dashboard.chart;
+    if (!charts.has(title)) {
+      const key = title.toLowerCase().replace(/[^a-z0-9]+/g, "-");
+      charts.set(title, { key, label: title, format: formatOf(m), yMin: m.dashboard.y_min ?? undefined, yMax: m.dashboard.y_max ?? undefined, series: [] });
+    }
+    // Colours s1..s6 in catalog order, so a chart keeps its colours when another is added after it.
+    charts.get(title).series.push([m.key, m.dashboard.series, `s${(series++ % 6) + 1}`]);
+  }
+  app.catalog = { shown, cards: shown.filter((m) => m.dashboard.card), charts: [...charts.values()] };
+  $("#charts").replaceChildren(...app.catalog.charts.map((c) =>
+    h("figure", {}, h("figcaption", {}, c.label), h("div", { class: "chart", "data-chart": c.key, "data-points": "0" }))));
 }
 
 // ---------------------------------------------------------------- shared bits
@@ -152,14 +191,17 @@ function renderCluster() {
   }
 }
 
-const METRIC_CELLS = [
-  ["cpu", "CPU", true], ["mem", "Memory", true], ["temp", "Temp", false],
-  ["disk", "Disk /", true], ["uptime", "Uptime", false], ["seen", "Last seen", false],
-];
+/** A card's cells: the catalog's `card` metrics (a bar under percentages), then "Last seen". */
+function cardCells() {
+  return [
+    ...app.catalog.cards.map((m) => [m.key, m.dashboard.label, m.unit === "%"]),
+    ["seen", "Last seen", false],
+  ];
+}
 
 function buildCard(id) {
   const link = h("a", { href: `#/node/${encodeURIComponent(id)}` }, id);
-  const cells = METRIC_CELLS.map(([key, label, bar]) =>
+  const cells = cardCells().map(([key, label, bar]) =>
     h("div", { class: "cell" },
       h("dt", {}, label),
       h("dd", {}, h("span", { "data-field": key }, fmt.DASH),
@@ -182,19 +224,14 @@ function updateCard(card, v) {
   setState($(".state", card), v);
   $(".model", card).textContent = modelLine(v.details);
   setThrottleBadge($(".badge", card), m);
-  const disk = rootDisk(m);
-  const field = (k, text) => { $(`[data-field="${k}"]`, card).textContent = text; };
-  field("cpu", fmt.percent(m?.cpu_percent));
-  field("mem", fmt.percent(m?.memory_percent));
-  field("temp", fmt.celsius(m?.temperature_celsius));
-  field("disk", fmt.percent(disk?.percent));
-  field("uptime", fmt.duration(m?.uptime_s));
-  field("seen", v.last_seen ? fmt.ago(serverNow() - v.last_seen) : "never");
-  setBar($('[data-bar="cpu"]', card), m?.cpu_percent);
-  setBar($('[data-bar="mem"]', card), m?.memory_percent);
-  setBar($('[data-bar="disk"]', card), disk?.percent);
-  const temp = $('[data-field="temp"]', card);
-  temp.classList.toggle("hot", m?.temperature_celsius >= 75);
+  for (const metric of app.catalog.cards) {
+    const value = valueOf(m, metric);
+    $(`[data-field="${metric.key}"]`, card).textContent = formatOf(metric).text(value);
+    const bar = $(`[data-bar="${metric.key}"]`, card);
+    if (bar) setBar(bar, value);
+  }
+  $('[data-field="seen"]', card).textContent = v.last_seen ? fmt.ago(serverNow() - v.last_seen) : "never";
+  $('[data-field="temperature_celsius"]', card)?.classList.toggle("hot", m?.temperature_celsius >= 75);
 }
 
 async function refreshSparkline(card, id) {
@@ -227,13 +264,6 @@ function renderNodes() {
 
 const page = { id: null, window: 3600, loadedAt: 0, loading: false, seq: 0 };
 
-const CHARTS = [
-  { key: "cpu", label: "CPU", format: fmt.percent, axisFormat: (v) => `${v} %`, yMin: 0, yMax: 100, series: [["cpu_percent", "CPU", "s1"]] },
-  { key: "memory", label: "Memory", format: fmt.percent, axisFormat: (v) => `${v} %`, yMin: 0, yMax: 100, series: [["memory_percent", "Memory", "s2"]] },
-  { key: "temperature", label: "Temperature", format: fmt.celsius, axisFormat: (v) => `${v} °C`, series: [["temperature_celsius", "Temperature", "s3"]] },
-  { key: "network", label: "Network", format: fmt.rate, yMin: 0, series: [["net_rx_bytes_per_s", "Received", "s4"], ["net_tx_bytes_per_s", "Sent", "s5"]] },
-];
-
 /** How often the charts refetch: about once per new point on screen, never more than every 15 s. */
 const chartRefreshMs = () => Math.max(15000, (page.window / 300) * 1000);
 
@@ -251,21 +281,17 @@ function renderNodePage() {
   $("#node-view").dataset.state = v.state;
   setThrottleBadge($("#node-throttle"), m);
   $("#node-model").textContent = modelLine(v.details);
-  const disk = rootDisk(m);
   const now = [
-    ["CPU", fmt.percent(m?.cpu_percent)], ["Memory", fmt.percent(m?.memory_percent)],
-    ["Temperature", fmt.celsius(m?.temperature_celsius)], ["Disk /", fmt.percent(disk?.percent)],
-    ["Load 1 · 5 · 15 min", m ? [m.load_1, m.load_5, m.load_15].map(fmt.load).join(" · ") : fmt.DASH],
-    ["Network ↓ in · ↑ out", m ? `${fmt.rate(m.net_rx_bytes_per_s)} · ${fmt.rate(m.net_tx_bytes_per_s)}` : fmt.DASH],
-    ["Uptime", fmt.duration(m?.uptime_s)], ["Last seen", v.last_seen ? fmt.ago(serverNow() - v.last_seen) : "never"],
+    ...app.catalog.shown.map((metric) => [metric.dashboard.label, formatOf(metric).text(valueOf(m, metric))]),
+    ["Last seen", v.last_seen ? fmt.ago(serverNow() - v.last_seen) : "never"],
   ];
   fillList($("#node-now"), now, (label, value) => h("li", { class: "stat" }, h("span", { class: "label" }, label), h("span", { class: "value" }, value)));
   const facts = [
     ["Hostname", d.hostname], ["Model", d.model], ["CPU", d.cpu], ["Cores", d.cpu_cores],
-    ["Memory", d.ram ? fmt.bytes(d.ram) : null], ["Swap used", fmt.percent(m?.swap_percent)],
+    ["Memory", d.ram ? fmt.bytes(d.ram) : null],
     ["OS", d.os], ["Kernel", d.kernel], ["Architecture", d.arch],
     ["IP addresses", (d.ip_addresses || []).join(", ")], ["Agent", d.agent_version],
-    ["Report interval", d.interval_s ? `${d.interval_s} s` : null], ["Processes", m?.process_count],
+    ["Report interval", d.interval_s ? `${d.interval_s} s` : null],
     ...(m?.disks || []).map((x) => [`Disk ${x.mount}`, `${fmt.bytes(x.used_bytes)} of ${fmt.bytes(x.total_bytes)} (${fmt.percent(x.percent)})`]),
     ["Messages", `${v.counters?.received ?? 0} received · ${v.counters?.duplicates ?? 0} duplicates · ${v.counters?.seq_gaps ?? 0} gaps`],
   ].filter(([, value]) => value !== null && value !== undefined && value !== "");
@@ -292,14 +318,15 @@ async function loadCharts() {
   const step = Math.max(1, Math.round(win / CHART_POINTS));
   const q = (metric) => getJSON(`/api/nodes/${encodeURIComponent(id)}/history?metric=${metric}&since=${since.toFixed(0)}&until=${until.toFixed(0)}&step=${step}`);
   try {
-    const metrics = CHARTS.flatMap((c) => c.series.map((s) => s[0]));
+    const charts = app.catalog.charts;
+    const metrics = charts.flatMap((c) => c.series.map((s) => s[0]));
     const results = await Promise.all(metrics.map((mt) => q(mt).catch(() => ({ points: [], step_s: 0 }))));
     if (seq !== page.seq) return; // the user picked another node or window meanwhile
     const byMetric = Object.fromEntries(metrics.map((mt, i) => [mt, results[i]]));
-    for (const c of CHARTS) {
+    for (const c of charts) {
       renderChart($(`[data-chart="${c.key}"]`), {
         label: `${c.label}, last ${$(`[data-window="${win}"]`).textContent}`,
-        format: c.format, axisFormat: c.axisFormat, yMin: c.yMin, yMax: c.yMax, since, until,
+        format: c.format.text, axisFormat: c.format.axis, yMin: c.yMin, yMax: c.yMax, since, until,
         step: byMetric[c.series[0][0]].step_s || step,
         series: c.series.map(([mt, name, cls]) => ({ name, cls, points: byMetric[mt].points || [] })),
       });
@@ -343,7 +370,7 @@ function route() {
 }
 
 function render() {
-  if (app.lastOk === null) return;
+  if (app.lastOk === null || !app.catalog) return;
   if (page.id) renderNodePage();
   else { renderCluster(); renderNodes(); }
   tickUpdated();

@@ -39,6 +39,11 @@ export function load(v) {
   return isNum(v) ? v.toFixed(2) : DASH;
 }
 
+/** A plain count: "142". */
+export function count(v) {
+  return isNum(v) ? String(Math.round(v)) : DASH;
+}
+
 /** A duration as its two most significant units: "3 d 4 h", "5 min 2 s", "12 s". */
 export function duration(s) {
   if (!isNum(s)) return DASH;
