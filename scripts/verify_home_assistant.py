@@ -6,6 +6,10 @@ uses aiohttp and paho-mqtt from there). It starts Mosquitto, a master, two nodes
 Assistant, onboards Home Assistant, adds its MQTT integration through the config flow and
 checks, as a user would see it: devices and live values, a killed node turning unavailable, a
 Home Assistant restart losing nothing, a forgotten node leaving nothing behind.
+
+Both nodes run on this one machine, so they report the same hostname, as Pis left as
+`raspberrypi` or VMs cloned from one image do: each must still be its own device named by its
+node id, with entity ids `<platform>.<node>_<key>` (no `_2`), kept across an HA restart.
 """
 
 from __future__ import annotations
@@ -29,14 +33,18 @@ from typing import Any, Final, TypeVar
 
 import aiohttp
 import paho.mqtt.client as mqtt
+from homeassistant.util import slugify
 from paho.mqtt.enums import CallbackAPIVersion
 
-NODES: Final = ("n1", "n2")
-KILLED: Final = "n2"  # killed, then forgotten; n1 keeps running throughout
-REBOOT_ENABLED: Final = "n1"  # its config turns reboot on (pointed at a harmless stand-in)
+# A hyphen, as in many real node ids: Home Assistant's entity ids spell it `_`.
+KEPT: Final = "node-1"  # runs throughout
+KILLED: Final = "node-2"  # killed, then forgotten
+NODES: Final = (KEPT, KILLED)
+REBOOT_ENABLED: Final = KEPT  # its config turns reboot on (pointed at a harmless stand-in)
 BUTTONS: Final = frozenset({"refresh", "reboot", "shutdown"})
 DISCOVERY_PREFIX: Final = "homeassistant"
 CLUSTER_OBJECT_ID: Final = "picluster__cluster"
+CLUSTER_ENTITY_OWNER: Final = "picluster"  # the cluster's entity ids: sensor.picluster_<key>
 # Values a VM or a container may simply not have; everything else must hold a value.
 MAY_BE_UNKNOWN: Final = frozenset({"temperature_celsius", "swap_percent", "throttled"})
 MUST_HAVE: Final = (
@@ -47,6 +55,7 @@ MUST_HAVE: Final = (
     "net_rx_bytes_per_s",
     "net_tx_bytes_per_s",
     "boot_time",
+    "hostname",
     "online",
     "refresh",
 )
@@ -303,7 +312,7 @@ class HomeAssistant:
 class View:
     """What Home Assistant shows of picluster: devices and entities by our ids."""
 
-    devices: dict[str, dict[str, Any]]  # object id (picluster_n1) -> device registry entry
+    devices: dict[str, dict[str, Any]]  # object id (picluster_node-1) -> device registry entry
     entities: dict[str, dict[str, Any]]  # unique_id -> entity registry entry
     states: dict[str, dict[str, Any]]  # entity_id -> state object
 
@@ -357,6 +366,8 @@ def value_ok(key: str, value: str | None) -> bool:
         return value in ("on", "off")
     if key == "boot_time":
         return _timestamp_ok(value)
+    if key == "hostname":
+        return bool(value.strip())
     return numeric(value)
 
 
@@ -383,6 +394,33 @@ def cluster_problems(view: View, nodes_online: int) -> list[str]:
     if numeric(shown.get("nodes_online")) and float(shown["nodes_online"] or 0) != nodes_online:
         problems.append(f"nodes_online={shown['nodes_online']}, expected {nodes_online}")
     return problems
+
+
+def expected_entity_id(platform: str, owner: str, key: str) -> str:
+    """The entity id picluster pins, `<platform>.<owner>_<key>` as HA's own slugify spells it."""
+    return f"{platform}.{slugify(f'{owner}_{key}')}"
+
+
+def entity_id_problems(view: View, configs: Mapping[str, dict[str, Any]]) -> list[str]:
+    """Entities whose id is not the pinned one (a `_2` suffix, a hostname, a missing one)."""
+    owners = {f"picluster_{n}": n for n in NODES} | {CLUSTER_OBJECT_ID: CLUSTER_ENTITY_OWNER}
+    problems = []
+    for object_id, owner in owners.items():
+        cmps = configs.get(object_id, {}).get("cmps", {})
+        if not cmps:
+            problems.append(f"{object_id}: nothing announced")
+        for key, component in cmps.items():
+            entry = view.entities.get(f"{object_id}_{key}")
+            got = entry["entity_id"] if entry else "not registered"
+            want = expected_entity_id(component["p"], owner, key)
+            if got != want:
+                problems.append(f"{got}, expected {want}")
+    return problems
+
+
+def device_names(view: View) -> dict[str, str | None]:
+    """Node id -> the name Home Assistant shows for its device."""
+    return {n: view.devices.get(f"picluster_{n}", {}).get("name") for n in NODES}
 
 
 def expected_keys(configs: Mapping[str, dict[str, Any]], object_id: str) -> list[str]:
@@ -675,6 +713,25 @@ class Run:
         )
         await self.reannounced(1)
         view = await look(self.ha)
+        hostnames = {n: view.state(f"picluster_{n}_hostname") for n in NODES}
+        check(
+            set(hostnames.values()) == {socket.gethostname()},
+            "both nodes report this machine's hostname, shown as their Hostname sensor",
+            json.dumps(hostnames),
+        )
+        check(
+            device_names(view) == {n: n for n in NODES},
+            "each node's device is named by its node id, not by the shared hostname",
+            json.dumps(device_names(view)),
+        )
+        wrong = entity_id_problems(view, configs)
+        check(
+            not wrong,
+            "every entity id is <platform>.<node>_<key>, none with a _2 suffix",
+            "; ".join(wrong[:8])
+            or f"e.g. {view.entities[f'picluster_{KEPT}_cpu_percent']['entity_id']}",
+        )
+        registered = {uid: entry["entity_id"] for uid, entry in view.entities.items()}
         cluster_id = view.devices.get(CLUSTER_OBJECT_ID, {}).get("id")
         for node in NODES:
             device = view.devices.get(f"picluster_{node}", {})
@@ -683,14 +740,14 @@ class Run:
                 f"{node}'s device is connected via the picluster device",
                 f"{device.get('name')} / {device.get('model')} / sw {device.get('sw_version')}",
             )
-        await self.live("picluster_n1_cpu_percent")
+        await self.live(f"picluster_{KEPT}_cpu_percent")
         check(
             "reboot" in nodes[REBOOT_ENABLED]
             and all("reboot" not in keys for n, keys in nodes.items() if n != REBOOT_ENABLED)
             and all("shutdown" not in keys for keys in nodes.values()),
             f"a Reboot button only on {REBOOT_ENABLED} (the only node enabling it), no Shutdown",
         )
-        await self.press_refresh("n1")
+        await self.press_refresh(KEPT)
         self.dump_states(view, "states-live.json")
         if self.setup.screenshot:
             self.take_screenshot(view)
@@ -709,7 +766,7 @@ class Run:
         await self.until(f"killed {KILLED}: its entities turn unavailable", killed_unavailable, 30)
         await self.until(
             "the other node stays live while one is dead",
-            lambda v: node_problems(v, "n1", nodes["n1"]) + cluster_problems(v, len(NODES) - 1),
+            lambda v: node_problems(v, KEPT, nodes[KEPT]) + cluster_problems(v, len(NODES) - 1),
             30,
         )
 
@@ -720,14 +777,25 @@ class Run:
         await wait_for("Home Assistant HTTP after restart", self.ha.up, 300)
 
         def after_restart(view: View) -> list[str]:
-            wanted = ("picluster_n1", f"picluster_{KILLED}", CLUSTER_OBJECT_ID)
+            wanted = (f"picluster_{KEPT}", f"picluster_{KILLED}", CLUSTER_OBJECT_ID)
             problems = [f"no device {o}" for o in wanted if o not in view.devices]
-            problems += [f"n1: {p}" for p in node_problems(view, "n1", nodes["n1"])]
+            problems += [f"{KEPT}: {p}" for p in node_problems(view, KEPT, nodes[KEPT])]
             problems += [f"cluster: {p}" for p in cluster_problems(view, len(NODES) - 1)]
             return problems + [f"{KILLED}: {p}" for p in killed_unavailable(view)]
 
         await self.until("after an HA restart everything is back, with values", after_restart, 120)
-        await self.live("picluster_n1_cpu_percent")
+        view = await look(self.ha)
+        moved = [
+            f"{uid}: {was} -> {view.entities[uid]['entity_id'] if uid in view.entities else None}"
+            for uid, was in registered.items()
+            if view.entities.get(uid, {}).get("entity_id") != was
+        ]
+        check(
+            not moved and device_names(view) == {n: n for n in NODES},
+            "after an HA restart every entity id and device name is unchanged",
+            "; ".join(moved[:8]) or f"{len(registered)} entities",
+        )
+        await self.live(f"picluster_{KEPT}_cpu_percent")
         await self.reannounced(2)
         say(f"cluster-master forget {KILLED}")
         master = str(self.setup.picluster_bin / "cluster-master")
@@ -749,13 +817,13 @@ class Run:
         await self.until(f"forgotten {KILLED} leaves no device or entity behind", forgotten, 30)
         left = await asyncio.to_thread(retained_discovery, self.broker_port)
         check(
-            f"picluster_{KILLED}" not in left and "picluster_n1" in left,
-            f"no retained discovery for {KILLED} on the broker, n1's still there",
+            f"picluster_{KILLED}" not in left and f"picluster_{KEPT}" in left,
+            f"no retained discovery for {KILLED} on the broker, {KEPT}'s still there",
             ", ".join(sorted(left)),
         )
         await self.until(
-            "n1 and the cluster unaffected by the forget",
-            lambda v: node_problems(v, "n1", nodes["n1"]) + cluster_problems(v, 1),
+            f"{KEPT} and the cluster unaffected by the forget",
+            lambda v: node_problems(v, KEPT, nodes[KEPT]) + cluster_problems(v, 1),
             30,
         )
         self.dump_states(await look(self.ha), "states-end.json")
@@ -776,9 +844,9 @@ class Run:
         say(f"states saved in {self.setup.work / name}")
 
     def take_screenshot(self, view: View) -> None:
-        """Screenshot n1's device page through a login page served under /local/."""
+        """Screenshot KEPT's device page through a login page served under /local/."""
         assert self.setup.screenshot is not None
-        device_id = view.devices["picluster_n1"]["id"]
+        device_id = view.devices[f"picluster_{KEPT}"]["id"]
         write_login_page(self.config / "www", self.ha, f"/config/devices/device/{device_id}")
         ok = screenshot(
             self.ha.base + "/local/login.html", self.setup.screenshot, self.setup.chromium
