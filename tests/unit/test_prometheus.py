@@ -9,6 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from cluster_protocol import METRICS as PROTOCOL_METRICS
 from cluster_protocol import RejectCause
 from master_service.ingest.counters import IngestCounters
 from master_service.state import ClusterState, NodeStatus
@@ -144,3 +145,33 @@ def test_names_follow_the_prometheus_conventions(metrics: MasterMetrics) -> None
         assert "percent" not in family.name, f"{family.name}: Prometheus wants _ratio (0-1)"
         if family.type == "counter":
             assert all(s.name.endswith(("_total", "_created")) for s in family.samples)
+
+
+def test_percentages_are_exported_as_exact_ratios() -> None:
+    state = ClusterState(lambda: NOW, stale_factor=3.0)
+    with state.lock:
+        node = state.node("pi-01")
+        node.status, node.last_heard = NodeStatus.ONLINE, NOW
+        node.metrics = {"cpu_percent": 57, "memory_percent": 29.0}
+
+    text = MasterMetrics(state, IngestCounters(), clock=lambda: NOW).exposition().decode()
+
+    # 57 * 0.01 would print as 0.5700000000000001 for every scraper and graph to show.
+    assert 'picluster_node_cpu_usage_ratio{node="pi-01"} 0.57\n' in text
+    assert 'picluster_node_memory_usage_ratio{node="pi-01"} 0.29\n' in text
+
+
+def test_every_metric_the_table_exports_is_scraped() -> None:
+    state = ClusterState(lambda: NOW, stale_factor=3.0)
+    exported = [m for m in PROTOCOL_METRICS if m.prometheus is not None]
+    with state.lock:
+        node = state.node("pi-01")
+        node.status, node.last_heard = NodeStatus.ONLINE, NOW
+        node.metrics = {m.key: 2 for m in exported}
+
+    samples = scrape(MasterMetrics(state, IngestCounters(), clock=lambda: NOW))
+
+    for m in exported:
+        assert m.prometheus is not None
+        name = m.prometheus.name + ("_total" if m.prometheus.type == "counter" else "")
+        assert value(samples, name, node="pi-01") == pytest.approx(2 * m.prometheus.scale)
