@@ -106,7 +106,10 @@ class Ingestor(threading.Thread):
 
     def _drop_queued(self) -> None:
         """After a fatal failure: empty the inbox, so the network thread never blocks on it."""
-        self.queue.take(QUEUE_LIMIT, 0)
+        try:
+            self.queue.take(QUEUE_LIMIT, 0)
+        except Exception:  # the inbox may be what failed; the exit comes anyway
+            logger.exception("emptying the inbox failed")
 
     def run(self) -> None:
         """Consume until stopped; survive passing faults, give up on persistent ones."""
