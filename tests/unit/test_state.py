@@ -51,7 +51,10 @@ def test_restart_starts_tracking_again() -> None:
     node.observe_seq(10)
     node.restart_seq(0)
     assert node.missing == set()
+    assert node.last_seq is None  # the next envelope received live is the new baseline
     assert node.observe_seq(1) == SeqVerdict.NEW
+    assert node.observe_seq(2) == SeqVerdict.NEW
+    assert node.seq_gaps == 8  # what the old run lost stays counted
 
 
 @pytest.mark.parametrize(
