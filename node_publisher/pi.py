@@ -7,7 +7,7 @@ import math
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ THROTTLE_BITS: Final[Mapping[str, int]] = {
 OCCURRED_SHIFT: Final = 16
 
 Runner = Callable[[Sequence[str]], str]
+T = TypeVar("T")
 
 
 def read_text(path: Path) -> str | None:
@@ -154,28 +155,45 @@ def run_command(argv: Sequence[str]) -> str:
     return completed.stdout
 
 
-class ThrottleReader:
-    """Reads `vcgencmd get_throttled`; remembers a missing vcgencmd so it is not retried."""
+class VcgencmdReader(Generic[T]):
+    """Runs one `vcgencmd` query and decodes it; remembers a missing vcgencmd (no retries)."""
 
-    def __init__(self, vcgencmd: str = "vcgencmd", run: Runner = run_command) -> None:
-        self._argv = (vcgencmd, "get_throttled")
-        self._run = run
+    def __init__(
+        self,
+        args: Sequence[str],
+        decode: Callable[[str], T | None],
+        what: str,
+        vcgencmd: str = "vcgencmd",
+        run: Runner = run_command,
+    ) -> None:
+        self.vcgencmd = vcgencmd
+        self.run = run
+        self._argv = (vcgencmd, *args)
+        self._decode = decode
+        self._what = what
         self._missing = False
         self._warned = False
 
-    def read(self) -> dict[str, Any] | None:
-        """The decoded throttling state, or None where vcgencmd is missing or refused."""
+    def read(self) -> T | None:
+        """The decoded answer, or None where vcgencmd is missing or refused."""
         if self._missing:
             return None
         try:
-            output = self._run(self._argv)
+            output = self.run(self._argv)
         except FileNotFoundError:
             self._missing = True  # not a Pi (or not installed): stop spawning it
             return None
         except (OSError, subprocess.SubprocessError) as error:
             # Typically a node user outside the `video` group; say so once, not every sample.
             if not self._warned:
-                logger.warning("cannot read throttling with %s: %s", self._argv[0], error)
+                logger.warning("cannot read %s with %s: %s", self._what, self.vcgencmd, error)
                 self._warned = True
             return None
-        return decode_throttled(output)
+        return self._decode(output)
+
+
+class ThrottleReader(VcgencmdReader[dict[str, Any]]):
+    """Reads `vcgencmd get_throttled`."""
+
+    def __init__(self, vcgencmd: str = "vcgencmd", run: Runner = run_command) -> None:
+        super().__init__(("get_throttled",), decode_throttled, "throttling", vcgencmd, run)
