@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Check picluster's Home Assistant discovery against a real Home Assistant, as a new user would:
-# a Mosquitto on a free loopback port, the master, two nodes and Home Assistant; devices with
-# live values, a SIGKILLed node turning unavailable, an HA restart losing nothing, a forgotten
-# node leaving nothing behind, and no discovery complaints in HA's log. Prints PASS/FAIL.
+# a Mosquitto on a free loopback port, the master, two nodes on this one host (so with one
+# hostname) and Home Assistant; devices named by node id with live values and entity ids
+# <platform>.<node>_<key>, a SIGKILLed node turning unavailable, an HA restart losing and
+# renaming nothing, a forgotten node leaving nothing behind, and no discovery complaints in
+# HA's log. Prints PASS/FAIL.
 #
 # Not part of the test suite or CI: it installs Home Assistant (hundreds of MB) into its own
 # venv, reused on later runs. Needs Python >= 3.13 for current Home Assistant releases.
