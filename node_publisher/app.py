@@ -1,4 +1,4 @@
-"""The node agent: MQTT client with will and birth, the sample loop, spooled delivery."""
+"""The node agent: the MQTT client with its will and birth, and paho's callbacks."""
 
 from __future__ import annotations
 
@@ -18,20 +18,17 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from cluster_protocol import (
-    Envelope,
-    EnvelopeError,
     MessageType,
     TopicError,
     command_subscription,
-    encode_envelope,
     parse_topic,
-    topic_for,
 )
 from cluster_protocol.broker_url import connect_failure_reason
-from node_publisher import collectors, pi
-from node_publisher.collectors import PsutilLike, SampleContext
-from node_publisher.machine_info import MachineInfo, MachinePaths, details_changed
+from node_publisher.collectors import PsutilLike
+from node_publisher.emitter import Emitter
+from node_publisher.machine_info import MachinePaths
 from node_publisher.outbox import Outbox
+from node_publisher.sampler import DETAILS_CHECK_EVERY_S, Sampler
 from node_publisher.settings import PublisherSettings
 from node_publisher.spool import Spool
 
@@ -40,7 +37,6 @@ logger = logging.getLogger(__name__)
 RECONNECT_MIN_S: Final = 1
 RECONNECT_MAX_S: Final = 30
 OFFLINE_ACK_TIMEOUT_S: Final = 2.0
-DETAILS_CHECK_EVERY_S: Final = 60.0  # how often details are rebuilt to spot a change
 
 
 class CommandHandler(Protocol):
@@ -75,7 +71,9 @@ def make_client(settings: PublisherSettings, client_id: str) -> mqtt.Client:
 
 
 class NodeAgent:
-    """One node: connects, announces itself, samples every interval, spools and sends.
+    """One node on the broker: connects with a will, announces itself, relays samples.
+
+    Samples come from its Sampler and leave through its Emitter; commands go to the handler.
 
     Several agents can run in one process (benchmarks, tests), each with its own node id
     and state directory.
@@ -92,39 +90,26 @@ class NodeAgent:
         details_check_every_s: float = DETAILS_CHECK_EVERY_S,
     ) -> None:
         self.settings = settings
-        self.details_check_every_s = details_check_every_s
-        self._ps = ps
         self._command_handler = command_handler
-        self._clock = clock
         self._node = settings.node_id
-        self._ctx = SampleContext(
-            temperature_sensor=settings.temperature_sensor,
-            throttle=pi.ThrottleReader(settings.vcgencmd),
-        )
-        self._machine = MachineInfo(ps, settings.interval, machine_paths)
-        self._interval = settings.interval  # changed at run time by the set_interval command
-        self._extra_details = dict(extra_details or {})
-        self._interval_changed = threading.Event()
-        self._sample_lock = threading.Lock()  # the sampler and the refresh command share ctx
-        self._details: dict[str, Any] | None = None
-        self._details_lock = threading.Lock()
-        self._details_checked_at = time.monotonic()
         self._stopping = threading.Event()
         self._connected = threading.Event()
         self._ready = threading.Event()  # connected and subscribed to its commands
-        self._sampler: threading.Thread | None = None
+        self._sample_lock = threading.Lock()
+        self.sampler = Sampler(settings, ps, machine_paths, extra_details, details_check_every_s)
         self.spool = Spool(settings.spool_path, settings.spool_max)
         self.client = make_client(settings, client_id_for(self._node))
         self.outbox = Outbox(self.spool, self.client)
+        self.emitter = Emitter(
+            self._node, settings.prefix, self.spool, self.client, self.outbox, clock
+        )
         self.callback_errors = 0
-        self.oversize = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
         """Connect in the background (the broker may not be up yet) and start sampling."""
-        collectors.prime(self._ps, self._ctx)
-        self._details = self._build_details(0.0)
+        self.sampler.prime()
         client = self.client
         client.on_pre_connect = self._on_pre_connect
         client.on_connect = self._on_connect
@@ -134,25 +119,22 @@ class NodeAgent:
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
-        self._set_will()
+        self.emitter.set_will()
         address = self.settings.address
         logger.info("node %s connecting to %s", self._node, address.redacted())
         client.connect_async(address.host, address.port, keepalive=self.settings.keepalive)
         self.outbox.start()
         client.loop_start()
-        self._sampler = threading.Thread(target=self._sample_loop, name="sampler", daemon=True)
-        self._sampler.start()
+        self.sampler.start(self.sample_once)
 
     def stop(self, timeout_s: float = OFFLINE_ACK_TIMEOUT_S) -> bool:
         """Publish a retained "offline", wait briefly for its PUBACK, disconnect; True if acked."""
         self._stopping.set()
-        self._interval_changed.set()
-        if self._sampler is not None:
-            self._sampler.join(timeout=10)
+        self.sampler.stop()
         acked = False
         if self._connected.is_set():
-            info = self._publish_status("offline")
-            acked = info is not None and _wait_published(info, timeout_s)
+            info = self.emitter.publish_status("offline")
+            acked = _wait_published(info, timeout_s)
         if acked:
             self.client.disconnect()
         else:
@@ -180,161 +162,52 @@ class NodeAgent:
     @property
     def interval(self) -> float:
         """Seconds between samples now (the configured value, or one set by command)."""
-        return self._interval
+        return self.sampler.interval
 
     def set_interval(self, interval_s: float) -> None:
         """Sample every `interval_s` from now on; details are re-published with the new value."""
-        if not interval_s > 0:
-            raise ValueError(f"interval must be > 0, got {interval_s}")
-        self._interval = float(interval_s)
-        self._interval_changed.set()  # the sampler restarts its schedule
-        with self._details_lock:
-            if self._details is not None:
-                self._details = {**self._details, "interval_s": self._interval}
+        self.sampler.set_interval(interval_s)
         if self._connected.is_set():
-            self._publish_details()
+            self.emitter.publish_details(self.sampler.details)
 
     def refresh(self) -> int | None:
         """Publish the machine details and one metrics sample now; the metrics' seq."""
         seq = self.sample_once()
-        self._publish_details()
+        self.emitter.publish_details(self.sampler.details)
         return seq
 
     @property
     def details(self) -> dict[str, Any] | None:
         """The machine details as last built (a copy)."""
-        with self._details_lock:
-            return None if self._details is None else dict(self._details)
+        return self.sampler.details
+
+    @property
+    def oversize(self) -> int:
+        """Envelopes refused for being over the size limit."""
+        return self.emitter.oversize
 
     def sample_once(self) -> int | None:
         """Collect and spool one metrics envelope (re-publishing details on change); its seq."""
-        with self._sample_lock:
-            metrics = collectors.collect_metrics(self._ps, self._ctx)
+        with self._sample_lock:  # the loop and a refresh command: seqs in sampling order
+            metrics, details_changed = self.sampler.measure()
             metrics["spool_dropped"] = self.spool.take_dropped()
-            seq = self._spool_envelope(MessageType.METRICS, metrics)
-            changed = False
-            now = time.monotonic()
-            # Details (hostname, addresses, disks...) rarely change; rebuilding them every
-            # sample was a sixth of the node's CPU per sample (bench/README.md).
-            due = now - self._details_checked_at >= self.details_check_every_s
-            if due or self._details is None:
-                self._details_checked_at = now
-                details = self._build_details(float(metrics.get("cpu_percent") or 0.0))
-                with self._details_lock:
-                    changed = details_changed(self._details, details)
-                    self._details = details
-        if changed and self._connected.is_set():
+            seq = self.emitter.spool_envelope(MessageType.METRICS, metrics)
+        if details_changed and self._connected.is_set():
             logger.info("machine details changed; re-publishing")
-            self._publish_details()
+            self.emitter.publish_details(self.sampler.details)
         return seq
-
-    def _build_details(self, cpu_percent: float) -> dict[str, Any]:
-        details = self._machine.details(cpu_percent)
-        details["interval_s"] = self._interval
-        details.update(self._extra_details)
-        return details
 
     def publish_message(self, text: str) -> int:
         """Spool a free-text `message` envelope; its seq. Raises EnvelopeError when oversize."""
-        seq = self._spool_envelope(MessageType.MESSAGE, text, raise_errors=True)
+        seq = self.emitter.spool_envelope(MessageType.MESSAGE, text, raise_errors=True)
         assert seq is not None  # raise_errors=True never returns None
         return seq
 
     def publish_reply(self, payload: dict[str, Any]) -> int:
         """Spool a command `reply` envelope; its seq. Raises EnvelopeError when oversize."""
-        seq = self._spool_envelope(MessageType.REPLY, payload, raise_errors=True)
+        seq = self.emitter.spool_envelope(MessageType.REPLY, payload, raise_errors=True)
         assert seq is not None
         return seq
-
-    def _spool_envelope(
-        self, message_type: MessageType, payload: Any, raise_errors: bool = False
-    ) -> int | None:
-        ts = self._clock()
-
-        def build(seq: int) -> bytes:
-            envelope = Envelope(type=message_type, node=self._node, ts=ts, seq=seq, payload=payload)
-            return encode_envelope(envelope)
-
-        topic = topic_for(self._node, message_type, self.settings.prefix)
-        try:
-            seq = self.spool.append(topic, build)
-        except EnvelopeError as error:
-            self.oversize += 1
-            logger.error("not sending %s: %s", message_type, error)
-            if raise_errors:
-                raise
-            return None
-        self.outbox.wake()
-        return seq
-
-    def _publish_status(self, state: str) -> mqtt.MQTTMessageInfo | None:
-        data = self._status_payload(state)
-        return self.client.publish(
-            topic_for(self._node, MessageType.STATUS, self.settings.prefix), data, 1, True
-        )
-
-    def _status_payload(self, state: str) -> bytes:
-        # Status carries the current seq without taking one: the will may never be sent.
-        envelope = Envelope(
-            type=MessageType.STATUS,
-            node=self._node,
-            ts=self._clock(),
-            seq=self.spool.current_seq(),
-            payload={"state": state},
-        )
-        return encode_envelope(envelope)
-
-    def _publish_details(self) -> None:
-        with self._details_lock:
-            details = self._details
-        if details is None:
-            return
-        topic = topic_for(self._node, MessageType.MACHINE_DETAILS, self.settings.prefix)
-        ts = self._clock()
-
-        def build(seq: int) -> bytes:
-            envelope = Envelope(MessageType.MACHINE_DETAILS, self._node, ts, seq, details)
-            return encode_envelope(envelope)
-
-        try:
-            _, data = self.spool.take_seq(build)
-        except EnvelopeError as error:
-            self.oversize += 1
-            logger.error("not sending machine_details: %s", error)
-            return
-        self.client.publish(topic, data, qos=1, retain=True)
-
-    def _set_will(self) -> None:
-        self.client.will_set(
-            topic_for(self._node, MessageType.STATUS, self.settings.prefix),
-            self._status_payload("offline"),
-            qos=1,
-            retain=True,
-        )
-
-    # -- sample loop -------------------------------------------------------------------------
-
-    def _sample_loop(self) -> None:
-        interval = self._interval
-        next_at = time.monotonic() + interval
-        # Deadlines are start + k * interval, so slow samples do not make the schedule drift.
-        while True:
-            self._interval_changed.wait(max(0.0, next_at - time.monotonic()))
-            if self._stopping.is_set():
-                return
-            if self._interval_changed.is_set():  # set_interval: a new schedule from now
-                self._interval_changed.clear()
-                interval = self._interval
-                next_at = time.monotonic() + interval
-                continue
-            try:
-                self.sample_once()
-            except Exception:
-                logger.exception("sample failed")
-            next_at += interval
-            behind = time.monotonic() - next_at
-            if behind > 0:  # suspended or very slow: skip the missed ticks
-                next_at += (int(behind // interval) + 1) * interval
 
     # -- paho callbacks: each catches, logs and counts (an escaping one kills paho's thread) --
 
@@ -344,7 +217,7 @@ class NodeAgent:
 
     def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
         try:
-            self._set_will()  # a fresh ts for the will of this connection
+            self.emitter.set_will()  # a fresh ts for the will of this connection
         except Exception:
             self._callback_failed("on_pre_connect")
 
@@ -366,8 +239,8 @@ class NodeAgent:
                 return
             logger.info("node %s connected", self._node)
             self._connected.set()
-            self._publish_status("online")
-            self._publish_details()
+            self.emitter.publish_status("online")
+            self.emitter.publish_details(self.sampler.details)
             # retainAsPublished keeps the retain flag on live delivery too (MQTT 5), so a
             # command published retained is recognised and refused at once, not only on replay.
             client.subscribe(

@@ -1,4 +1,4 @@
-"""The `cluster-node` command: `run`, `sample` and `say TEXT`; logging is configured here only."""
+"""The `cluster-node` command: `run`, `sample` and `say TEXT`; the wiring and logging live here."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ import psutil
 
 from cluster_protocol import Envelope, MessageType
 from cluster_protocol.config import SettingsError
-from node_publisher import collectors, pi
-from node_publisher.commands import advertised_details, build_agent
-from node_publisher.machine_info import MachineInfo
+from node_publisher.app import NodeAgent
+from node_publisher.collectors import PsutilLike
+from node_publisher.commands import CommandProcessor, advertised_details
+from node_publisher.sampler import Sampler
 from node_publisher.say import DEFAULT_SAY_TIMEOUT_S, DeliveryError, say
 from node_publisher.settings import PublisherSettings, add_settings_arguments, settings_from_flags
 
@@ -99,16 +100,14 @@ def run(settings: PublisherSettings, args: argparse.Namespace) -> int:
 
 def sample(settings: PublisherSettings, args: argparse.Namespace) -> int:
     """Print one machine_details and one metrics envelope, one JSON object per line."""
-    ctx = collectors.SampleContext(
-        temperature_sensor=settings.temperature_sensor,
-        throttle=pi.ThrottleReader(settings.vcgencmd),
-    )
-    collectors.prime(psutil, ctx)
+    # Details as `run` sends them, built from this sample (check every time: 0 s).
+    extra = advertised_details(settings)
+    sampler = Sampler(settings, psutil, extra_details=extra, details_check_every_s=0.0)
+    sampler.prime()
     time.sleep(SAMPLE_WINDOW_S)
-    metrics = collectors.collect_metrics(psutil, ctx)
+    metrics, _ = sampler.measure()
     metrics["spool_dropped"] = 0
-    details = MachineInfo(psutil, settings.interval).details(float(metrics["cpu_percent"]))
-    details.update(advertised_details(settings))  # as `run` sends them
+    details = sampler.details or {}
     now = time.time()
     node = settings.node_id
     for seq, (message_type, payload) in enumerate(
@@ -127,6 +126,22 @@ def say_command(settings: PublisherSettings, args: argparse.Namespace) -> int:
         _error(str(error))
         return 1
     return 0
+
+
+def build_agent(
+    settings: PublisherSettings, ps: PsutilLike = psutil, **options: Any
+) -> tuple[NodeAgent, CommandProcessor]:
+    """A NodeAgent with commands wired in (start the processor, then the agent)."""
+    processor = CommandProcessor(settings, ps=ps)
+    agent = NodeAgent(
+        settings,
+        ps=ps,
+        command_handler=processor,
+        extra_details=advertised_details(settings),
+        **options,
+    )
+    processor.bind(agent)  # applies an interval set by an earlier command
+    return agent, processor
 
 
 COMMANDS: Final[Mapping[str, Command]] = {"run": run, "sample": sample, "say": say_command}

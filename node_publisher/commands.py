@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import psutil
 
@@ -31,10 +31,12 @@ from cluster_protocol.commands import (
     parse_command,
 )
 from node_publisher import __version__
-from node_publisher.app import NodeAgent
 from node_publisher.collectors import PsutilLike
 from node_publisher.settings import PublisherSettings
 from node_publisher.tasks import TaskArgError, run_argv
+
+if TYPE_CHECKING:
+    from node_publisher.app import NodeAgent
 
 logger = logging.getLogger(__name__)
 
@@ -435,14 +437,7 @@ def _no_args(name: str, args: Mapping[str, Any]) -> None:
 def build_agent(
     settings: PublisherSettings, ps: PsutilLike = psutil, **options: Any
 ) -> tuple[NodeAgent, CommandProcessor]:
-    """A NodeAgent with commands wired in (start the processor, then the agent)."""
-    processor = CommandProcessor(settings, ps=ps)
-    agent = NodeAgent(
-        settings,
-        ps=ps,
-        command_handler=processor,
-        extra_details=advertised_details(settings),
-        **options,
-    )
-    processor.bind(agent)
-    return agent, processor
+    """The agent wired with commands; the wiring lives in node_publisher.cli.build_agent."""
+    from node_publisher import cli  # imported here: cli imports this module
+
+    return cli.build_agent(settings, ps, **options)

@@ -57,7 +57,7 @@ def test_an_oversize_message_takes_no_seq_and_is_not_spooled(tmp_path):
 def test_status_carries_the_current_seq_without_taking_one(tmp_path):
     agent = make_agent(tmp_path)
     agent.sample_once()
-    status = decode_envelope(agent._status_payload("offline"), "u1", "status", 0.0)
+    status = decode_envelope(agent.emitter.status_payload("offline"), "u1", "status", 0.0)
     assert (status.seq, status.payload) == (1, {"state": "offline"})
     assert agent.sample_once() == 2
 
