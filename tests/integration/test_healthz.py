@@ -6,6 +6,8 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -26,6 +28,7 @@ from master_service.settings import MasterSettings
 from tests.support.broker import MosquittoBroker, free_port
 from tests.support.processes import RunningMaster, start_master
 from tests.support.waiting import wait_until
+from tests.unit.test_deploy_configs import load_compose
 
 KEEPALIVE_S = 3
 
@@ -45,6 +48,14 @@ def healthz(master: RunningMaster) -> tuple[int, dict[str, Any]]:
     except urllib.error.HTTPError as error:
         with error:
             return error.code, json.load(error)
+
+
+def compose_health_check(master: RunningMaster) -> int:
+    """Run docker-compose.yml's health check of the master against this one; its exit status."""
+    kind, program, *args = load_compose()["services"]["master"]["healthcheck"]["test"]
+    assert (kind, program) == ("CMD", "python")
+    args = [arg.replace("http://127.0.0.1:8080", master.api) for arg in args]
+    return subprocess.run([sys.executable, *args], capture_output=True, check=False).returncode
 
 
 def in_process_master(broker: MosquittoBroker, workdir: Path) -> MasterService:
@@ -80,6 +91,7 @@ def test_broker_gone_longer_than_a_keepalive_is_unhealthy_and_back_is_healthy(
     )
     try:
         assert healthz(master)[0] == 200
+        assert compose_health_check(master) == 0
         broker.stop()
         # A blip is not an outage: the first answer after the disconnect is still 200.
         status, body = wait_until(
@@ -96,6 +108,7 @@ def test_broker_gone_longer_than_a_keepalive_is_unhealthy_and_back_is_healthy(
         assert time.monotonic() - started <= KEEPALIVE_S + 2
         assert body["status"] == "unhealthy"
         assert any("disconnected from the broker" in reason for reason in body["reasons"])
+        assert compose_health_check(master) != 0  # compose marks the container unhealthy
         broker.start()
         wait_until(lambda: healthz(master)[0] == 200, 30, 0.1, "200 once reconnected")
     finally:
