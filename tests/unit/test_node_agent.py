@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +87,38 @@ def test_details_are_rebuilt_on_their_own_cadence_to_spot_a_change(tmp_path):
     lazy.sample_once()
     assert (eager.details or {})["cpu_cores"] == 8
     assert (lazy.details or {})["cpu_cores"] == 4  # seen at the next check, within the hour
+
+
+def test_set_interval_starts_a_new_schedule_and_the_details_carry_it(tmp_path):
+    agent = make_agent(tmp_path)  # configured for 10 s: no tick would come within the test
+    ticked = threading.Event()
+    agent.sampler.prime()
+    agent.sampler.start(ticked.set)
+    try:
+        agent.set_interval(0.05)
+        assert ticked.wait(5), "the new interval did not take effect"
+        assert agent.interval == 0.05
+        assert (agent.details or {})["interval_s"] == 0.05
+    finally:
+        agent.sampler.stop()
+    with pytest.raises(ValueError, match="interval must be > 0"):
+        agent.set_interval(0)
+
+
+def test_a_failing_sample_does_not_stop_the_schedule(tmp_path):
+    agent = make_agent(tmp_path)
+    calls: list[int] = []
+    second = threading.Event()
+
+    def tick() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("sensor gone")
+        second.set()
+
+    agent.sampler.set_interval(0.02)
+    agent.sampler.start(tick)
+    try:
+        assert second.wait(5)
+    finally:
+        agent.sampler.stop()
