@@ -13,6 +13,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from master_service.app import MasterService
+from master_service.home_assistant import discovery as hd
 from master_service.home_assistant.publisher import DiscoveryPublisher
 from master_service.settings import MasterSettings
 from tests.support.broker import MosquittoBroker
@@ -262,7 +263,9 @@ def test_per_entity_form_is_retained_and_forgotten(watch, adapter, prefixes):
     assert f"{prefix}/sensor/picluster_pi-01/cpu_percent/config" in node_topics
     assert f"{prefix}/binary_sensor/picluster_pi-01/online/config" in node_topics
     assert f"{prefix}/button/picluster_pi-01/refresh/config" in node_topics
-    assert len(node_topics) == 14  # 13 sensors and the Refresh button
+    # One topic per entity, the Refresh button included.
+    shape = hd.NodeShape(("/", "/boot/firmware"), has_throttled=True)
+    assert len(node_topics) == len(hd.node_components("pi-01", DETAILS, shape))
     cpu = config(retained, f"{prefix}/sensor/picluster_pi-01/cpu_percent/config")
     assert "p" not in cpu
     assert cpu["unique_id"] == "picluster_pi-01_cpu_percent"

@@ -53,12 +53,14 @@ DOCUMENTED_UNITS: dict[str | None, set[str | None]] = {
         *("KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB"),
     },
     "timestamp": {None},
+    "frequency": {"Hz", "kHz", "MHz", "GHz"},
 }
 ALLOWED_STATE_CLASSES: dict[str | None, set[str | None]] = {
     "temperature": {"measurement", None},
     "data_rate": {"measurement", None},
     "data_size": {"measurement", "total", "total_increasing", None},
     "timestamp": {None},
+    "frequency": {"measurement", None},
     None: {"measurement", "total", "total_increasing", None},
 }
 BINARY_SENSOR_CLASSES = {"connectivity", "problem"}
@@ -115,24 +117,26 @@ def test_node_device_payload_has_the_documented_shape():
 
 def test_unique_ids_never_change():
     # These ids are what HA keys history and user settings on: changing one orphans data.
-    assert sorted(node_payload()["cmps"]) == sorted(
-        [
-            "cpu_percent",
-            "load_1",
-            "memory_percent",
-            "swap_percent",
-            "disk_root_percent",
-            "disk_boot_firmware_percent",
-            "temperature_celsius",
-            "net_rx_bytes_per_s",
-            "net_tx_bytes_per_s",
-            "hostname",
-            "boot_time",
-            "throttled",
-            "refresh",
-            "online",
-        ]
-    )
+    keys = set(node_payload()["cmps"])
+    released = {
+        "cpu_percent",
+        "load_1",
+        "memory_percent",
+        "swap_percent",
+        "disk_root_percent",
+        "disk_boot_firmware_percent",
+        "temperature_celsius",
+        "net_rx_bytes_per_s",
+        "net_tx_bytes_per_s",
+        "hostname",
+        "boot_time",
+        "throttled",
+        "refresh",
+        "online",
+    }
+    assert released <= keys
+    # Anything else is a metric added to the metric table since, under its own key.
+    assert keys - released <= {m.key for m in METRICS if m.home_assistant is not None}
     assert [c.config["unique_id"] for c in hd.cluster_components()] == [
         "picluster__cluster_nodes_online",
         "picluster__cluster_cores_total",
@@ -235,31 +239,31 @@ def test_every_home_assistant_metric_of_the_table_is_an_entity():
 
 
 def test_a_metric_added_to_the_table_gets_a_sensor(monkeypatch):
-    clock = Metric(
-        "cpu_freq_mhz",
+    fan = Metric(
+        "fan_speed_rpm",
         "number|null",
-        "MHz",
-        "CPU clock",
-        home_assistant=HomeAssistantSensor("CPU clock", "MHz", device_class="frequency"),
+        "rpm",
+        "Case fan speed",
+        home_assistant=HomeAssistantSensor("Fan", "rpm", icon="mdi:fan"),
     )
-    monkeypatch.setattr(hd, "METRICS", (*METRICS, clock))
-    config = node_payload()["cmps"]["cpu_freq_mhz"]
+    monkeypatch.setattr(hd, "METRICS", (*METRICS, fan))
+    config = node_payload()["cmps"]["fan_speed_rpm"]
     assert {k: v for k, v in config.items() if k != "availability"} == {
         "p": "sensor",
-        "name": "CPU clock",
-        "unique_id": "picluster_pi-01_cpu_freq_mhz",
-        "object_id": "pi_01_cpu_freq_mhz",
-        "default_entity_id": "sensor.pi_01_cpu_freq_mhz",
+        "name": "Fan",
+        "unique_id": "picluster_pi-01_fan_speed_rpm",
+        "object_id": "pi_01_fan_speed_rpm",
+        "default_entity_id": "sensor.pi_01_fan_speed_rpm",
         "state_topic": "cluster/pi-01/metrics",
-        "value_template": "{{ value_json.payload.cpu_freq_mhz | default(None) }}",
+        "value_template": "{{ value_json.payload.fan_speed_rpm | default(None) }}",
         "availability_mode": "all",
         "expire_after": 30,
         "state_class": "measurement",
-        "device_class": "frequency",
-        "unit_of_measurement": "MHz",
+        "unit_of_measurement": "rpm",
+        "icon": "mdi:fan",
     }
     env = ha_environment()
-    sample = envelope("metrics", {**METRICS_SAMPLE, "cpu_freq_mhz": 1800})
+    sample = envelope("metrics", {**METRICS_SAMPLE, "fan_speed_rpm": 1800})
     assert render(env, config["value_template"], sample) == "1800"
     # An agent older than the metric does not send it: unknown, not an error per sample.
     assert render(env, config["value_template"], envelope("metrics", METRICS_SAMPLE)) == "None"
@@ -322,7 +326,9 @@ def test_metric_entities_need_both_the_node_and_the_master_online():
 def test_metrics_expire_after_three_intervals():
     cmps = node_payload()["cmps"]
     on_metrics = [k for k, c in cmps.items() if c.get("state_topic") == "cluster/pi-01/metrics"]
-    assert len(on_metrics) == 10
+    # Every metric of the table shown in HA (the disks once per mount) reads the metrics topic.
+    table = [m.key for m in METRICS if m.home_assistant is not None and m.key != "disks"]
+    assert len(on_metrics) == len(table) + len(PI_SHAPE.mounts)
     assert {cmps[k]["expire_after"] for k in on_metrics} == {30}
     assert "expire_after" not in cmps["boot_time"]  # retained, sent once per connect
     assert "expire_after" not in cmps["online"]
@@ -690,7 +696,9 @@ def test_per_entity_form_publishes_only_the_entities_that_changed(recorder):
     publisher.node_details("pi-01", PI_DETAILS)
     publisher.node_metrics_shape("pi-01", ["/"], False)
     first = recorder.take()
-    assert len(first) == 12  # 11 sensors and the Refresh button
+    entities = hd.node_components("pi-01", PI_DETAILS, hd.NodeShape(("/",)))
+    assert len(first) == len(entities)  # one message per entity, Refresh button included
+    assert "refresh" in {c.key for c in entities}
     assert all(t.startswith("ha/") and t.endswith("/config") for t, *_ in first)
     assert not any(t.startswith("ha/device/") for t, *_ in first)
     publisher.node_metrics_shape("pi-01", ["/", "/data"], False)
