@@ -233,6 +233,20 @@ METRICS: Final[tuple[Metric, ...]] = (
         "Processes running",
         dashboard=DashboardField("Processes", "count"),
     ),
+    Metric(
+        "cpu_freq_mhz",
+        "number|null",
+        "MHz",
+        "Current CPU clock (on a Pi the firmware's ARM clock, which drops when it throttles)",
+        history_since=2,
+        prometheus=PrometheusExport(
+            "picluster_node_cpu_frequency_hertz", "Current CPU clock in hertz", 1e6
+        ),
+        home_assistant=HomeAssistantSensor(
+            "CPU clock", "MHz", device_class="frequency", icon="mdi:speedometer", precision=0
+        ),
+        dashboard=DashboardField("CPU clock", "mhz", chart="CPU clock", y_min=0.0),
+    ),
     # Pi only: {"raw", "under_voltage", "freq_capped", "throttled", "soft_temp_limit", and
     # each "*_occurred" since boot}. Home Assistant shows one problem binary sensor, ON while
     # any "now" flag is set.

@@ -89,12 +89,17 @@ class SampleContext:
     temperature_sensor: str = "auto"
     thermal_zone: Path = pi.THERMAL_ZONE_TEMP
     throttle: pi.ThrottleReader = field(default_factory=pi.ThrottleReader)
+    arm_clock: pi.ArmClockReader | None = None  # default: the throttle reader's vcgencmd
     monotonic: Callable[[], float] = time.monotonic
     wall: Callable[[], float] = time.time
     # name -> (monotonic time, counter values) of the previous sample, for rates
     previous: dict[str, tuple[float, tuple[float, ...]]] = field(default_factory=dict)
     # name -> (monotonic time read, value) of slow-changing readings
     cache: dict[str, tuple[float, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.arm_clock is None:
+            self.arm_clock = pi.ArmClockReader(self.throttle.vcgencmd, self.throttle.run)
 
     def cached(self, name: str, read: Callable[[], T], ttl_s: float = SLOW_READINGS_TTL_S) -> T:
         """`read()`, called again only once its last value is `ttl_s` seconds old."""
@@ -221,6 +226,22 @@ def collect_throttled(ps: PsutilLike, ctx: SampleContext) -> Metrics:
     return {"throttled": ctx.throttle.read()}
 
 
+def collect_cpu_freq(ps: PsutilLike, ctx: SampleContext) -> Metrics:
+    """Current CPU clock in MHz: the firmware's on a Pi, else psutil's; None where unknown."""
+    # On a Pi the kernel's cpufreq figure stays at the requested clock while the firmware
+    # throttles (heat, under-voltage): only vcgencmd shows the drop.
+    mhz = ctx.arm_clock.read() if ctx.arm_clock is not None else None
+    cpu_freq = getattr(ps, "cpu_freq", None)
+    if mhz is None and cpu_freq is not None:
+        try:
+            current = getattr(cpu_freq(), "current", None)
+        except (NotImplementedError, OSError):  # no cpufreq and no "cpu MHz" in /proc/cpuinfo
+            current = None
+        if isinstance(current, int | float) and current > 0:
+            mhz = float(current)
+    return {"cpu_freq_mhz": mhz}
+
+
 COLLECTORS: Final[Mapping[str, Collector]] = {
     "cpu": collect_cpu,
     "load": collect_load,
@@ -231,6 +252,7 @@ COLLECTORS: Final[Mapping[str, Collector]] = {
     "temperature": collect_temperature,
     "uptime": collect_uptime,
     "processes": collect_processes,
+    "cpu_freq": collect_cpu_freq,
     "throttled": collect_throttled,
 }
 

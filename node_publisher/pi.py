@@ -147,6 +147,16 @@ def decode_throttled(text: str) -> dict[str, Any] | None:
     return decoded
 
 
+def decode_measure_clock(text: str) -> float | None:
+    """Decode `frequency(48)=1500398464` (hertz) into MHz; None when the text is not that."""
+    _, sep, raw = text.strip().partition("=")
+    try:
+        hertz = int(raw) if sep else 0
+    except ValueError:
+        return None
+    return hertz / 1e6 if hertz > 0 else None
+
+
 def run_command(argv: Sequence[str]) -> str:
     """Run a short command and return its stdout; raise OSError or CalledProcessError."""
     completed = subprocess.run(
@@ -197,3 +207,12 @@ class ThrottleReader(VcgencmdReader[dict[str, Any]]):
 
     def __init__(self, vcgencmd: str = "vcgencmd", run: Runner = run_command) -> None:
         super().__init__(("get_throttled",), decode_throttled, "throttling", vcgencmd, run)
+
+
+class ArmClockReader(VcgencmdReader[float]):
+    """Reads `vcgencmd measure_clock arm`: the clock the firmware runs, throttled or not."""
+
+    def __init__(self, vcgencmd: str = "vcgencmd", run: Runner = run_command) -> None:
+        super().__init__(
+            ("measure_clock", "arm"), decode_measure_clock, "the ARM clock", vcgencmd, run
+        )

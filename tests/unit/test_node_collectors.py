@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from cluster_protocol import METRICS_FIELDS, validate_payload
-from node_publisher import collectors
+from node_publisher import collectors, pi
 from node_publisher.collectors import SampleContext
+
+BOARDS = Path(__file__).parents[1] / "fixtures" / "node"
 
 
 class VMem(NamedTuple):
@@ -128,11 +130,28 @@ class NoThrottle:
         return None
 
 
+class ArmClock:
+    """Stands in for `vcgencmd measure_clock arm`: MHz, or None off a Pi."""
+
+    def __init__(self, mhz: float | None = None) -> None:
+        self.mhz = mhz
+
+    def read(self) -> float | None:
+        return self.mhz
+
+
+class CpuFreq(NamedTuple):
+    current: float
+    min: float
+    max: float
+
+
 def make_ctx(**overrides: Any) -> SampleContext:
     values: dict[str, Any] = {
         "monotonic": Clock(),
         "wall": Clock(5_000.0),
         "throttle": NoThrottle(),
+        "arm_clock": ArmClock(),
         "thermal_zone": Path("/nonexistent/temp"),
     }
     values.update(overrides)
@@ -258,6 +277,36 @@ def test_throttled_comes_from_the_reader():
 
     ctx = make_ctx(throttle=Reader())
     assert collectors.collect_throttled(FakePs(), ctx) == {"throttled": {"raw": "0x0"}}
+
+
+def test_cpu_clock_from_psutil_off_a_pi():
+    ps = FakePs()
+    ps.cpu_freq = lambda: CpuFreq(current=1800.0, min=600.0, max=1800.0)  # type: ignore[attr-defined]
+    assert collectors.collect_cpu_freq(ps, make_ctx()) == {"cpu_freq_mhz": 1800.0}
+
+
+def test_cpu_clock_on_a_pi_is_the_firmware_clock_which_drops_when_throttled():
+    ps = FakePs()
+    ps.cpu_freq = lambda: CpuFreq(current=1500.0, min=600.0, max=1500.0)  # type: ignore[attr-defined]
+    throttled = (BOARDS / "pi4-arm64" / "vcgencmd_measure_clock_arm").read_text()
+    reader = pi.ArmClockReader("vcgencmd", lambda argv: throttled)
+
+    assert collectors.collect_cpu_freq(ps, make_ctx(arm_clock=reader)) == {"cpu_freq_mhz": 600.0}
+
+
+def test_cpu_clock_is_null_where_nothing_knows_it():
+    ps = FakePs()  # psutil without cpu_freq (some platforms)
+    assert collectors.collect_cpu_freq(ps, make_ctx()) == {"cpu_freq_mhz": None}
+
+    def unknown() -> None:
+        raise NotImplementedError("can't find current frequency file")
+
+    ps.cpu_freq = unknown  # type: ignore[attr-defined]
+    assert collectors.collect_cpu_freq(ps, make_ctx()) == {"cpu_freq_mhz": None}
+    ps.cpu_freq = lambda: None  # type: ignore[attr-defined]
+    assert collectors.collect_cpu_freq(ps, make_ctx()) == {"cpu_freq_mhz": None}
+    reader = pi.ArmClockReader("vcgencmd", lambda argv: 'error=1 error_msg="bad"\n')
+    assert collectors.collect_cpu_freq(ps, make_ctx(arm_clock=reader)) == {"cpu_freq_mhz": None}
 
 
 def test_every_collected_key_is_documented_and_valid():

@@ -102,6 +102,7 @@ const FORMATS = {
   load: { text: fmt.load, axis: String },
   duration: { text: fmt.duration, axis: fmt.duration },
   count: { text: fmt.count, axis: String },
+  mhz: { text: fmt.mhz, axis: (v) => (v >= 1000 ? `${v / 1000} GHz` : `${v} MHz`) },
 };
 const formatOf = (m) => FORMATS[m.dashboard.format] || { text: fmt.count, axis: String };
 

@@ -39,6 +39,11 @@ export function load(v) {
   return isNum(v) ? v.toFixed(2) : DASH;
 }
 
+/** A clock frequency: "1500 MHz". */
+export function mhz(v) {
+  return isNum(v) ? `${Math.round(v)} MHz` : DASH;
+}
+
 /** A plain count: "142". */
 export function count(v) {
   return isNum(v) ? String(Math.round(v)) : DASH;
