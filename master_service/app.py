@@ -84,7 +84,10 @@ class MasterService:
         )
         observer = HomeAssistantObserver(publisher)
         with self.state.lock:
-            observer.restore([n for i in self.state.node_ids() if (n := self.state.get(i))])
+            known = [n for i in self.state.node_ids() if (n := self.state.get(i))]
+        # Publishing happens outside the cluster lock; ingest has not started, so nothing
+        # changes these states meanwhile.
+        observer.restore(known)
         publisher.announce_cluster()  # QoS 1: paho sends it once connected
         # Home Assistant's birth arrives on the network thread; the announce runs on the
         # ingest thread so it never races the ingest path's own calls.

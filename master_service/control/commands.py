@@ -137,7 +137,7 @@ class CommandService(Observer):
         command_id = str(reply.get("id"))
 
         def stored(done: Future[bool]) -> None:
-            if not done.result():
+            if done.exception() is not None or not done.result():
                 logger.warning("reply from %s to unknown or answered command %r", node, command_id)
                 return
             with self._lock:
@@ -157,5 +157,7 @@ def _committed(write: Future[Any]) -> bool:
     try:
         write.result(RECORD_WAIT_S)
     except FutureTimeout:
+        return False
+    except Exception:  # the write itself failed (logged by the writer)
         return False
     return True

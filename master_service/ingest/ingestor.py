@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -230,11 +231,11 @@ class Ingestor(threading.Thread):
             state.dirty.clear()
         with self._writes_lock:
             writes, self._writes = self._writes, []
-        results: list[Any] = []
+        outcomes: list[tuple[Any, BaseException | None]] = []
         try:
             # Outside the cluster lock: this thread is the only one that changes node states,
             # and the API's readers must not wait for the disk.
-            self._save(nodes, rows, writes, results)
+            self._save(nodes, rows, writes, outcomes)
         except Exception as error:
             self._store_failed(error, rows, dirty, writes)
             return
@@ -246,9 +247,13 @@ class Ingestor(threading.Thread):
         self.committed += self._pending
         done, self._pending = self._pending, 0
         self._last_flush = time.monotonic()
-        for (_, future), result in zip(writes, results, strict=True):
-            if not future.cancelled():
+        for (_, future), (result, failure) in zip(writes, outcomes, strict=True):
+            if future.cancelled():
+                continue
+            if failure is None:
                 future.set_result(result)
+            else:
+                future.set_exception(failure)
         for listener in self.commit_listeners:
             try:
                 listener(done)
@@ -263,12 +268,33 @@ class Ingestor(threading.Thread):
         nodes: list[NodeState],
         rows: list[tuple[str, float, Any]],
         writes: list[Write],
-        results: list[Any],
+        outcomes: list[tuple[Any, BaseException | None]],
     ) -> None:
+        connection = self.store.connection
+        if writes and not connection.in_transaction:
+            connection.execute("BEGIN")  # so the savepoints below nest in the batch's transaction
         for task, _ in writes:
-            results.append(task(self.store))
+            outcomes.append(self._run_write(task))
         if nodes:
             self.store.save_nodes(nodes, self.clock())
         if rows:
             self.store.append_history(rows)
         self.store.commit()
+
+    def _run_write(self, task: Callable[[Store], Any]) -> tuple[Any, BaseException | None]:
+        """Run one queued write in a savepoint: a faulty one fails alone, not the batch."""
+        connection = self.store.connection
+        connection.execute("SAVEPOINT queued_write")
+        try:
+            result = task(self.store)
+        except (sqlite3.OperationalError, OSError):
+            raise  # the store's trouble (disk full, locked): the whole batch is retried
+        except Exception as error:
+            # The task's own fault (a constraint, a value SQLite cannot bind): retrying
+            # would fail the same way for ever and hold up everything behind it.
+            connection.execute("ROLLBACK TO queued_write")
+            connection.execute("RELEASE queued_write")
+            logger.exception("a queued write failed; dropped")
+            return None, error
+        connection.execute("RELEASE queued_write")
+        return result, None

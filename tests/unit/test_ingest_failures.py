@@ -163,3 +163,25 @@ def test_an_unexpected_dispatch_error_is_counted_not_kept(running):
     wait_until(lambda: sum(acked) == 2, message="both messages settled")
     assert ingestor.dispatch_errors == 1
     assert ingestor.crashes == []  # a production master keeps no list growing for ever
+
+
+def test_a_faulty_queued_write_fails_alone_and_the_batch_is_stored(running):
+    ingestor, acked = running
+
+    def faulty(store: Store) -> None:
+        store.connection.execute("INSERT INTO nodes (node) VALUES (?)", ({"not": "bindable"},))
+
+    def good(store: Store) -> int:
+        store.connection.execute("CREATE TABLE IF NOT EXISTS marks (x INTEGER)")
+        return store.connection.execute("INSERT INTO marks VALUES (1)").rowcount
+
+    ingestor.submit(metrics("qw-1", 1))
+    bad_write, good_write = ingestor.write(faulty), ingestor.write(good)
+    assert good_write.result(5) == 1
+    assert isinstance(bad_write.exception(5), sqlite3.Error)
+    ingestor.submit(metrics("qw-1", 2))
+    wait_until(lambda: sum(acked) == 2, message="both messages committed")
+    reader = Store(ingestor.store.path)
+    assert history(reader) == [1001.0, 1002.0]
+    assert reader.connection.execute("SELECT COUNT(*) FROM marks").fetchone() == (1,)
+    assert ingestor.store_error is None  # the store itself was fine all along
