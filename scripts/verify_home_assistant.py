@@ -45,8 +45,10 @@ BUTTONS: Final = frozenset({"refresh", "reboot", "shutdown"})
 DISCOVERY_PREFIX: Final = "homeassistant"
 CLUSTER_OBJECT_ID: Final = "picluster__cluster"
 CLUSTER_ENTITY_OWNER: Final = "picluster"  # the cluster's entity ids: sensor.picluster_<key>
-# Values a VM or a container may simply not have; everything else must hold a value.
-MAY_BE_UNKNOWN: Final = frozenset({"temperature_celsius", "swap_percent", "throttled"})
+# May be unknown whatever the node sends (one failed vcgencmd read). Other than this, only a
+# metric the node itself sends as null (a VM has no temperature sensor, maybe no swap) may be
+# unknown: every other entity must hold a value.
+ALWAYS_MAY_BE_UNKNOWN: Final = frozenset({"throttled"})
 MUST_HAVE: Final = (
     "cpu_percent",
     "load_1",
@@ -354,12 +356,12 @@ def numeric(value: str | None) -> bool:
         return False
 
 
-def value_ok(key: str, value: str | None) -> bool:
+def value_ok(key: str, value: str | None, unknown_ok: frozenset[str]) -> bool:
     """Whether a live node entity's state is a plausible value for its key."""
     if key in BUTTONS:  # a button's state is its last press: none yet, or when
         return value == "unknown" or _timestamp_ok(value or "")
     if value is None or value in NO_VALUE:
-        return key in MAY_BE_UNKNOWN and value == "unknown"
+        return key in unknown_ok | ALWAYS_MAY_BE_UNKNOWN and value == "unknown"
     if key == "online":
         return value == "on"
     if key == "throttled":
@@ -378,11 +380,15 @@ def _timestamp_ok(value: str) -> bool:
         return False
 
 
-def node_problems(view: View, node: str, expected: Sequence[str]) -> list[str]:
+def node_problems(
+    view: View, node: str, expected: Sequence[str], unknown_ok: frozenset[str]
+) -> list[str]:
     """What is wrong with a running node as Home Assistant shows it (empty: all fine)."""
     shown = view.of(f"picluster_{node}")
     problems = [f"{key} missing" for key in expected if key not in shown]
-    problems += [f"{k}={v}" for k, v in shown.items() if k in expected and not value_ok(k, v)]
+    problems += [
+        f"{k}={v}" for k, v in shown.items() if k in expected and not value_ok(k, v, unknown_ok)
+    ]
     problems += [f"unexpected entity {k}" for k in shown if k not in expected]
     return problems
 
@@ -506,6 +512,7 @@ class Run:
         self.ha_port = free_port()
         self.config = setup.work / "config"
         self.ha = HomeAssistant(session, f"http://127.0.0.1:{self.ha_port}")
+        self.unknown_ok: dict[str, frozenset[str]] = {n: frozenset() for n in NODES}
 
     def start_stack(self) -> None:
         """Mosquitto, the master and the nodes."""
@@ -695,6 +702,11 @@ class Run:
                 f"master announced {node} with every required entity",
                 ", ".join(keys),
             )
+        for node in NODES:
+            metrics = (await self.master_get(f"/api/nodes/{node}")).get("metrics") or {}
+            self.unknown_ok[node] = frozenset(k for k, v in metrics.items() if v is None)
+        nulls = {n: sorted(keys) for n, keys in self.unknown_ok.items()}
+        say(f"metrics the nodes send as null (may show unknown): {json.dumps(nulls)}")
         entry = await self.ha.add_mqtt(self.broker_port)
         check(True, "MQTT integration added through the config flow", entry.get("title", ""))
 
@@ -705,7 +717,9 @@ class Run:
             if CLUSTER_OBJECT_ID not in view.devices:
                 problems.append("no cluster device")
             for node, keys in nodes.items():
-                problems += [f"{node}: {p}" for p in node_problems(view, node, keys)]
+                problems += [
+                    f"{node}: {p}" for p in node_problems(view, node, keys, self.unknown_ok[node])
+                ]
             return problems + [f"cluster: {p}" for p in cluster_problems(view, len(NODES))]
 
         await self.until(
@@ -766,7 +780,10 @@ class Run:
         await self.until(f"killed {KILLED}: its entities turn unavailable", killed_unavailable, 30)
         await self.until(
             "the other node stays live while one is dead",
-            lambda v: node_problems(v, KEPT, nodes[KEPT]) + cluster_problems(v, len(NODES) - 1),
+            lambda v: (
+                node_problems(v, KEPT, nodes[KEPT], self.unknown_ok[KEPT])
+                + cluster_problems(v, len(NODES) - 1)
+            ),
             30,
         )
 
@@ -779,7 +796,10 @@ class Run:
         def after_restart(view: View) -> list[str]:
             wanted = (f"picluster_{KEPT}", f"picluster_{KILLED}", CLUSTER_OBJECT_ID)
             problems = [f"no device {o}" for o in wanted if o not in view.devices]
-            problems += [f"{KEPT}: {p}" for p in node_problems(view, KEPT, nodes[KEPT])]
+            problems += [
+                f"{KEPT}: {p}"
+                for p in node_problems(view, KEPT, nodes[KEPT], self.unknown_ok[KEPT])
+            ]
             problems += [f"cluster: {p}" for p in cluster_problems(view, len(NODES) - 1)]
             return problems + [f"{KILLED}: {p}" for p in killed_unavailable(view)]
 
@@ -823,7 +843,9 @@ class Run:
         )
         await self.until(
             f"{KEPT} and the cluster unaffected by the forget",
-            lambda v: node_problems(v, KEPT, nodes[KEPT]) + cluster_problems(v, 1),
+            lambda v: (
+                node_problems(v, KEPT, nodes[KEPT], self.unknown_ok[KEPT]) + cluster_problems(v, 1)
+            ),
             30,
         )
         self.dump_states(await look(self.ha), "states-end.json")
