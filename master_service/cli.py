@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
+from cluster_protocol.commands import CommandName
 from cluster_protocol.config import SettingsError
 from master_service.control.placement import render_placement
 from master_service.settings import build_parser, load_settings
@@ -54,7 +55,7 @@ def _add_control_parsers(commands: Any) -> None:
         "send", help="send a command to a node and print its reply (token: CLUSTER_API_TOKEN)"
     )
     send.add_argument("node", help="node id")
-    send.add_argument("name", metavar="COMMAND", help="ping, refresh, set_interval, run, ...")
+    send.add_argument("name", metavar="COMMAND", help=", ".join(CommandName))
     send.add_argument(
         "--arg",
         action="append",
