@@ -44,6 +44,19 @@ class Requirements:
     count: int = 1
 
     def __post_init__(self) -> None:
+        # Strict types: `False` is not 0 %, and "50" is not a number.
+        for name, value in (
+            ("min_ram_bytes", self.min_ram_bytes),
+            ("min_cores", self.min_cores),
+            ("count", self.count),
+        ):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise RequirementError(f"{name} must be a whole number, got {value!r}")
+        cpu = self.max_cpu_percent
+        if cpu is not None and (isinstance(cpu, bool) or not isinstance(cpu, int | float)):
+            raise RequirementError(f"max_cpu_percent must be a number, got {cpu!r}")
+        if self.arch is not None and not isinstance(self.arch, str):
+            raise RequirementError(f"arch must be text, got {self.arch!r}")
         if self.min_ram_bytes is not None and self.min_ram_bytes < 0:
             raise RequirementError(f"min_ram must be >= 0, got {self.min_ram_bytes}")
         if self.min_cores is not None and self.min_cores < 1:

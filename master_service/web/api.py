@@ -5,85 +5,125 @@ from __future__ import annotations
 import logging
 import time
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
 
 from master_service.storage.history import HistoryQuery, HistoryQueryError, HistoryReader
 from master_service.storage.store import HISTORY_METRICS
 from master_service.web.catalog import catalog_router
-from master_service.web.control import control_router
+from master_service.web.control import NodeId, control_router
+from master_service.web.errors import error_responses, install_error_handlers
+from master_service.web.ports import MasterPort
 from master_service.web.prometheus import metrics_router
-
-if TYPE_CHECKING:
-    from master_service.app import MasterService
 
 logger = logging.getLogger(__name__)
 
 STATIC_DIR = resources.files("master_service.web") / "static"
 
 
-def create_app(service: MasterService) -> FastAPI:
+class HealthBody(BaseModel):
+    """`GET /healthz`: 200 when the master is storing what it receives, else 503 and why."""
+
+    status: Literal["ok", "unhealthy"]
+    ok: bool
+    reasons: list[str] = Field(description="one sentence per problem; empty when ok")
+    mqtt_connected: bool
+    queue_depth: int = Field(description="messages waiting for the ingest thread")
+    committed: int = Field(description="messages stored since start")
+    store_error: str | None = Field(description="the last store write error, if it persists")
+    ingest_running: bool
+
+
+class HistoryBody(BaseModel):
+    """`GET /api/nodes/{node}/history`: `[ts, value]` points in time order."""
+
+    node: str
+    metric: str
+    since: float
+    until: float
+    step_s: float | None = Field(description="bucket width; null for raw samples")
+    source: Literal["raw", "rollup"]
+    points: list[Annotated[list[float | None], Field(min_length=2, max_length=2)]] = Field(
+        description="`[ts, value]`: ts is never null; value is null when the node sent none"
+    )
+
+
+def create_app(port: MasterPort) -> FastAPI:
     """Build the FastAPI application for one running master."""
     app = FastAPI(
         title="picluster master",
         version="1",
         description="State, history and control of a picluster (nodes publishing over MQTT).",
     )
-
-    @app.exception_handler(Exception)
-    async def json_error(request: Request, error: Exception) -> JSONResponse:
-        logger.exception("API error on %s", request.url.path)
-        return JSONResponse({"detail": f"internal error: {type(error).__name__}"}, 500)
-
-    history = HistoryReader(service.settings.db, service.settings.history_raw_days, service.clock)
-    app.include_router(metrics_router(service.metrics))
+    install_error_handlers(app)
+    history = HistoryReader(port.settings.db, port.settings.history_raw_days, port.clock)
+    app.include_router(metrics_router(port.metrics))
     app.include_router(catalog_router())
 
-    @app.get("/healthz", tags=["health"])
-    def healthz() -> dict[str, Any]:
-        """Liveness: is the master connected to the broker and keeping up."""
-        store_error = service.ingestor.store_error
-        return {
-            "status": "ok" if store_error is None else "degraded",
-            "mqtt_connected": service.listener.connected.is_set(),
-            "queue_depth": service.ingestor.queue.qsize(),
-            "committed": service.ingestor.committed,
-            "store_error": store_error,
-        }
+    @app.get(
+        "/healthz",
+        tags=["health"],
+        response_model=HealthBody,
+        responses={503: {"model": HealthBody, "description": "Unhealthy: `reasons` says why"}},
+    )
+    def healthz() -> JSONResponse:
+        """Health: 200 while ingest runs, the store takes writes and the broker is not long gone."""
+        health = port.health()
+        return JSONResponse(health.to_dict(), 200 if health.ok else 503)
 
     @app.get("/api/nodes", tags=["nodes"])
     def list_nodes() -> dict[str, Any]:
         """Every known node with its state, details, latest metrics and counters."""
-        return {"nodes": service.state.views(), "generated_at": time.time()}
+        return {"nodes": port.state.views(), "generated_at": time.time()}
 
-    @app.get("/api/nodes/{node}", tags=["nodes"])
-    def get_node(node: str) -> dict[str, Any]:
+    @app.get("/api/nodes/{node}", tags=["nodes"], responses=error_responses(404, 422))
+    def get_node(node: NodeId) -> dict[str, Any]:
         """One node."""
-        view = service.state.view(node)
+        view = port.state.view(node)
         if view is None:
             raise HTTPException(404, f"no node {node!r} is known")
         return view
 
-    @app.get("/api/nodes/{node}/history", tags=["nodes"])
+    @app.get(
+        "/api/nodes/{node}/history",
+        tags=["nodes"],
+        response_class=Response,
+        responses={
+            200: {"model": HistoryBody, "description": "The points"},
+            **error_responses(404, 422),
+        },
+    )
     def get_history(
-        node: str,
-        metric: str = Query(description=f"one of: {', '.join(HISTORY_METRICS)}"),
-        since: float | None = Query(None, description="Unix seconds; default until - 1 hour"),
-        until: float | None = Query(None, description="Unix seconds; default now"),
+        node: NodeId,
+        metric: str = Query(
+            description=f"one of: {', '.join(HISTORY_METRICS)}",
+            json_schema_extra={"enum": list(HISTORY_METRICS)},
+        ),
+        since: float | None = Query(
+            None, description="Unix seconds; default until - 1 hour", allow_inf_nan=False
+        ),
+        until: float | None = Query(
+            None, description="Unix seconds; default now", allow_inf_nan=False
+        ),
         step: float | None = Query(
-            None, description="bucket in seconds; default: raw or ~2000 points"
+            None,
+            gt=0,
+            allow_inf_nan=False,
+            description="bucket in seconds; default: raw or ~2000 points",
         ),
     ) -> Response:
         """Points of one metric for one node: raw samples, or averages per `step_s` bucket.
 
         Fine steps within history_raw_days come from raw samples; longer ranges, coarser
         steps (60 s and up) and older times from 1-minute averages (`source` says which).
+        A range must have `since` before `until` and at most 10,000 points (422 otherwise).
         """
-        if service.state.get(node) is None:
+        if port.state.view(node) is None:
             raise HTTPException(404, f"no node {node!r} is known")
         end = until if until is not None else time.time()
         start = since if since is not None else end - 3600
@@ -107,12 +147,12 @@ def create_app(service: MasterService) -> FastAPI:
     @app.get("/api/cluster", tags=["cluster"])
     def get_cluster() -> dict[str, Any]:
         """Cluster totals and the master's own counters."""
-        summary = service.state.summary()
-        summary["master"] = service.counters.snapshot()
+        summary = port.state.summary()
+        summary["master"] = port.counters.snapshot()
         summary["generated_at"] = time.time()
         return summary
 
-    app.include_router(control_router(service))
+    app.include_router(control_router(port))
 
     if (STATIC_DIR / "index.html").is_file():
         app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")

@@ -3,97 +3,224 @@
 from __future__ import annotations
 
 import hmac
-from typing import TYPE_CHECKING, Any
+import re
+from typing import Annotated, Any, Final
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Path, Query, Security
+from fastapi.params import Depends
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, WithJsonSchema
 
-from master_service.control.commands import DEFAULT_TIMEOUT_S, MAX_TIMEOUT_S, CommandRefusedError
+from cluster_protocol.node_id import NODE_ID_PATTERN
+from master_service.control.commands import (
+    COMMAND_NAME,
+    DEFAULT_TIMEOUT_S,
+    MAX_TIMEOUT_S,
+    CommandRefusedError,
+)
 from master_service.control.placement import RequirementError, Requirements, place
-from master_service.control.units import SizeError, parse_size
+from master_service.control.units import parse_size
+from master_service.web.errors import error_responses
+from master_service.web.ports import MasterPort
 
-if TYPE_CHECKING:
-    from master_service.app import MasterService
+# What `parse_size` reads, as a JSON Schema pattern: a number of bytes and an optional unit,
+# 1000-based (`2G`, `500MB`) or 1024-based with an `i` (`512MiB`, `2Gi`). ASCII classes
+# only: `\d` and `\s` would also match digits and spaces of other scripts.
+SIZE_PATTERN: Final = r"^ *[0-9]+(\.[0-9]+)? *([kKmMgGtT]i?)?[bB]? *$"
+SIZE_MAX_LENGTH: Final = 32  # longer digit strings overflow a float
+ARCH_PATTERN: Final = r"^[A-Za-z0-9_.+-]+$"
+NodeId = Annotated[
+    str, Path(pattern=NODE_ID_PATTERN.pattern, description="node id, as the node publishes it")
+]
+
+
+def _whole(value: Any) -> Any:
+    """Let `3.0` through as 3: JSON Schema counts a number without a fraction as an integer."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
+# Strict: a boolean is not a number and "5" is not 5, but 3.0 is the integer 3. The bound
+# sits before the validator, or pydantic cannot put it in the schema as `minimum`.
+Positive = Annotated[int, Field(ge=1), BeforeValidator(_whole)]
+_SIZE_TEXT: Final = re.compile(SIZE_PATTERN)
+
+
+def _size(value: Any) -> int | None:
+    """Bytes from a size (`512MiB`, `2G`, or a whole number of bytes); None stays None."""
+    value = _whole(value)
+    if value is None:
+        return None
+    if type(value) is int:
+        return parse_size(value)  # refuses a negative size
+    if isinstance(value, str) and len(value) <= SIZE_MAX_LENGTH and _SIZE_TEXT.match(value):
+        return parse_size(value)
+    raise ValueError(
+        f"{value!r} is not a size: use bytes or a unit such as 512MiB, 2GiB (1024-based) "
+        "or 2G, 500MB (1000-based)"
+    )
+
+
+# One validator, so a bad size gets one message with examples rather than one per type.
+Size = Annotated[
+    int | None,
+    PlainValidator(_size),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": SIZE_PATTERN, "maxLength": SIZE_MAX_LENGTH},
+                {"type": "integer", "minimum": 0},
+                {"type": "null"},
+            ]
+        }
+    ),
+]
 
 
 class CommandRequest(BaseModel):
     """Body of `POST /api/nodes/{node}/commands`."""
 
-    command: str = Field(description="ping, refresh, set_interval, run, reboot, shutdown")
-    args: dict[str, Any] = Field(default_factory=dict)
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    command: str = Field(
+        pattern=COMMAND_NAME.pattern,
+        description="ping, refresh, set_interval, run, reboot, shutdown",
+    )
+    args: dict[str, Any] = Field(default_factory=dict, description="the command's arguments")
     timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0, le=MAX_TIMEOUT_S)
 
 
 class PlacementRequest(BaseModel):
     """Body of `POST /api/placement`; sizes take units (`512MiB`, `2G`) or bytes."""
 
-    min_ram: str | int | None = Field(None, description="memory available now, e.g. 2GiB")
-    min_cores: int | None = Field(None, ge=1)
-    max_cpu_percent: float | None = Field(None, ge=0, le=100)
-    arch: str | None = None
-    count: int = Field(1, ge=1)
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    min_ram: Size = Field(
+        None, description="memory available now: bytes, or 512MiB, 2GiB, 2G, 500MB"
+    )
+    min_cores: Positive | None = None
+    max_cpu_percent: float | None = Field(None, ge=0, le=100, description="CPU in use now, %")
+    arch: str | None = Field(
+        None, pattern=ARCH_PATTERN, max_length=32, description="aarch64, arm64, x86_64, ..."
+    )
+    count: Positive = 1
 
 
-def control_router(service: MasterService) -> APIRouter:
-    """Routes for commands, placement and forget, bound to one running master."""
-    router = APIRouter()
-    token = service.settings.api_token
+class CommandRecordBody(BaseModel):
+    """A command as the master keeps it, with the node's reply once it came."""
 
-    def require_token(authorization: str | None = Header(None)) -> None:
-        """Check `Authorization: Bearer <api_token>` whenever a token is configured."""
-        if token is None:
-            return  # settings allow no token only when the API listens on loopback
-        scheme, _, given = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+    id: str
+    node: str
+    command: str
+    args: dict[str, Any]
+    sent_at: float
+    expires: float
+    status: str = Field(description="pending, ok, error or timeout")
+    ok: bool | None = Field(description="the reply said ok; null while there is none")
+    result: Any = Field(None, description="what the node returned")
+    error: str | None = None
+    replied_at: float | None = None
+
+
+class CommandListBody(BaseModel):
+    """`GET /api/nodes/{node}/commands`: a node's recent commands, newest first."""
+
+    node: str
+    commands: list[CommandRecordBody]
+
+
+class ForgottenBody(BaseModel):
+    """`DELETE /api/nodes/{node}`: the node is gone."""
+
+    node: str
+    forgotten: bool
+
+
+def _token_check(token: str | None) -> list[Depends]:
+    """The bearer-token dependency when a token is configured (it then shows in the OpenAPI)."""
+    if token is None:
+        return []  # settings allow no token only when the API listens on loopback
+    expected = token.encode()
+    bearer = Security(HTTPBearer(auto_error=False, description="the master's api_token"))
+
+    def require_token(credentials: HTTPAuthorizationCredentials | None = bearer) -> None:
+        """Check `Authorization: Bearer <api_token>`."""
+        given = credentials.credentials.encode() if credentials else b""
+        if not hmac.compare_digest(given, expected):
             raise HTTPException(
                 401,
                 "this endpoint needs Authorization: Bearer <api_token>",
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
+    return [Security(require_token)]
+
+
+def control_router(port: MasterPort) -> APIRouter:
+    """Routes for commands, placement and forget, bound to one running master."""
+    router = APIRouter(tags=["control"])
+    guarded = _token_check(port.settings.api_token)
+    auth_errors = (401,) if guarded else ()
+
     @router.post(
-        "/api/nodes/{node}/commands", tags=["control"], dependencies=[Depends(require_token)]
+        "/api/nodes/{node}/commands",
+        dependencies=guarded,
+        response_model=CommandRecordBody,
+        responses={
+            504: {"model": CommandRecordBody, "description": "No reply in time (`timeout`)"},
+            **error_responses(400, *auth_errors, 404, 409, 413, 422, 503),
+        },
     )
-    def send_command(node: str, body: CommandRequest) -> JSONResponse:
+    def send_command(node: NodeId, body: CommandRequest) -> JSONResponse:
         """Send a command and wait for the node's reply: 200 when it answered, 504 when not."""
         try:
-            record = service.commands.send(node, body.command, body.args, body.timeout_s)
+            record = port.commands.send(node, body.command, body.args, body.timeout_s)
         except CommandRefusedError as error:
             raise HTTPException(error.status, str(error)) from error
         status = 504 if record.status in ("pending", "timeout") else 200
         return JSONResponse(record.to_dict(), status)
 
     @router.get(
-        "/api/nodes/{node}/commands", tags=["control"], dependencies=[Depends(require_token)]
+        "/api/nodes/{node}/commands",
+        dependencies=guarded,
+        response_model=CommandListBody,
+        responses=error_responses(*auth_errors, 404, 422),
     )
-    def list_commands(node: str, limit: int = Query(20, ge=1, le=200)) -> dict[str, Any]:
+    def list_commands(node: NodeId, limit: int = Query(20, ge=1, le=200)) -> dict[str, Any]:
         """A node's recent commands with their replies, newest first."""
+        if port.state.view(node) is None:  # a forgotten node's commands went with it
+            raise HTTPException(404, f"no node {node!r} is known")
         return {
             "node": node,
-            "commands": [r.to_dict() for r in service.commands.recent(node, limit)],
+            "commands": [r.to_dict() for r in port.commands.recent(node, limit)],
         }
 
-    @router.post("/api/placement", tags=["control"])
+    @router.post("/api/placement", responses=error_responses(400, 422))
     def placement(body: PlacementRequest) -> dict[str, Any]:
         """Nodes that fit the requirements, best first, and why the others do not."""
         try:
-            min_ram = None if body.min_ram is None else parse_size(body.min_ram)
             requirements = Requirements(
-                min_ram_bytes=min_ram,
+                min_ram_bytes=body.min_ram,
                 min_cores=body.min_cores,
                 max_cpu_percent=body.max_cpu_percent,
                 arch=body.arch,
                 count=body.count,
             )
-        except (SizeError, RequirementError) as error:
-            raise HTTPException(422, str(error)) from error
-        return place(service.state.views(), requirements).to_dict()
+        except RequirementError as error:
+            raise HTTPException(422, str(error)) from error  # the schema refuses these first
+        return place(port.state.views(), requirements).to_dict()
 
-    @router.delete("/api/nodes/{node}", tags=["control"], dependencies=[Depends(require_token)])
-    def forget_node(node: str) -> dict[str, Any]:
+    @router.delete(
+        "/api/nodes/{node}",
+        dependencies=guarded,
+        response_model=ForgottenBody,
+        responses=error_responses(*auth_errors, 404, 422),
+    )
+    def forget_node(node: NodeId) -> dict[str, Any]:
         """Forget a node: its state, history, commands and Home Assistant entities."""
-        if not service.forget(node):
+        if not port.forget(node):
             raise HTTPException(404, f"no node {node!r} is known")
         return {"node": node, "forgotten": True}
 

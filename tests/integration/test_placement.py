@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -150,3 +151,47 @@ def test_a_bad_size_is_refused_with_an_example(cluster):
     done = cluster.place("--min-ram", "lots")
     assert done.returncode == 4
     assert "512MiB" in done.stderr
+
+
+def post_placement(cluster: Cluster, body: Any) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        cluster.master.api + "/api/placement",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, json.load(error)
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"max_cpu_percent": False}, "body field max_cpu_percent: Input should be a valid number"),
+        ({"max_cpu_percent": "50"}, "body field max_cpu_percent: Input should be a valid number"),
+        ({"min_cores": True}, "body field min_cores: Input should be a valid integer"),
+        ({"count": 1.5}, "body field count: Input should be a valid integer"),
+        ({"min_ram": "2 potatoes"}, "body field min_ram: Value error, '2 potatoes' is not a size"),
+        ({"min_ram_gb": 2}, "body field min_ram_gb: Extra inputs are not permitted"),
+        ({"arch": " "}, "body field arch: String should match pattern"),
+    ],
+)
+def test_the_placement_api_takes_numbers_strictly_and_says_which_field_is_wrong(
+    cluster, body, says
+):
+    status, answer = post_placement(cluster, body)
+    assert status == 422
+    assert says in answer["detail"]
+
+
+def test_a_whole_float_is_a_count_and_zero_percent_is_a_real_limit(cluster):
+    status, answer = post_placement(cluster, {"count": 2.0, "max_cpu_percent": 0})
+    assert status == 200
+    assert answer["requirements"]["count"] == 2
+    assert answer["requirements"]["max_cpu_percent"] == 0
+    assert answer["chosen"] == []  # every node is busier than 0 %
+    assert {r["node"] for r in answer["rejected"]} == set(NODES)

@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 
 from master_service.control.placement import (
+    Candidate,
+    Rejection,
     RequirementError,
     Requirements,
     evaluate,
@@ -144,11 +146,30 @@ def test_arm64_requirement_matches_a_node_reporting_aarch64():
 
 @pytest.mark.parametrize(
     "options",
-    [{"min_ram_bytes": -1}, {"min_cores": 0}, {"max_cpu_percent": 101}, {"count": 0}, {"arch": ""}],
+    [
+        {"min_ram_bytes": -1},
+        {"min_cores": 0},
+        {"max_cpu_percent": 101},
+        {"count": 0},
+        {"arch": ""},
+        # Strict types: a boolean is not a number, text is not a number, 2.5 is not a count.
+        {"max_cpu_percent": False},
+        {"max_cpu_percent": "50"},
+        {"min_cores": True},
+        {"count": 2.5},
+        {"min_ram_bytes": "1GiB"},
+        {"arch": 64},
+    ],
 )
 def test_impossible_requirements_are_refused(options):
     with pytest.raises(RequirementError):
         Requirements(**options)
+
+
+def test_a_zero_cpu_limit_is_a_number_not_a_boolean():
+    busy = view("pi", cpu=1.0)
+    assert isinstance(evaluate(busy, Requirements(max_cpu_percent=0)), Rejection)
+    assert isinstance(evaluate(busy, Requirements(max_cpu_percent=1)), Candidate)
 
 
 # -- ranking a cluster ---------------------------------------------------------------------

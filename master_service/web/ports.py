@@ -1,0 +1,117 @@
+"""What the HTTP layer needs from a running master: a narrow read and command interface.
+
+`MasterService` satisfies `MasterPort` as it is (its attributes and methods have these
+shapes); the HTTP layer sees nothing else of it, so the two can change apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from master_service.ingest.health import Health
+from master_service.storage.command_log import CommandRecord
+from master_service.web.prometheus import MasterMetrics
+
+
+class NodeReader(Protocol):
+    """Node views (as the API shows them) and the cluster totals."""
+
+    def view(self, node_id: str) -> dict[str, Any] | None:
+        """One node, or None when it is not known."""
+        ...
+
+    def views(self) -> list[dict[str, Any]]:
+        """Every node, sorted by id."""
+        ...
+
+    def summary(self) -> dict[str, Any]:
+        """Cluster totals: nodes by state, cores, RAM, average CPU and load."""
+        ...
+
+
+class CounterReader(Protocol):
+    """The master's own ingest counters."""
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counters as plain data."""
+        ...
+
+
+class CommandPort(Protocol):
+    """Send commands to nodes and read their records."""
+
+    def send(
+        self,
+        node: str,
+        command: str,
+        args: Mapping[str, Any] | None = ...,
+        timeout_s: float = ...,
+    ) -> CommandRecord:
+        """Publish a command and wait for the reply (or the timeout)."""
+        ...
+
+    def recent(self, node: str, limit: int = ...) -> list[CommandRecord]:
+        """A node's latest commands, newest first."""
+        ...
+
+
+class WebSettings(Protocol):
+    """The settings the HTTP layer reads: where history lives, how long raw samples stay, token."""
+
+    @property
+    def db(self) -> str:
+        """The SQLite file holding the history."""
+        ...
+
+    @property
+    def history_raw_days(self) -> float:
+        """Days raw samples are kept (older ranges come from minute averages)."""
+        ...
+
+    @property
+    def api_token(self) -> str | None:
+        """The bearer token control endpoints need; None leaves them open (loopback only)."""
+        ...
+
+
+class MasterPort(Protocol):
+    """Everything the HTTP layer reads from, and commands, a running master."""
+
+    @property
+    def settings(self) -> WebSettings:
+        """History location and retention, API token."""
+        ...
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The master's clock (Unix seconds)."""
+        ...
+
+    @property
+    def state(self) -> NodeReader:
+        """Node views and cluster totals."""
+        ...
+
+    @property
+    def counters(self) -> CounterReader:
+        """Ingest counters."""
+        ...
+
+    @property
+    def metrics(self) -> MasterMetrics:
+        """The Prometheus registry `/metrics` serves."""
+        ...
+
+    @property
+    def commands(self) -> CommandPort:
+        """Commands to nodes."""
+        ...
+
+    def health(self) -> Health:
+        """Is the master storing what it receives; the reasons when not."""
+        ...
+
+    def forget(self, node: str) -> bool:
+        """Drop a node everywhere; True when it was known."""
+        ...
