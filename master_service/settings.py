@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
+from cluster_protocol import setting_rules as rules
 from cluster_protocol import settings as declared
 from cluster_protocol.broker_url import BrokerAddress, parse_broker_url
 from cluster_protocol.config import SettingsError
@@ -48,7 +49,7 @@ class MasterSettings:
     broker: str = setting(
         DEFAULT_BROKER,
         help="mqtt://[user@]host[:port] or mqtts://... for TLS",
-        check=declared.broker_url,
+        check=rules.broker_url,
         password_of="password",
         metavar="URL",
     )
@@ -61,23 +62,23 @@ class MasterSettings:
         check=host_port,
         metavar="HOST:PORT",
     )
-    prefix: str = setting(DEFAULT_PREFIX, help="topic prefix", check=declared.topic_level)
+    prefix: str = setting(DEFAULT_PREFIX, help="topic prefix", check=rules.topic_level)
     client_id: str = setting(
         DEFAULT_CLIENT_ID,
         help="MQTT client id (fixed: it names the session)",
-        check=declared.topic_level,
+        check=rules.topic_level,
         metavar="ID",
     )
     session_expiry: int = setting(
         7 * 24 * 3600,
         help="seconds the broker keeps the session while the master is away",
-        check=declared.positive,
+        check=rules.positive,
         metavar="SECONDS",
     )
     keepalive: int = setting(
         DEFAULT_KEEPALIVE_S,
         help="MQTT keepalive in seconds",
-        check=declared.positive,
+        check=rules.positive,
         metavar="SECONDS",
     )
     # From the URL, CLUSTER_PASSWORD or password_file; never a flag, never in the file.
@@ -93,7 +94,7 @@ class MasterSettings:
     ca_file: str | None = setting(
         None,
         help="CA certificate that signed the broker's certificate (mqtts://)",
-        check=declared.existing_file,
+        check=rules.existing_file,
         metavar="FILE",
     )
     api_token: str | None = setting(
@@ -102,25 +103,25 @@ class MasterSettings:
     stale_factor: float = setting(
         3.0,
         help="a node silent for this many intervals is stale",
-        check=declared.positive,
+        check=rules.positive,
         metavar="FACTOR",
     )
     history_raw_days: float = setting(
-        7.0, help="days raw metrics are kept", check=declared.positive, metavar="DAYS"
+        7.0, help="days raw metrics are kept", check=rules.positive, metavar="DAYS"
     )
     history_rollup_days: float = setting(
-        90.0, help="days 1-minute averages are kept", check=declared.positive, metavar="DAYS"
+        90.0, help="days 1-minute averages are kept", check=rules.positive, metavar="DAYS"
     )
     ha_discovery: bool = setting(True, help="publish Home Assistant discovery")
     ha_prefix: str = setting(
-        "homeassistant", help="Home Assistant discovery prefix", check=declared.topic_level
+        "homeassistant", help="Home Assistant discovery prefix", check=rules.topic_level
     )
     ha_per_entity: bool = setting(False, help="also use per-entity discovery topics")
     log_level: str = setting(
         "INFO",
         help="DEBUG, INFO, WARNING, ERROR or CRITICAL",
-        check=declared.log_level,
-        normalize=declared.upper,
+        check=rules.log_level,
+        normalize=rules.upper,
         metavar="LEVEL",
     )
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import socket
 from collections.abc import Mapping, Sequence
@@ -11,6 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
+from cluster_protocol import setting_rules as rules
 from cluster_protocol import settings as declared
 from cluster_protocol.broker_url import BrokerAddress, parse_broker_url
 from cluster_protocol.config import SettingsError
@@ -67,7 +67,7 @@ class PublisherSettings:
 
     node_id: str = setting(
         help="node id (default: from the hostname)",
-        check=declared.node_id,
+        check=rules.node_id,
         default_from_env=default_node_id,
         metavar="ID",
     )
@@ -80,27 +80,27 @@ class PublisherSettings:
     broker: str = setting(
         DEFAULT_BROKER,
         help="mqtt://[user@]host[:port] or mqtts://... for TLS",
-        check=declared.broker_url,
+        check=rules.broker_url,
         password_of="password",
         metavar="URL",
     )
     interval: float = setting(
         DEFAULT_INTERVAL_S,
         help="seconds between metrics samples",
-        check=declared.positive,
+        check=rules.positive,
         metavar="SECONDS",
     )
-    prefix: str = setting(DEFAULT_PREFIX, help="topic prefix", check=declared.topic_level)
+    prefix: str = setting(DEFAULT_PREFIX, help="topic prefix", check=rules.topic_level)
     keepalive: int = setting(
         DEFAULT_KEEPALIVE_S,
         help="MQTT keepalive in seconds",
-        check=declared.positive,
+        check=rules.positive,
         metavar="SECONDS",
     )
     spool_max: int = setting(
         DEFAULT_SPOOL_MAX,
         help="most envelopes kept while the broker is unreachable",
-        check=declared.positive,
+        check=rules.positive,
         metavar="N",
     )
     password_file: str | None = setting(
@@ -112,13 +112,13 @@ class PublisherSettings:
     ca_file: str | None = setting(
         None,
         help="CA certificate that signed the broker's certificate (mqtts://)",
-        check=declared.existing_file,
+        check=rules.existing_file,
         metavar="FILE",
     )
     temperature_sensor: str = setting(
         "auto",
         help="auto, none, a psutil sensor name or a file in millidegrees",
-        check=declared.not_empty,
+        check=rules.not_empty,
         metavar="SENSOR",
     )
     vcgencmd: str = setting(
@@ -127,8 +127,8 @@ class PublisherSettings:
     log_level: str = setting(
         "INFO",
         help="DEBUG, INFO, WARNING, ERROR or CRITICAL",
-        check=declared.log_level,
-        normalize=declared.upper,
+        check=rules.log_level,
+        normalize=rules.upper,
         metavar="LEVEL",
     )
     # Commands from the master: the dangerous ones are off unless the config turns them on.
@@ -137,13 +137,13 @@ class PublisherSettings:
     reboot_command: tuple[str, ...] = setting(
         DEFAULT_REBOOT_COMMAND,
         help="what reboot runs (default: systemctl reboot)",
-        check=declared.not_empty,
+        check=rules.not_empty,
         metavar="ARGV",
     )
     shutdown_command: tuple[str, ...] = setting(
         DEFAULT_SHUTDOWN_COMMAND,
         help="what shutdown runs (default: systemctl poweroff)",
-        check=declared.not_empty,
+        check=rules.not_empty,
         metavar="ARGV",
     )
     tasks: Mapping[str, TaskSpec] = setting(
@@ -196,9 +196,3 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> PublisherS
 def settings_from_flags(flags: Mapping[str, Any], environ: Mapping[str, str]) -> PublisherSettings:
     """Merge defaults < file < environment < flags (flags as parsed: strings or None)."""
     return declared.load(PublisherSettings, flags, environ)
-
-
-def log_level_number(settings: PublisherSettings) -> int:
-    """The logging module's number for the configured level."""
-    level: int = logging.getLevelName(settings.log_level)
-    return level
