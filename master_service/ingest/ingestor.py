@@ -33,6 +33,7 @@ GATHER_S: Final = 0.005
 # ends, `/healthz` says so and `MasterService.serve` exits non-zero for systemd or compose
 # to restart the master (unacknowledged messages wait in the broker meanwhile).
 GIVE_UP_AFTER: Final = 5
+RETRY_MAX_S: Final = 2.0  # longest wait between two flush attempts while the store fails
 LOOP_RETRY_S: Final = 0.2
 
 Write = tuple[Callable[[Store], Any], "Future[Any]"]
@@ -72,6 +73,9 @@ class Ingestor(threading.Thread):
         self.store_errors = 0  # flushes that failed (and were retried)
         self.store_error: str | None = None  # the last one, while the store stays unwritable
         self.heartbeat = time.monotonic()  # last turn of the loop, for the health check
+        # While the store fails, retries back off (every batch is rewritten in full each time).
+        self._retry_at = 0.0
+        self._outage_failures = 0
 
     def submit(self, message: RawMessage) -> None:
         """Queue one message (called on the paho network thread; blocks only when full)."""
@@ -142,10 +146,8 @@ class Ingestor(threading.Thread):
         self.heartbeat = time.monotonic()
         if not self._batch:
             wait_s = FLUSH_EVERY_S
-            if self._writes:
-                wait_s = 0.0
-            elif self._pending:
-                wait_s = max(0.0, self._last_flush + FLUSH_EVERY_S - time.monotonic())
+            if self._pending or self._writes:
+                wait_s = min(FLUSH_EVERY_S, max(0.0, self._next_flush_at() - time.monotonic()))
             self._batch.extend(self.queue.take(BATCH_MAX, wait_s))
         taken = len(self._batch)
         # Popped one at a time, so a failed turn resumes the batch instead of losing the
@@ -154,11 +156,10 @@ class Ingestor(threading.Thread):
             message = self._batch.popleft()
             if message is not None:
                 self._handle(message)
-                if len(self.ctx.pending_history) >= FLUSH_ROWS:
+                if len(self.ctx.pending_history) >= FLUSH_ROWS and self._store_may_retry():
                     self.flush()
         self._run_tasks()
-        due = time.monotonic() - self._last_flush >= FLUSH_EVERY_S
-        if (self._pending and due) or self._writes:
+        if (self._pending or self._writes) and time.monotonic() >= self._next_flush_at():
             self.flush()
         if self._stopping.is_set() and self.queue.empty():
             self.flush()
@@ -166,6 +167,14 @@ class Ingestor(threading.Thread):
         if 0 < taken < BATCH_MAX and not self._stopping.is_set():
             time.sleep(GATHER_S)
         return False
+
+    def _next_flush_at(self) -> float:
+        """When the next flush is due (monotonic): queued writes go at once, unless retrying."""
+        due = 0.0 if self._writes else self._last_flush + FLUSH_EVERY_S
+        return max(due, self._retry_at)
+
+    def _store_may_retry(self) -> bool:
+        return time.monotonic() >= self._retry_at
 
     def _handle(self, message: RawMessage) -> None:
         try:
@@ -212,10 +221,13 @@ class Ingestor(threading.Thread):
         with self._writes_lock:
             self._writes[:0] = writes
         self.store_errors += 1
+        self._outage_failures += 1
         if self.store_error is None:  # once per outage, not once per flush
             logger.error("cannot write to the store %s: %s; retrying", self.store.path, error)
         self.store_error = str(error) or type(error).__name__
         self._last_flush = time.monotonic()
+        backoff = min(FLUSH_EVERY_S * 2 ** (self._outage_failures - 1), RETRY_MAX_S)
+        self._retry_at = self._last_flush + backoff
 
     def flush(self) -> None:
         """Write queued history, changed node states and queued writes in one transaction.
@@ -244,6 +256,7 @@ class Ingestor(threading.Thread):
                 "the store is writable again; %d batch(es) had failed", self.store_errors
             )
             self.store_error = None
+        self._outage_failures, self._retry_at = 0, 0.0
         self.committed += self._pending
         done, self._pending = self._pending, 0
         self._last_flush = time.monotonic()

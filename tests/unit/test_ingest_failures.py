@@ -35,6 +35,19 @@ class NodeRowsFailStore(Store):
         super().save_nodes(states, now)
 
 
+class FullStore(Store):
+    """A real SQLite store whose commits fail (counted) while `full` is set."""
+
+    full = False
+    attempts = 0
+
+    def commit(self) -> None:
+        if self.full:
+            self.attempts += 1
+            raise sqlite3.OperationalError("database or disk is full")
+        super().commit()
+
+
 class FlakyInbox(Inbox[RawMessage | None]):
     """The real inbox, whose `take` fails `failures` times (a bug in the loop's own code)."""
 
@@ -185,3 +198,28 @@ def test_a_faulty_queued_write_fails_alone_and_the_batch_is_stored(running):
     assert history(reader) == [1001.0, 1002.0]
     assert reader.connection.execute("SELECT COUNT(*) FROM marks").fetchone() == (1,)
     assert ingestor.store_error is None  # the store itself was fine all along
+
+
+def test_retries_back_off_while_the_store_fails_and_resume_when_it_heals(tmp_path):
+    store = FullStore(str(tmp_path / "m.db"))
+    ingestor = Ingestor(Context(ClusterState(time.time), IngestCounters()), store)
+    acked: list[int] = []
+    ingestor.commit_listeners.append(acked.append)
+    store.full = True
+    ingestor.start()
+    try:
+        started = time.monotonic()
+        # More rows than one batch holds: each message past FLUSH_ROWS must not retry at once.
+        for seq in range(1, ingestor_module.FLUSH_ROWS * 3):
+            ingestor.submit(metrics("bo-1", seq))
+        wait_until(lambda: ingestor.queue.empty(), message="every message handled")
+        wait_until(lambda: time.monotonic() - started > 3, message="three seconds of outage")
+        elapsed = time.monotonic() - started
+        # Backing off from 0.1 s to RETRY_MAX_S: a few attempts, not one per message or turn.
+        assert 3 <= store.attempts <= 8 + elapsed / ingestor_module.RETRY_MAX_S
+        assert acked == []
+        store.full = False
+        wait_until(lambda: sum(acked) == ingestor_module.FLUSH_ROWS * 3 - 1, 5, message="healed")
+        assert len(history(store)) == ingestor_module.FLUSH_ROWS * 3 - 1
+    finally:
+        ingestor.stop()
