@@ -40,6 +40,7 @@ Check = Callable[[Any], str | None]
 """A rule for one value: None when it holds, else what is wrong ("must be greater than 0...")."""
 
 T = TypeVar("T")
+_SPECS: dict[type, tuple[Spec, ...]] = {}
 
 
 class Kind(Enum):
@@ -126,6 +127,9 @@ def setting(
 
 def specs(settings_class: type) -> tuple[Spec, ...]:
     """Every declared setting of a settings class, in declaration order."""
+    known = _SPECS.get(settings_class)
+    if known is not None:  # a class's declarations never change; get_type_hints is slow
+        return known
     hints = get_type_hints(settings_class)
     found = []
     for item in dataclasses.fields(settings_class):
@@ -134,7 +138,8 @@ def specs(settings_class: type) -> tuple[Spec, ...]:
             raise TypeError(f"{settings_class.__name__}.{item.name} is not made with setting()")
         kind, optional = _kind_of(hints[item.name])
         found.append(dataclasses.replace(spec, name=item.name, kind=kind, optional=optional))
-    return tuple(found)
+    _SPECS[settings_class] = tuple(found)
+    return _SPECS[settings_class]
 
 
 def _kind_of(hint: Any) -> tuple[Kind, bool]:
@@ -159,7 +164,6 @@ def add_arguments(parser: argparse.ArgumentParser, settings_class: type) -> None
         flag = spec.flag_name
         if flag is None:
             continue
-        help_text = f"{spec.help} (env {spec.env_name})"
         if spec.kind is Kind.BOOL:
             help_text = f"{spec.help}; --no-{flag[2:]} for false (env {spec.env_name})"
             # `--ha-discovery`, `--ha-discovery false` and `--no-ha-discovery` all work.
@@ -172,6 +176,7 @@ def add_arguments(parser: argparse.ArgumentParser, settings_class: type) -> None
             )  # fmt: skip
         else:
             metavar = spec.metavar or spec.name.upper()
+            help_text = f"{spec.help} (env {spec.env_name})"
             parser.add_argument(flag, dest=spec.name, metavar=metavar, help=help_text)
 
 
