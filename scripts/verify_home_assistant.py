@@ -479,7 +479,7 @@ def screenshot(url: str, out: Path, chromium: str) -> bool:
         "--disable-sync",
         "--hide-scrollbars",
         f"--user-data-dir={profile}",
-        "--window-size=1280,1000",
+        "--window-size=1280,1300",
         "--virtual-time-budget=30000",
         f"--screenshot={out}",
         url,
