@@ -19,7 +19,13 @@ from master_service.control.commands import (
     MAX_TIMEOUT_S,
     CommandRefusedError,
 )
-from master_service.control.placement import RequirementError, Requirements, place
+from master_service.control.placement import (
+    Candidate,
+    Rejection,
+    RequirementError,
+    Requirements,
+    place,
+)
 from master_service.control.units import parse_size
 from master_service.web.errors import error_responses
 from master_service.web.ports import MasterPort
@@ -55,7 +61,7 @@ def _size(value: Any) -> int | None:
         return None
     if type(value) is int:
         return parse_size(value)  # refuses a negative size
-    if isinstance(value, str) and len(value) <= SIZE_MAX_LENGTH and _SIZE_TEXT.match(value):
+    if isinstance(value, str) and len(value) <= SIZE_MAX_LENGTH and _SIZE_TEXT.fullmatch(value):
         return parse_size(value)
     raise ValueError(
         f"{value!r} is not a size: use bytes or a unit such as 512MiB, 2GiB (1024-based) "
@@ -131,6 +137,16 @@ class CommandListBody(BaseModel):
     commands: list[CommandRecordBody]
 
 
+class PlacementBody(BaseModel):
+    """`POST /api/placement`: chosen nodes best first, others that fit, and why the rest do not."""
+
+    requirements: Requirements
+    satisfied: bool = Field(description="as many nodes fit as `count` asked for")
+    chosen: list[Candidate]
+    also_fit: list[Candidate]
+    rejected: list[Rejection]
+
+
 class ForgottenBody(BaseModel):
     """`DELETE /api/nodes/{node}`: the node is gone."""
 
@@ -197,7 +213,14 @@ def control_router(port: MasterPort) -> APIRouter:
             "commands": [r.to_dict() for r in port.commands.recent(node, limit)],
         }
 
-    @router.post("/api/placement", responses=error_responses(400, 422))
+    @router.post(
+        "/api/placement",
+        response_model=None,  # documented below; the dataclasses' own JSON is sent as is
+        responses={
+            200: {"model": PlacementBody, "description": "The placement"},
+            **error_responses(400, 422),
+        },
+    )
     def placement(body: PlacementRequest) -> dict[str, Any]:
         """Nodes that fit the requirements, best first, and why the others do not."""
         try:
