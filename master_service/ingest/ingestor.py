@@ -86,7 +86,7 @@ class Ingestor(threading.Thread):
     def call_in_writer(self, task: Callable[[Store], None]) -> None:
         """Run `task(store)` on this thread before the next flush (e.g. forget a node)."""
         self._tasks.put(task)
-        self.queue.put(None)  # wake the thread
+        self._wake()
 
     def write(self, task: Callable[[Store], T]) -> Future[T]:
         """Run `task(store)` on this thread in the next flush's transaction, soon.
@@ -97,8 +97,14 @@ class Ingestor(threading.Thread):
         future: Future[T] = Future()
         with self._writes_lock:
             self._writes.append((task, future))
-        self.queue.put(None)  # wake the thread: a write is flushed without waiting
+        self._wake()  # a write is flushed without waiting
         return future
+
+    def _wake(self) -> None:
+        # From this thread itself (an observer, a task) the loop sees the work on its own,
+        # and putting into a full inbox would wait for ever on ourselves.
+        if threading.current_thread() is not self:
+            self.queue.put(None)
 
     def stop(self) -> None:
         """Finish what is queued, flush, and end the thread."""

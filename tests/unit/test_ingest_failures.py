@@ -6,7 +6,9 @@ import logging
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,9 +67,14 @@ def metrics(node: str, seq: int) -> RawMessage:
     return RawMessage(f"cluster/{node}/metrics", encode_envelope(envelope), False, time.time())
 
 
+def read(store: Store, sql: str) -> list[tuple[Any, ...]]:
+    """Rows as committed, on a read-only connection of the test's own."""
+    with closing(sqlite3.connect(f"file:{store.path}?mode=ro", uri=True)) as db:
+        return db.execute(sql).fetchall()
+
+
 def history(store: Store) -> list[float]:
-    rows = store.connection.execute("SELECT ts FROM metrics_raw ORDER BY ts").fetchall()
-    return [ts for (ts,) in rows]
+    return [ts for (ts,) in read(store, "SELECT ts FROM metrics_raw ORDER BY ts")]
 
 
 @pytest.fixture
@@ -81,6 +88,7 @@ def running(tmp_path: Path) -> Iterator[tuple[Ingestor, list[int]]]:
     ingestor.start()
     yield ingestor, acked
     ingestor.stop()
+    ingestor.store.close()
 
 
 def test_failing_node_rows_keep_the_batch_and_acknowledge_nothing(tmp_path, caplog):
@@ -117,7 +125,7 @@ def test_a_failing_commit_listener_does_not_stop_the_storing(running, caplog):
     wait_until(lambda: sum(acked) == 2, message="the second message committed")
     assert ingestor.is_alive()
     assert ingestor.listener_errors >= 2
-    assert history(Store(ingestor.store.path)) == [1001.0, 1002.0]
+    assert history(ingestor.store) == [1001.0, 1002.0]
     assert any(r.exc_info for r in caplog.records if "commit listener" in r.getMessage())
 
 
@@ -194,9 +202,8 @@ def test_a_faulty_queued_write_fails_alone_and_the_batch_is_stored(running):
     assert isinstance(bad_write.exception(5), sqlite3.Error)
     ingestor.submit(metrics("qw-1", 2))
     wait_until(lambda: sum(acked) == 2, message="both messages committed")
-    reader = Store(ingestor.store.path)
-    assert history(reader) == [1001.0, 1002.0]
-    assert reader.connection.execute("SELECT COUNT(*) FROM marks").fetchone() == (1,)
+    assert history(ingestor.store) == [1001.0, 1002.0]
+    assert read(ingestor.store, "SELECT COUNT(*) FROM marks") == [(1,)]
     assert ingestor.store_error is None  # the store itself was fine all along
 
 
