@@ -117,15 +117,13 @@ def commands(tmp_path: Path) -> Iterator[tuple[CommandService, Ingestor, list[tu
     )
     ingestor.ctx.observers = [service]
     ingestor.start()
+
     # The node answers through the broker, i.e. through the ingest thread like any reply.
-    answering = threading.Thread(
-        target=lambda: (
-            wait_until(lambda: sent, message="the command published"),
-            ingestor.submit(
-                message("ob-3", 1, "reply", {"id": sent[0]["id"], "ok": True, "result": 7})
-            ),
-        )
-    )
+    def answer() -> None:
+        wait_until(lambda: sent, message="the command published")
+        ingestor.submit(message("ob-3", 1, "reply", {"id": sent[0]["id"], "ok": True, "result": 7}))
+
+    answering = threading.Thread(target=answer)
     answering.start()
     yield service, ingestor, statements
     answering.join()
