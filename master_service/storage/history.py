@@ -12,13 +12,15 @@ from enum import StrEnum
 from typing import Final
 
 from cluster_protocol import HISTORY_METRICS
+from cluster_protocol.settings import DEFAULT_INTERVAL_S
 from master_service.storage.store import META_ROLLED_UNTIL, ROLLUP_STEP_S, open_connection
 
 MAX_POINTS: Final = 2000
 """Without a step, a range that would give more raw points than this is averaged into this many."""
 MAX_BUCKETS: Final = 10_000
 """The most points one request may ask for (range / step)."""
-RAW_INTERVAL_GUESS_S: Final = 10.0  # the nodes' default interval, to guess a raw range's size
+# A raw range's size is guessed from the nodes' default interval.
+RAW_INTERVAL_GUESS_S: Final = DEFAULT_INTERVAL_S
 
 Point = tuple[float, float | None]
 
