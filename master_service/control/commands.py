@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import threading
 import time
 import uuid
@@ -14,7 +12,14 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import replace
 from typing import Any, Final
 
-from cluster_protocol import MAX_MESSAGE_BYTES, command_topic
+from cluster_protocol import DEFAULT_PREFIX, command_topic
+from cluster_protocol.commands import (
+    COMMAND_NAME_PATTERN,
+    CommandPayloadError,
+    CommandTooLargeError,
+    build_command,
+    check_reply,
+)
 from master_service.ingest.observers import Observer
 from master_service.state import ClusterState, NodeStatus
 from master_service.storage.command_log import CommandLog, CommandRecord
@@ -23,7 +28,6 @@ __all__ = ["CommandLog", "CommandRecord", "CommandRefusedError", "CommandService
 
 logger = logging.getLogger(__name__)
 
-COMMAND_NAME: Final = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 DEFAULT_TIMEOUT_S: Final = 5.0
 MAX_TIMEOUT_S: Final = 120.0
 MAX_LISTED: Final = 200
@@ -52,7 +56,7 @@ class CommandService(Observer):
         publish: Publish,
         state: ClusterState,
         connected: Callable[[], bool],
-        prefix: str = "cluster",
+        prefix: str = DEFAULT_PREFIX,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.log = log
@@ -72,7 +76,7 @@ class CommandService(Observer):
         timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> CommandRecord:
         """Publish one command and wait for its reply; the record says ok, error or timeout."""
-        if not COMMAND_NAME.match(command):
+        if not COMMAND_NAME_PATTERN.match(command):
             raise CommandRefusedError(422, f"{command!r} is not a command name (a-z, 0-9, _)")
         if not 0 < timeout_s <= MAX_TIMEOUT_S:
             raise CommandRefusedError(422, f"timeout must be in (0, {MAX_TIMEOUT_S:g}] seconds")
@@ -94,13 +98,14 @@ class CommandService(Observer):
             expires=now + timeout_s,
             status="pending",
         )
-        payload = json.dumps(
-            {"id": record.id, "args": record.args, "expires": record.expires},
-            separators=(",", ":"),
-            allow_nan=False,
-        ).encode()
-        if len(payload) > MAX_MESSAGE_BYTES:
-            raise CommandRefusedError(413, f"command is {len(payload)} bytes, over the limit")
+        try:
+            payload = build_command(record.id, record.args, record.expires)
+        except CommandTooLargeError as error:
+            raise CommandRefusedError(
+                413, f"command is {error.size} bytes, over the limit"
+            ) from error
+        except CommandPayloadError as error:
+            raise CommandRefusedError(422, str(error)) from error
         answered = threading.Event()
         with self._lock:
             self._waiting[record.id] = answered
@@ -134,7 +139,12 @@ class CommandService(Observer):
 
     def node_reply(self, node: str, reply: Mapping[str, Any]) -> None:
         """Queue the reply's write; whoever waits for it wakes once it is committed."""
-        command_id = str(reply.get("id"))
+        try:
+            checked = check_reply(reply)
+        except CommandPayloadError as error:
+            logger.warning("ignoring a bad reply from %s: %s", node, error)
+            return
+        command_id = checked.id
 
         def stored(done: Future[bool]) -> None:
             if done.exception() is not None or not done.result():
@@ -145,7 +155,13 @@ class CommandService(Observer):
             if answered is not None:
                 answered.set()
 
-        self.log.answer(node, reply, self._clock()).add_done_callback(stored)
+        answer = {
+            "id": checked.id,
+            "ok": checked.ok,
+            "result": checked.result,
+            "error": checked.error,
+        }
+        self.log.answer(node, answer, self._clock()).add_done_callback(stored)
 
     def node_forgotten(self, node: str) -> None:
         """Drop a forgotten node's commands (with the writer's next transaction)."""

@@ -12,9 +12,9 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, WithJsonSchema
 
+from cluster_protocol.commands import COMMAND_NAME_PATTERN, CommandName
 from cluster_protocol.node_id import NODE_ID_PATTERN
 from master_service.control.commands import (
-    COMMAND_NAME,
     DEFAULT_TIMEOUT_S,
     MAX_TIMEOUT_S,
     CommandRefusedError,
@@ -91,8 +91,8 @@ class CommandRequest(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
     command: str = Field(
-        pattern=COMMAND_NAME.pattern,
-        description="ping, refresh, set_interval, run, reboot, shutdown",
+        pattern=COMMAND_NAME_PATTERN.pattern,
+        description=", ".join(CommandName),
     )
     args: dict[str, Any] = Field(default_factory=dict, description="the command's arguments")
     timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0, le=MAX_TIMEOUT_S)

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from cluster_protocol import MAX_MESSAGE_BYTES
 from master_service.cli import parse_command_args
 from master_service.control.commands import CommandRefusedError, CommandService
 from master_service.ingest.counters import IngestCounters
@@ -138,6 +139,25 @@ def test_commands_that_cannot_arrive_are_refused_before_publishing(
     with pytest.raises(CommandRefusedError) as caught:
         service.send(node, command, timeout_s=1)
     assert caught.value.status == status
+    assert broker.sent == []
+
+
+def test_a_reply_that_breaks_the_contract_is_ignored(service, broker, caplog):
+    broker.answer = lambda topic, body: service.node_reply(
+        "n1", {"id": body["id"], "ok": "yes", "result": None, "error": None}
+    )
+    record = service.send("n1", "ping", timeout_s=0.3)
+    assert (record.status, record.ok) == ("timeout", None)
+    assert "ignoring a bad reply from n1" in caplog.text
+
+
+def test_a_command_too_large_is_413_and_args_not_json_are_422_neither_published(service, broker):
+    with pytest.raises(CommandRefusedError) as too_large:
+        service.send("n1", "run", {"blob": "x" * MAX_MESSAGE_BYTES}, timeout_s=1)
+    assert too_large.value.status == 413
+    with pytest.raises(CommandRefusedError) as not_json:
+        service.send("n1", "run", {"n": float("nan")}, timeout_s=1)
+    assert not_json.value.status == 422
     assert broker.sent == []
 
 
