@@ -34,6 +34,8 @@ class Envelope:
     node: str
     ts: float
     seq: int | None
+    # Any: checked against its type's schema when decoded; readers take it as that type's
+    # TypedDict (cluster_protocol.payloads). A typed union here would cost a check per read.
     payload: Any
     v: int = SCHEMA_VERSION
 

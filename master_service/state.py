@@ -6,11 +6,13 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, TypedDict, cast
 
 import orjson
 
-DEFAULT_INTERVAL_S: Final = 10.0
+from cluster_protocol.payloads import ClusterSummary, MachineDetails, MetricsPayload
+from cluster_protocol.settings import DEFAULT_INTERVAL_S
+
 MAX_TRACKED_MISSING: Final = 10_000  # seqs still hoped for per node; beyond that only counted
 
 
@@ -34,18 +36,58 @@ class SeqVerdict(StrEnum):
 _FRAGMENT: Final[Any] = getattr(orjson, "Fragment", None)  # pre-encoded JSON, orjson >= 3.10
 
 
-def _encode(value: dict[str, Any] | None) -> bytes | None:
+class NodeCounters(TypedDict):
+    """A node's delivery counters, as the API shows them."""
+
+    received: int
+    duplicates: int
+    seq_gaps: int
+    last_seq: int | None
+    messages: int
+
+
+class NodeView(TypedDict):
+    """One node as `GET /api/nodes` shows it."""
+
+    node: str
+    state: str
+    last_seen: float | None
+    state_since: float | None
+    details: MachineDetails | None
+    details_ts: float | None
+    metrics: MetricsPayload | None
+    metrics_ts: float | None
+    counters: NodeCounters
+
+
+class RawNodeView(TypedDict):
+    """`NodeView` with details and metrics still JSON bytes (taken under the cluster lock)."""
+
+    node: str
+    state: str
+    last_seen: float | None
+    state_since: float | None
+    details: bytes | None
+    details_ts: float | None
+    metrics: bytes | None
+    metrics_ts: float | None
+    counters: NodeCounters
+
+
+def _encode(value: MachineDetails | MetricsPayload | None) -> bytes | None:
     # An exact-size copy: the buffer orjson returns keeps its spare capacity, which, held for
     # every node, cost 8 KiB of RSS per node instead of the 0.8 KiB the JSON needs.
     return None if value is None else bytes(memoryview(orjson.dumps(value)))
 
 
-def _decode(data: bytes | None) -> dict[str, Any] | None:
+def _decode(data: bytes | None) -> Any:
+    # Any: the bytes are a payload that passed its schema before it was encoded; the typed
+    # accessors below say which.
     return None if data is None else orjson.loads(data)
 
 
-def _interval(details: dict[str, Any] | None) -> float:
-    value = (details or {}).get("interval_s")
+def _interval(details: MachineDetails | None) -> float:
+    value = details.get("interval_s") if details else None
     return float(value) if isinstance(value, int | float) and value > 0 else DEFAULT_INTERVAL_S
 
 
@@ -84,9 +126,9 @@ class NodeState:
         status_ts: float | None = None,
         state_since: float | None = None,
         last_heard: float | None = None,
-        details: dict[str, Any] | None = None,
+        details: MachineDetails | None = None,
         details_ts: float | None = None,
-        metrics: dict[str, Any] | None = None,
+        metrics: MetricsPayload | None = None,
         metrics_ts: float | None = None,
         last_seq: int | None = None,
         missing: Iterable[int] = (),
@@ -118,22 +160,22 @@ class NodeState:
         self.messages = messages
 
     @property
-    def details(self) -> dict[str, Any] | None:
+    def details(self) -> MachineDetails | None:
         """The node's latest machine details (a fresh dict)."""
-        return _decode(self.details_json)
+        return cast(MachineDetails | None, _decode(self.details_json))
 
     @details.setter
-    def details(self, value: dict[str, Any] | None) -> None:
+    def details(self, value: MachineDetails | None) -> None:
         self.details_json = _encode(value)
         self.interval_s = _interval(value)
 
     @property
-    def metrics(self) -> dict[str, Any] | None:
+    def metrics(self) -> MetricsPayload | None:
         """The node's latest metrics payload (a fresh dict)."""
-        return _decode(self.metrics_json)
+        return cast(MetricsPayload | None, _decode(self.metrics_json))
 
     @metrics.setter
-    def metrics(self, value: dict[str, Any] | None) -> None:
+    def metrics(self, value: MetricsPayload | None) -> None:
         self.metrics_json = _encode(value)
 
     def record_json(self) -> bytes:
@@ -249,11 +291,11 @@ class NodeState:
         # A node of the original design never sends status: being heard is all we have.
         return NodeStatus.ONLINE
 
-    def view(self, now: float, stale_factor: float) -> dict[str, Any]:
+    def view(self, now: float, stale_factor: float) -> NodeView:
         """The node as the API shows it."""
         return _decoded(self.raw_view(now, stale_factor))
 
-    def raw_view(self, now: float, stale_factor: float) -> dict[str, Any]:
+    def raw_view(self, now: float, stale_factor: float) -> RawNodeView:
         """`view()` with details and metrics still encoded: cheap enough under the cluster lock.
 
         The bytes are immutable, so they can be decoded (`_decoded`) after the lock is released.
@@ -277,10 +319,12 @@ class NodeState:
         }
 
 
-def _decoded(view: dict[str, Any]) -> dict[str, Any]:
-    view["details"] = _decode(view["details"])
-    view["metrics"] = _decode(view["metrics"])
-    return view
+def _decoded(raw: RawNodeView) -> NodeView:
+    return {
+        **raw,
+        "details": _decode(raw["details"]),
+        "metrics": _decode(raw["metrics"]),
+    }
 
 
 class ClusterState:
@@ -321,21 +365,21 @@ class ClusterState:
         with self.lock:
             return sorted(self._nodes)
 
-    def view(self, node_id: str) -> dict[str, Any] | None:
+    def view(self, node_id: str) -> NodeView | None:
         """One node as the API shows it, or None."""
         with self.lock:
             state = self._nodes.get(node_id)
             raw = None if state is None else state.raw_view(self.clock(), self.stale_factor)
         return None if raw is None else _decoded(raw)
 
-    def views(self) -> list[dict[str, Any]]:
+    def views(self) -> list[NodeView]:
         """Every node as the API shows it, sorted by id."""
         now = self.clock()
         with self.lock:
             raws = [self._nodes[n].raw_view(now, self.stale_factor) for n in sorted(self._nodes)]
         return [_decoded(raw) for raw in raws]
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> ClusterSummary:
         """Cluster totals: nodes by state, cores and RAM, average CPU and load of live nodes."""
         now = self.clock()
         with self.lock:

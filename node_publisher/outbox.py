@@ -15,7 +15,7 @@ from node_publisher.spool import Spool
 logger = logging.getLogger(__name__)
 
 # Small on purpose: the retained status birth must never wait behind a day of spooled metrics,
-# and paho gets slower with a large in-flight window (FIELD_NOTES). Below paho's default of 20.
+# and paho gets slower with a large in-flight window (docs/protocol.md). Below paho's default of 20.
 DEFAULT_MAX_INFLIGHT: Final = 16
 
 

@@ -103,7 +103,7 @@ class Listener:
         address = self.settings.broker_address
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         # Without clean_start=False on every connect and an expiry, Mosquitto drops the
-        # session and everything queued for us while we were away (FIELD_NOTES).
+        # session and everything queued for us while we were away (docs/protocol.md).
         properties.SessionExpiryInterval = self.settings.session_expiry
         properties.ReceiveMaximum = RECEIVE_MAXIMUM
         logger.info("connecting to %s as %s", address.redacted(), self.settings.client_id)
@@ -222,7 +222,7 @@ class Listener:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         # An exception escaping here would kill paho's network thread while is_connected()
-        # still says True (FIELD_NOTES): catch everything, log, count.
+        # still says True (docs/protocol.md): catch everything, log, count.
         try:
             special = self.extra_topics.get(message.topic)
             if special is not None:

@@ -6,9 +6,11 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
+
+from cluster_protocol.payloads import MachineDetails, MetricsPayload, ReplyPayload
 
 logger = logging.getLogger(__name__)
 
@@ -18,16 +20,16 @@ LOG_EVERY_S: Final = 10.0  # per observer: a traceback, then a count of what fol
 class Observer:
     """Called on the ingest thread after state changed, without the cluster lock; be quick."""
 
-    def node_details(self, node: str, details: Mapping[str, Any]) -> None:
+    def node_details(self, node: str, details: MachineDetails) -> None:
         """A node's machine details were accepted."""
 
-    def node_metrics(self, node: str, payload: Mapping[str, Any]) -> None:
+    def node_metrics(self, node: str, payload: MetricsPayload) -> None:
         """A node's metrics were accepted."""
 
     def node_status(self, node: str, state: str) -> None:
         """A node announced online or offline (or its will did)."""
 
-    def node_reply(self, node: str, reply: Mapping[str, Any]) -> None:
+    def node_reply(self, node: str, reply: ReplyPayload) -> None:
         """A node answered a command."""
 
     def node_forgotten(self, node: str) -> None:
@@ -40,7 +42,7 @@ class Notice:
 
     event: str
     node: str
-    args: tuple[Any, ...] = ()
+    args: tuple[Any, ...] = ()  # the event's payload: its type is the Observer method's
 
 
 class ObserverErrors:

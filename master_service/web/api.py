@@ -87,7 +87,7 @@ def create_app(port: MasterPort) -> FastAPI:
         view = port.state.view(node)
         if view is None:
             raise HTTPException(404, f"no node {node!r} is known")
-        return view
+        return {**view}
 
     @app.get(
         "/api/nodes/{node}/history",
@@ -147,10 +147,11 @@ def create_app(port: MasterPort) -> FastAPI:
     @app.get("/api/cluster", tags=["cluster"])
     def get_cluster() -> dict[str, Any]:
         """Cluster totals and the master's own counters."""
-        summary = port.state.summary()
-        summary["master"] = port.counters.snapshot()
-        summary["generated_at"] = time.time()
-        return summary
+        return {
+            **port.state.summary(),
+            "master": port.counters.snapshot(),
+            "generated_at": time.time(),
+        }
 
     app.include_router(control_router(port))
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from cluster_protocol.payloads import ClusterSummary
 from master_service.ingest.health import Health
+from master_service.state import NodeView
 from master_service.storage.command_log import CommandRecord
 from master_service.web.prometheus import MasterMetrics
 
@@ -17,15 +19,15 @@ from master_service.web.prometheus import MasterMetrics
 class NodeReader(Protocol):
     """Node views (as the API shows them) and the cluster totals."""
 
-    def view(self, node_id: str) -> dict[str, Any] | None:
+    def view(self, node_id: str) -> NodeView | None:
         """One node, or None when it is not known."""
         ...
 
-    def views(self) -> list[dict[str, Any]]:
+    def views(self) -> list[NodeView]:
         """Every node, sorted by id."""
         ...
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> ClusterSummary:
         """Cluster totals: nodes by state, cores, RAM, average CPU and load."""
         ...
 

@@ -28,6 +28,7 @@ from master_service.app import MasterService
 from master_service.ingest import router
 from master_service.ingest.handlers import Context, Incoming
 from master_service.settings import MasterSettings
+from master_service.state import NodeView
 from tests.support.broker import MosquittoBroker
 from tests.support.waiting import wait_until
 
@@ -239,7 +240,7 @@ def handler_errors_fail_the_test(request: pytest.FixtureRequest) -> Iterator[Non
     assert not crashes, f"a handler raised: {crashes!r}"
 
 
-def send_valid(publisher: RawPublisher, master: MasterService) -> tuple[int, float, dict[str, Any]]:
+def send_valid(publisher: RawPublisher, master: MasterService) -> tuple[int, float, NodeView]:
     """Send the next valid metrics envelope and wait until the master applied it."""
     seq, ts = Seq.next(), time.time()
     publisher.send(f"{T}/metrics", metrics_bytes(seq, ts=ts))
@@ -250,7 +251,7 @@ def send_valid(publisher: RawPublisher, master: MasterService) -> tuple[int, flo
     return seq, ts, view
 
 
-def without_clock(view: dict[str, Any]) -> dict[str, Any]:
+def without_clock(view: NodeView) -> dict[str, object]:
     return {k: v for k, v in view.items() if k not in ("last_seen", "state")}
 
 

@@ -8,9 +8,11 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
+from master_service.state import NodeView
 from node_publisher.app import NodeAgent
 from node_publisher.settings import load_settings
 from tests.conftest import REPO_ROOT
@@ -92,9 +94,12 @@ def test_node_and_master_both_over_tls(
     ) as master:
         agent = start_agent(agents, tls_url(broker), node_id, tmp_path / "node", pki.ca_cert)
         assert agent.wait_ready(10)
-        view = wait_until(
-            lambda: (v := master.state.view(node_id)) and v["metrics"] and v["details"] and v,
-            message="the node's metrics at the master over TLS",
+        view = cast(
+            NodeView,
+            wait_until(
+                lambda: (v := master.state.view(node_id)) and v["metrics"] and v["details"] and v,
+                message="the node's metrics at the master over TLS",
+            ),
         )
         assert view["state"] == "online"
         assert view["counters"]["seq_gaps"] == 0

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from bench.sizes import deep_size
 from bench.wire import METRICS_PAYLOAD, details_payload
+from cluster_protocol.payloads import MachineDetails, MetricsPayload
 from master_service import state as state_module
 from master_service.state import ClusterState, NodeState
 from master_service.storage.store import Store
@@ -16,8 +18,8 @@ from master_service.storage.store import Store
 
 def tracked_node() -> NodeState:
     node = NodeState("pi-01", status="online", last_heard=100.0, last_seq=7)
-    node.details = details_payload("pi-01", interval_s=5.0)
-    node.metrics = json.loads(json.dumps(METRICS_PAYLOAD))
+    node.details = cast(MachineDetails, details_payload("pi-01", interval_s=5.0))
+    node.metrics = cast(MetricsPayload, json.loads(json.dumps(METRICS_PAYLOAD)))
     return node
 
 

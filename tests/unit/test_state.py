@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 
+from cluster_protocol.payloads import MachineDetails
 from master_service.state import (
     MAX_TRACKED_MISSING,
     ClusterState,
@@ -73,7 +76,9 @@ def test_effective_status(status: str, silent_for: float, expected: NodeStatus) 
 
 
 def test_stale_follows_the_nodes_interval() -> None:
-    node = NodeState("pi", status="online", last_heard=0.0, details={"interval_s": 1})
+    node = NodeState(
+        "pi", status="online", last_heard=0.0, details=cast(MachineDetails, {"interval_s": 1})
+    )
     assert node.effective_status(2.9, 3.0) == NodeStatus.ONLINE
     assert node.effective_status(3.1, 3.0) == NodeStatus.STALE
 
