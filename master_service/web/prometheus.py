@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Final
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
 
 from fastapi import APIRouter
 from fastapi.responses import Response
@@ -23,6 +24,11 @@ from prometheus_client.registry import Collector
 from cluster_protocol import METRICS, RejectCause
 from master_service.ingest.counters import IngestCounters
 from master_service.state import ClusterState, NodeStatus
+
+if TYPE_CHECKING:
+    from master_service.ingest.ingestor import Ingestor
+    from master_service.ingest.listener import Listener
+    from master_service.ingest.observers import Observer, ObserverErrors
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +50,39 @@ def _number(value: Any) -> float | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class IngestErrors:
+    """Failures the ingest path survived, read at scrape time (all counters since start)."""
+
+    observers: Mapping[str, int] = field(default_factory=dict)  # by observer class name
+    loop: int = 0  # unexpected failures of an ingest loop turn
+    dispatch: int = 0  # messages whose dispatch raised on the ingest thread
+    store: int = 0  # history flushes that failed (and were retried)
+    commit_listeners: int = 0  # commit listeners (PUBACK) that raised; the commit stands
+    mqtt_callbacks: int = 0  # paho callbacks (connect, message) that raised
+
+    @classmethod
+    def read(
+        cls,
+        ingestor: Ingestor,
+        listener: Listener,
+        observer_errors: ObserverErrors,
+        observers: Iterable[Observer] = (),
+    ) -> IngestErrors:
+        """The counters of the running parts; every attached observer shows, failed or not."""
+        # Zeros for the observers that never failed: a series that exists from the start
+        # lets `increase()` see its first failure.
+        by_observer = {type(o).__name__: 0 for o in observers} | observer_errors.snapshot()
+        return cls(
+            observers=by_observer,
+            loop=ingestor.loop_errors,
+            dispatch=ingestor.dispatch_errors,
+            store=ingestor.store_errors,
+            commit_listeners=ingestor.listener_errors,
+            mqtt_callbacks=listener.callback_errors,
+        )
+
+
 class ClusterCollector(Collector):
     """Builds every family from the state and counters when Prometheus scrapes."""
 
@@ -52,15 +91,18 @@ class ClusterCollector(Collector):
         state: ClusterState,
         counters: IngestCounters,
         master_gauges: Callable[[], Mapping[str, float]] = dict,
+        ingest_errors: Callable[[], IngestErrors] = IngestErrors,
     ) -> None:
         self.state = state
         self.counters = counters
         self.master_gauges = master_gauges
+        self.ingest_errors = ingest_errors
 
     def collect(self) -> Iterator[Metric]:
         """All node and master families, read now."""
         yield from node_families(self.state.views())
         yield from master_families(self.counters.snapshot(), self.master_gauges())
+        yield from error_families(self.ingest_errors())
 
 
 def node_families(views: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
@@ -168,7 +210,30 @@ def master_families(snapshot: Mapping[str, Any], gauges: Mapping[str, float]) ->
 MASTER_GAUGE_HELP: Final = {
     "mqtt_connected": "1 while the master is connected to the broker",
     "ingest_queue_depth": "Messages waiting for the ingest thread",
+    "healthy": "1 while the ingest path is healthy (/healthz answers 200), else 0",
 }
+
+
+def error_families(errors: IngestErrors) -> Iterator[Metric]:
+    """Failures the ingest path survived: per observer, loop, dispatch, store, listeners."""
+    observers = CounterMetricFamily(
+        f"{PREFIX}_master_observer_errors",
+        "Observer calls that raised, by observer (Home Assistant, commands)",
+        labels=["observer"],
+    )
+    for name, count in sorted(errors.observers.items()):
+        observers.add_metric([name], float(count))
+    yield observers
+    for name, count, text in (
+        ("ingest_loop_errors", errors.loop, "Ingest loop turns that failed unexpectedly"),
+        ("dispatch_errors", errors.dispatch, "Messages whose dispatch raised (see the log)"),
+        ("store_errors", errors.store, "History flushes that failed and were retried"),
+        ("commit_listener_errors", errors.commit_listeners, "Commit listeners that raised"),
+        ("mqtt_callback_errors", errors.mqtt_callbacks, "MQTT client callbacks that raised"),
+    ):
+        counter = CounterMetricFamily(f"{PREFIX}_master_{name}", text)
+        counter.add_metric([], float(count))
+        yield counter
 
 
 class MasterMetrics:
@@ -180,10 +245,11 @@ class MasterMetrics:
         counters: IngestCounters,
         master_gauges: Callable[[], Mapping[str, float]] = dict,
         clock: Callable[[], float] = time.time,
+        ingest_errors: Callable[[], IngestErrors] = IngestErrors,
     ) -> None:
         self.clock = clock
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(ClusterCollector(state, counters, master_gauges))
+        self.registry.register(ClusterCollector(state, counters, master_gauges, ingest_errors))
         self.ingest_latency = Histogram(
             f"{PREFIX}_master_ingest_latency_seconds",
             "From a sample's node timestamp to its commit in the history store",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,9 +12,13 @@ from prometheus_client.samples import Sample
 
 from cluster_protocol import METRICS as PROTOCOL_METRICS
 from cluster_protocol import RejectCause
+from master_service.app import MasterService
 from master_service.ingest.counters import IngestCounters
+from master_service.ingest.observers import Notice, Observer, notify
+from master_service.settings import MasterSettings
 from master_service.state import ClusterState, NodeStatus
-from master_service.web.prometheus import MasterMetrics
+from master_service.web.prometheus import IngestErrors, MasterMetrics
+from tests.support.broker import free_port
 
 NOW = 1_764_000_000.0
 
@@ -175,3 +180,79 @@ def test_every_metric_the_table_exports_is_scraped() -> None:
         assert m.prometheus is not None
         name = m.prometheus.name + ("_total" if m.prometheus.type == "counter" else "")
         assert value(samples, name, node="pi-01") == pytest.approx(2 * m.prometheus.scale)
+
+
+def test_ingest_errors_and_health_are_exposed() -> None:
+    errors = IngestErrors(
+        observers={"HomeAssistantObserver": 3, "CommandService": 0},
+        loop=1,
+        dispatch=2,
+        store=4,
+        commit_listeners=5,
+        mqtt_callbacks=6,
+    )
+    gauges = {"mqtt_connected": 0.0, "ingest_queue_depth": 0.0, "healthy": 0.0}
+    metrics = MasterMetrics(
+        make_state(), IngestCounters(), lambda: gauges, lambda: NOW, ingest_errors=lambda: errors
+    )
+
+    samples = scrape(metrics)
+
+    observer = "picluster_master_observer_errors_total"
+    assert value(samples, observer, observer="HomeAssistantObserver") == 3
+    assert value(samples, observer, observer="CommandService") == 0
+    assert value(samples, "picluster_master_ingest_loop_errors_total") == 1
+    assert value(samples, "picluster_master_dispatch_errors_total") == 2
+    assert value(samples, "picluster_master_store_errors_total") == 4
+    assert value(samples, "picluster_master_commit_listener_errors_total") == 5
+    assert value(samples, "picluster_master_mqtt_callback_errors_total") == 6
+    assert value(samples, "picluster_master_healthy") == 0
+    types = {f.name: f.type for f in text_string_to_metric_families(metrics.exposition().decode())}
+    assert types["picluster_master_store_errors"] == "counter"
+    assert types["picluster_master_healthy"] == "gauge"
+
+
+def test_without_an_error_source_every_error_counter_is_zero(metrics: MasterMetrics) -> None:
+    samples = scrape(metrics)
+
+    # Present at 0 from the first scrape, so increase() sees the first failure.
+    assert value(samples, "picluster_master_store_errors_total") == 0
+    assert value(samples, "picluster_master_ingest_loop_errors_total") == 0
+    assert "picluster_master_observer_errors_total" not in samples
+
+
+class Failing(Observer):
+    def node_status(self, node: str, state: str) -> None:
+        raise RuntimeError("observer bug")
+
+
+def test_ingest_errors_read_a_masters_parts(tmp_path: Path) -> None:
+    settings = MasterSettings(
+        broker=f"mqtt://127.0.0.1:{free_port()}",  # never started: nothing connects
+        db=str(tmp_path / "master.db"),
+        ha_discovery=False,
+    )
+    service = MasterService(settings)
+    try:
+        service.observers.append(Failing())
+        notify(
+            service.observers,
+            [Notice("node_status", "pi-01", ("online",))],
+            service.ctx.observer_errors,
+        )
+        notify(
+            service.observers,
+            [Notice("node_status", "pi-01", ("offline",))],
+            service.ctx.observer_errors,
+        )
+
+        errors = IngestErrors.read(
+            service.ingestor, service.listener, service.ctx.observer_errors, service.observers
+        )
+    finally:
+        service.store.close()
+
+    # The command service never failed but is listed; the broken observer counts both calls.
+    assert errors.observers == {"CommandService": 0, "Failing": 2}
+    assert (errors.loop, errors.dispatch, errors.store) == (0, 0, 0)
+    assert (errors.commit_listeners, errors.mqtt_callbacks) == (0, 0)
