@@ -30,6 +30,8 @@ from cluster_protocol import (
     master_status_topic,
     topic_for,
 )
+from cluster_protocol.commands import ALWAYS_ACCEPTED, OPT_IN, CommandName
+from cluster_protocol.settings import DEFAULT_INTERVAL_S
 from cluster_protocol.topics import master_topic
 
 DEFAULT_HA_PREFIX: Final = "homeassistant"
@@ -62,13 +64,14 @@ HA_COMMAND_TYPE: Final = "ha_command"
 # icon). Button device classes are identify/restart/update (HA's button docs); "config" keeps
 # a device-wide "press everything" action or an area call from rebooting a node.
 BUTTONS: Final = (
-    ("refresh", "Refresh", None, "diagnostic", "mdi:refresh"),
-    ("reboot", "Reboot", "restart", "config", None),
-    ("shutdown", "Shutdown", None, "config", "mdi:power"),
+    (CommandName.REFRESH, "Refresh", None, "diagnostic", "mdi:refresh"),
+    (CommandName.REBOOT, "Reboot", "restart", "config", None),
+    (CommandName.SHUTDOWN, "Shutdown", None, "config", "mdi:power"),
 )
-ALWAYS_PRESSABLE: Final = "refresh"  # harmless, so every node gets it, advertised or not
+# Buttons for commands every node obeys (refresh) are harmless, so every node gets them,
+# advertised or not; the opt-in ones (reboot, shutdown) only where the node advertises them.
+ALWAYS_PRESSABLE: Final = frozenset(c for c, *_ in BUTTONS if c in ALWAYS_ACCEPTED)
 
-DEFAULT_INTERVAL_S: Final = 10.0  # the node's default, used when details carry no interval
 EXPIRE_INTERVALS: Final = 3
 MIN_EXPIRE_AFTER_S: Final = 10
 GIB: Final = 1024**3
@@ -201,8 +204,11 @@ def pressable_commands(details: Mapping[str, Any]) -> list[str]:
     """The buttons a node gets: refresh always, reboot/shutdown only when it advertises them."""
     advertised = details.get("commands")
     offered = set(advertised) if isinstance(advertised, list) else set()
-    offered.add(ALWAYS_PRESSABLE)
-    return [command for command, *_ in BUTTONS if command in offered]
+    return [
+        command
+        for command, *_ in BUTTONS
+        if command in ALWAYS_PRESSABLE or (command in OPT_IN and command in offered)
+    ]
 
 
 def device_topic(prefix: str, device_object_id: str) -> str:

@@ -78,7 +78,7 @@ def check_advertised(press: Press, details: Mapping[str, Any] | None) -> None:
     if isinstance(advertised, list):
         if press.command not in advertised:
             raise PressError(f"{press.node} does not enable {press.command}")
-    elif press.command != hd.ALWAYS_PRESSABLE:
+    elif press.command not in hd.ALWAYS_PRESSABLE:
         raise PressError(f"{press.node} advertises no commands, so not {press.command}")
 
 

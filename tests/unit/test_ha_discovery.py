@@ -17,6 +17,7 @@ from cluster_protocol import (
     Metric,
     TopicError,
 )
+from cluster_protocol.commands import ALWAYS_ACCEPTED, OPT_IN
 from cluster_protocol.topics import master_topic
 from master_service.home_assistant import discovery as hd
 from master_service.home_assistant.publisher import DiscoveryPublisher
@@ -734,6 +735,7 @@ def buttons(details: dict[str, Any], prefix: str = "cluster") -> dict[str, dict[
         (["ping", "refresh", "set_interval", "run", "reboot"], ["refresh", "reboot"]),
         (ALL_COMMANDS, ["refresh", "reboot", "shutdown"]),
         ("reboot", ["refresh"]),  # not a list: nothing is inferred from it
+        ([], ["refresh"]),
     ],
 )
 def test_reboot_and_shutdown_buttons_only_where_the_node_enables_them(commands, expected):
@@ -741,6 +743,16 @@ def test_reboot_and_shutdown_buttons_only_where_the_node_enables_them(commands, 
     got = buttons(details)
     assert list(got) == expected
     assert [c["unique_id"] for c in got.values()] == [f"picluster_pi-01_{k}" for k in expected]
+
+
+def test_every_button_is_a_node_command_and_only_opt_in_ones_need_consent():
+    # A button the node does not know would be pressed in vain; one needing consent shown
+    # unasked would offer a reboot the node refuses.
+    pressed = {c for c, *_ in hd.BUTTONS}
+    assert pressed <= set(ALWAYS_ACCEPTED) | set(OPT_IN)
+    assert list(buttons({**PI_DETAILS, "commands": []})) == sorted(
+        pressed & set(ALWAYS_ACCEPTED), key=[c for c, *_ in hd.BUTTONS].index
+    )
 
 
 def test_buttons_publish_to_the_master_never_to_the_node():
