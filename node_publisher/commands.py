@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import Any, Final, Protocol
 
 import psutil
 
@@ -34,9 +34,6 @@ from node_publisher import __version__
 from node_publisher.collectors import PsutilLike
 from node_publisher.settings import PublisherSettings
 from node_publisher.tasks import TaskArgError, run_argv
-
-if TYPE_CHECKING:
-    from node_publisher.app import NodeAgent
 
 logger = logging.getLogger(__name__)
 
@@ -432,12 +429,3 @@ class TaskFailedError(CommandError):
 def _no_args(name: str, args: Mapping[str, Any]) -> None:
     if args:
         raise CommandError(f"{name} takes no arguments, got {', '.join(sorted(args))}")
-
-
-def build_agent(
-    settings: PublisherSettings, ps: PsutilLike = psutil, **options: Any
-) -> tuple[NodeAgent, CommandProcessor]:
-    """The agent wired with commands; the wiring lives in node_publisher.cli.build_agent."""
-    from node_publisher import cli  # imported here: cli imports this module
-
-    return cli.build_agent(settings, ps, **options)

@@ -25,7 +25,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from node_publisher.commands import build_agent
+from node_publisher.cli import build_agent
 from node_publisher.settings import load_settings
 from tests.support.broker import MosquittoBroker
 from tests.support.processes import RunningMaster, Service, start_master, start_node
