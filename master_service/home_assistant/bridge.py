@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
+from cluster_protocol.payloads import MachineDetails, MetricsPayload
 from master_service.home_assistant.publisher import DiscoveryPublisher
 from master_service.ingest.observers import Observer
 from master_service.state import NodeState
 
 
-def disk_mounts(metrics: Mapping[str, Any] | None) -> list[str]:
+def disk_mounts(metrics: MetricsPayload | None) -> list[str]:
     """Mount points named in a metrics payload."""
     disks = (metrics or {}).get("disks")
     if not isinstance(disks, list):
@@ -32,11 +32,11 @@ class HomeAssistantObserver(Observer):
                 self.node_details(state.node, state.details)
                 self.node_metrics(state.node, state.metrics)
 
-    def node_details(self, node: str, details: Mapping[str, Any]) -> None:
+    def node_details(self, node: str, details: MachineDetails) -> None:
         """Machine details accepted: the publisher sends only what changed."""
         self.publisher.node_details(node, details)
 
-    def node_metrics(self, node: str, payload: Mapping[str, Any]) -> None:
+    def node_metrics(self, node: str, payload: MetricsPayload) -> None:
         """Metrics accepted: only a new disk or throttle flag leads to a publish."""
         mounts = disk_mounts(payload)
         self._mounts[node] = mounts

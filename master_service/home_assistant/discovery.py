@@ -31,6 +31,7 @@ from cluster_protocol import (
     topic_for,
 )
 from cluster_protocol.commands import ALWAYS_ACCEPTED, OPT_IN, CommandName
+from cluster_protocol.payloads import MachineDetails
 from cluster_protocol.settings import DEFAULT_INTERVAL_S
 from cluster_protocol.topics import master_topic
 
@@ -200,7 +201,7 @@ def press_template(node: str, command: str) -> str:
     return fixed[:-1] + ',"ts":{{ now().timestamp() | round(3) }}}'
 
 
-def pressable_commands(details: Mapping[str, Any]) -> list[str]:
+def pressable_commands(details: MachineDetails) -> list[str]:
     """The buttons a node gets: refresh always, reboot/shutdown only when it advertises them."""
     advertised = details.get("commands")
     offered = set(advertised) if isinstance(advertised, list) else set()
@@ -247,7 +248,7 @@ def disk_key(mount: str) -> str:
     return f"disk_{slug}_percent"
 
 
-def node_device(node: str, details: Mapping[str, Any]) -> dict[str, Any]:
+def node_device(node: str, details: MachineDetails) -> dict[str, Any]:
     """The `dev` mapping of a node: named by its node id; model, maker, software, via.
 
     The hostname is not part of it: it is the node's "Hostname" diagnostic sensor.
@@ -346,7 +347,7 @@ def metric_options(sensor: HomeAssistantSensor) -> dict[str, Any]:
 
 def node_components(
     node: str,
-    details: Mapping[str, Any],
+    details: MachineDetails,
     shape: NodeShape,
     cluster_prefix: str = DEFAULT_PREFIX,
 ) -> list[Component]:
@@ -424,7 +425,7 @@ def node_components(
 
 def node_buttons(
     node: str,
-    details: Mapping[str, Any],
+    details: MachineDetails,
     availability: list[dict[str, str]],
     cluster_prefix: str = DEFAULT_PREFIX,
 ) -> list[Component]:

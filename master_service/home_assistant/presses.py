@@ -13,10 +13,11 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
+from cluster_protocol.payloads import MachineDetails
 from master_service.control.commands import CommandRefusedError, CommandService
 from master_service.home_assistant import discovery as hd
 from master_service.ingest.counters import IngestCounters
@@ -72,9 +73,9 @@ def parse_press(payload: bytes, now: float) -> Press:
     return Press(node, str(command), float(ts))
 
 
-def check_advertised(press: Press, details: Mapping[str, Any] | None) -> None:
+def check_advertised(press: Press, details: MachineDetails | None) -> None:
     """Raise PressError unless the node offers this command (refresh: unless it says not)."""
-    advertised = (details or {}).get("commands")
+    advertised = None if details is None else details.get("commands")
     if isinstance(advertised, list):
         if press.command not in advertised:
             raise PressError(f"{press.node} does not enable {press.command}")

@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final, cast
 
 import orjson
 
 from cluster_protocol import DEFAULT_PREFIX
+from cluster_protocol.payloads import MachineDetails
 from master_service.home_assistant import discovery as hd
 
 logger = logging.getLogger(__name__)
@@ -41,9 +42,12 @@ class _Node:
     published: dict[str, bytes] = field(default_factory=dict)
 
     @property
-    def details(self) -> dict[str, Any] | None:
+    def details(self) -> MachineDetails | None:
         """The node's latest machine details (a fresh dict)."""
-        return None if self.details_json is None else orjson.loads(self.details_json)
+        if self.details_json is None:
+            return None
+        # Only ever the bytes of a MachineDetails accepted by node_details.
+        return cast(MachineDetails, orjson.loads(self.details_json))
 
 
 def _digest(payload: bytes | None) -> bytes:
@@ -77,7 +81,7 @@ class DiscoveryPublisher:
         """The topic to subscribe to for Home Assistant's birth: `<prefix>/status`."""
         return hd.ha_status_topic(self._prefix)
 
-    def node_details(self, node_id: str, details: Mapping[str, Any]) -> None:
+    def node_details(self, node_id: str, details: MachineDetails) -> None:
         """A machine_details envelope was accepted: publish if the node's config changed."""
         with self._lock:
             node = self._nodes.setdefault(node_id, _Node())
@@ -135,7 +139,10 @@ class DiscoveryPublisher:
                 tuple(node.mounts.union(mounts)), has_throttled=True
             )  # clearing a topic that was never set is harmless
             # Every button too, whatever the node advertised last (or was never seen to).
-            details = {**(node.details or {}), "commands": [c for c, *_ in hd.BUTTONS]}
+            # A node never seen has no details: discovery reads only optional keys of them
+            # (commands, interval_s, model, agent_version), so a partial one is enough here.
+            known: dict[str, object] = dict(node.details or {})
+            details = cast(MachineDetails, {**known, "commands": [c for c, *_ in hd.BUTTONS]})
             components = hd.node_components(node_id, details, shape, self._cluster_prefix)
             for message in hd.clear_messages(self._prefix, hd.object_id(node_id), components):
                 self._send(message)

@@ -12,7 +12,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from master_service.app import MasterService
+from cluster_protocol.payloads import MachineDetails
+from master_service.app import build
 from master_service.home_assistant import discovery as hd
 from master_service.home_assistant.publisher import DiscoveryPublisher
 from master_service.settings import MasterSettings
@@ -20,7 +21,7 @@ from tests.support.broker import MosquittoBroker
 from tests.support.watcher import Seen, Watcher
 
 GIB = 1024**3
-DETAILS: dict[str, Any] = {
+DETAILS: MachineDetails = {
     "hostname": "raspberrypi",  # the image's default: every node of the tests shares it
     "cpu_percent_used": 3.0,
     "ram": 4 * GIB,
@@ -225,7 +226,7 @@ def test_ordinary_metrics_cause_no_discovery_traffic(watch, adapter, prefixes):
     for _ in range(500):
         publisher.node_metrics_shape("pi-01", ["/", "/boot/firmware"], True)
         publisher.node_metrics_shape("pi-01", ["/"], False)  # a mount or flags gone a while
-    publisher.node_details("pi-01", dict(DETAILS, cpu_percent_used=80.0))
+    publisher.node_details("pi-01", {**DETAILS, "cpu_percent_used": 80.0})
     marker = f"{prefix}/marker"
     adapter(marker, b"x", 1, False)  # same client, so it arrives after anything sent before
     watcher.wait_for(marker)
@@ -290,7 +291,7 @@ def test_forget_on_a_running_master_clears_the_node_from_home_assistant(
         prefix=cluster,
         ha_prefix=prefix,
     )
-    service = MasterService(settings)
+    service = build(settings)
     service.start()
     try:
         assert service.listener.connected.wait(10), "the master did not connect"
@@ -298,7 +299,10 @@ def test_forget_on_a_running_master_clears_the_node_from_home_assistant(
         device = f"{prefix}/device/picluster_pi-01/config"
         watcher = watch(f"{prefix}/#")
         service.home_assistant.node_details("pi-01", DETAILS)
-        service.home_assistant.node_metrics("pi-01", {"disks": [{"mount": "/", "percent": 5.0}]})
+        service.home_assistant.node_metrics(
+            "pi-01",
+            {"disks": [{"mount": "/", "total_bytes": 100, "used_bytes": 5, "percent": 5.0}]},
+        )
         watcher.wait_for(device)
 
         service.forget("pi-01")

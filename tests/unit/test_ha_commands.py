@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from cluster_protocol.payloads import MachineDetails
 from master_service.control.commands import CommandRecord, CommandRefusedError
 from master_service.home_assistant.presses import (
     MAX_IN_FLIGHT,
@@ -25,6 +26,19 @@ from tests.support.waiting import wait_until
 
 NOW = 1_764_300_000.0
 ADVERTISED = ["ping", "refresh", "set_interval", "run", "reboot"]
+
+
+def machine_details(hostname: str, commands: list[str] | None = None) -> MachineDetails:
+    details: MachineDetails = {
+        "hostname": hostname,
+        "cpu_percent_used": 3.0,
+        "ram": 4 * 1024**3,
+        "cpu": "Cortex-A72",
+        "cpu_cores": 4,
+    }
+    if commands is not None:  # an older agent advertises none
+        details["commands"] = commands
+    return details
 
 
 def press(node: Any = "n1", command: Any = "refresh", ts: Any = NOW, **extra: Any) -> bytes:
@@ -101,8 +115,8 @@ class FakeCommands:
 def cluster() -> ClusterState:
     state = ClusterState(lambda: NOW)
     with state.lock:
-        state.node("n1").details = {"hostname": "n1", "commands": ADVERTISED}
-        state.node("old").details = {"hostname": "old"}
+        state.node("n1").details = machine_details("n1", ADVERTISED)
+        state.node("old").details = machine_details("old")
     return state
 
 

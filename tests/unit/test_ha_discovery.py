@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,12 +19,13 @@ from cluster_protocol import (
     TopicError,
 )
 from cluster_protocol.commands import ALWAYS_ACCEPTED, OPT_IN
+from cluster_protocol.payloads import MachineDetails
 from cluster_protocol.topics import master_topic
 from master_service.home_assistant import discovery as hd
 from master_service.home_assistant.publisher import DiscoveryPublisher
 
 GIB = 1024**3
-PI_DETAILS: dict[str, Any] = {
+PI_DETAILS: MachineDetails = {
     "hostname": "raspberrypi",  # the image's default, left as is: not the node id
     "cpu_percent_used": 3.0,
     "ram": 4 * GIB,
@@ -71,7 +73,7 @@ HA_ENTITY_ID = re.compile(r"^(?!.+__)(?!_)[\da-z_]+(?<!_)\.(?!_)[\da-z_]+(?<!_)$
 
 
 def node_payload(
-    node: str = "pi-01", details: dict[str, Any] = PI_DETAILS, shape: hd.NodeShape = PI_SHAPE
+    node: str = "pi-01", details: MachineDetails = PI_DETAILS, shape: hd.NodeShape = PI_SHAPE
 ) -> dict[str, Any]:
     message = hd.device_message(
         "homeassistant",
@@ -176,7 +178,7 @@ def test_two_nodes_with_one_hostname_are_two_devices_with_their_own_entity_ids()
     [("pi-01", "pi_01"), ("node7", "node7"), ("a__b", "a_b"), ("web_", "web"), ("0-x-", "0_x")],
 )
 def test_entity_ids_are_pinned_and_valid_for_home_assistant(node, slug):
-    details = {**PI_DETAILS, "commands": ALL_COMMANDS}
+    details: MachineDetails = {**PI_DETAILS, "commands": ALL_COMMANDS}
     shape = hd.NodeShape(("/", "/mnt/a-b", "/media/USB Stick"), has_throttled=True)
     components = hd.node_components(node, details, shape)
     assert {c.platform for c in components} == {"sensor", "binary_sensor", "button"}
@@ -344,7 +346,12 @@ def test_expire_after(interval_s, expected):
 
 
 def test_non_pi_nodes_get_no_manufacturer_and_no_throttling_sensor():
-    details = {**PI_DETAILS, "hostname": "", "model": None, "agent_version": "0.2.0"}
+    details: MachineDetails = {
+        **PI_DETAILS,
+        "hostname": "",
+        "model": None,
+        "agent_version": "0.2.0",
+    }
     payload = node_payload("x86-box", details, hd.NodeShape(("/",), has_throttled=False))
     assert payload["dev"] == {
         "ids": ["picluster_x86-box"],
@@ -353,7 +360,7 @@ def test_non_pi_nodes_get_no_manufacturer_and_no_throttling_sensor():
         "via_device": "picluster__cluster",
     }
     assert "throttled" not in payload["cmps"]
-    other = {**PI_DETAILS, "model": "ODROID-N2+"}
+    other: MachineDetails = {**PI_DETAILS, "model": "ODROID-N2+"}
     assert "mf" not in node_payload(details=other)["dev"]
 
 
@@ -453,7 +460,9 @@ def render(env: Any, template: str, envelope: dict[str, Any]) -> str:
     return str(env.from_string(template).render(value=raw, value_json=json.loads(raw)))
 
 
-def envelope(message_type: str, payload: dict[str, Any], node: str = "pi-01") -> dict[str, Any]:
+def envelope(
+    message_type: str, payload: Mapping[str, object], node: str = "pi-01"
+) -> dict[str, Any]:
     return {"v": 1, "type": message_type, "node": node, "ts": 1.7e9, "seq": 7, "payload": payload}
 
 
@@ -614,7 +623,7 @@ def test_ordinary_metrics_publish_nothing(publisher, recorder):
     for _ in range(100):
         publisher.node_metrics_shape("pi-01", ["/"], False)
     publisher.node_metrics_shape("pi-01", ["/"], False)
-    publisher.node_details("pi-01", dict(PI_DETAILS, cpu_percent_used=99.0))  # not in config
+    publisher.node_details("pi-01", {**PI_DETAILS, "cpu_percent_used": 99.0})  # not in config
     assert recorder.take() == []
 
 
@@ -641,17 +650,17 @@ def test_changed_details_republish(publisher, recorder):
     publisher.node_details("pi-01", PI_DETAILS)
     publisher.node_metrics_shape("pi-01", ["/"], False)
     recorder.take()
-    publisher.node_details("pi-01", dict(PI_DETAILS, interval_s=30))
+    publisher.node_details("pi-01", {**PI_DETAILS, "interval_s": 30})
     [(_, payload, _, _)] = recorder.take()
     assert json.loads(payload or b"")["cmps"]["cpu_percent"]["expire_after"] == 90
-    publisher.node_details("pi-01", dict(PI_DETAILS, interval_s=30, agent_version="0.2.0"))
+    publisher.node_details("pi-01", {**PI_DETAILS, "interval_s": 30, "agent_version": "0.2.0"})
     [(_, payload, _, _)] = recorder.take()
     assert json.loads(payload or b"")["dev"]["sw"] == "0.2.0"
 
 
 def test_ha_birth_reannounces_everything_but_its_will_does_not(publisher, recorder):
     for node in ("pi-01", "pi-02"):
-        publisher.node_details(node, dict(PI_DETAILS, hostname=node))
+        publisher.node_details(node, {**PI_DETAILS, "hostname": node})
         publisher.node_metrics_shape(node, ["/"], False)
     publisher.node_details("pi-03", PI_DETAILS)  # no metrics yet: nothing to announce
     recorder.take()
@@ -722,7 +731,7 @@ def test_cluster_announcement(publisher, recorder):
 ALL_COMMANDS = ["ping", "refresh", "set_interval", "run", "reboot", "shutdown"]
 
 
-def buttons(details: dict[str, Any], prefix: str = "cluster") -> dict[str, dict[str, Any]]:
+def buttons(details: MachineDetails, prefix: str = "cluster") -> dict[str, dict[str, Any]]:
     components = hd.node_components("pi-01", details, PI_SHAPE, prefix)
     return {c.key: dict(c.config) for c in components if c.platform == "button"}
 
@@ -739,7 +748,9 @@ def buttons(details: dict[str, Any], prefix: str = "cluster") -> dict[str, dict[
     ],
 )
 def test_reboot_and_shutdown_buttons_only_where_the_node_enables_them(commands, expected):
-    details = dict(PI_DETAILS) if commands is None else {**PI_DETAILS, "commands": commands}
+    details: MachineDetails = (
+        PI_DETAILS if commands is None else {**PI_DETAILS, "commands": commands}
+    )
     got = buttons(details)
     assert list(got) == expected
     assert [c["unique_id"] for c in got.values()] == [f"picluster_pi-01_{k}" for k in expected]
