@@ -61,10 +61,30 @@ def _v1_statements() -> list[str]:
     ]
 
 
+# Commands sent to nodes and their replies. Before version 2 the command log created this
+# table itself at start, so a version-1 file may already hold it: IF NOT EXISTS keeps it.
+_COMMANDS_STATEMENTS: Final = (
+    "CREATE TABLE IF NOT EXISTS commands ("
+    " id TEXT PRIMARY KEY,"
+    " node TEXT NOT NULL,"
+    " command TEXT NOT NULL,"
+    " args TEXT NOT NULL,"
+    " sent_at REAL NOT NULL,"
+    " expires REAL NOT NULL,"
+    " status TEXT NOT NULL,"  # pending, ok, error, timeout
+    " result TEXT,"  # JSON of the reply's result
+    " error TEXT,"
+    " replied_at REAL)",
+    "CREATE INDEX IF NOT EXISTS commands_node_sent ON commands (node, sent_at)",
+)
+
 # Statements of a version other than its new history columns (which come from the metric
 # table). A change that is not a new metric column (an index, a new table) goes here, keyed
 # by the next version number.
-_STATEMENTS: Final[Mapping[int, Sequence[str]]] = {1: _v1_statements()}
+_STATEMENTS: Final[Mapping[int, Sequence[str]]] = {
+    1: _v1_statements(),
+    2: _COMMANDS_STATEMENTS,
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from cluster_protocol import HISTORY_METRICS, METRICS
+from master_service.storage.command_log import _COLUMNS
 from master_service.storage.history import HistoryQuery, Source, read_history
 from master_service.storage.migrations import (
     MIGRATIONS,
@@ -191,3 +192,40 @@ def test_a_database_from_a_newer_release_is_refused_and_left_byte_identical(
     assert str(newer_db) in message
     assert newer_db.read_bytes() == before
     assert sorted(p.name for p in newer_db.parent.iterdir()) == ["newer.db"]
+
+
+def command_columns() -> list[str]:
+    """The columns the command log reads and writes."""
+    return [name.strip() for name in _COLUMNS.split(",")]
+
+
+def test_a_new_and_an_upgraded_database_both_hold_the_commands_table(
+    tmp_path: Path, v1_db: Path
+) -> None:
+    fresh = tmp_path / "fresh.db"
+    assert columns(v1_db, "commands") == []  # the v1 fixture never ran a command log
+    Store(str(fresh)).close()
+    Store(str(v1_db)).close()
+
+    for path in (fresh, v1_db):
+        assert columns(path, "commands") == command_columns(), path
+        indexes = rows(path, "SELECT name FROM sqlite_master WHERE tbl_name = 'commands'")
+        assert ("commands_node_sent",) in indexes, path
+
+
+def test_a_v1_file_whose_master_made_the_commands_table_keeps_its_commands(v1_db: Path) -> None:
+    # A v1 master created the table itself at start: the upgrade must neither fail on it nor
+    # lose what the command history holds.
+    connection = sqlite3.connect(v1_db)
+    connection.execute(f"CREATE TABLE commands ({', '.join(command_columns())})")
+    connection.execute(
+        "INSERT INTO commands VALUES ('c1', 'pi-01', 'reboot', '{}', ?, ?, 'ok', NULL, NULL, ?)",
+        (T0, T0 + 30, T0 + 2),
+    )
+    connection.commit()
+    connection.close()
+
+    Store(str(v1_db)).close()
+
+    assert rows(v1_db, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    assert rows(v1_db, "SELECT id, node, status FROM commands") == [("c1", "pi-01", "ok")]
