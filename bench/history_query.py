@@ -26,7 +26,7 @@ from typing import Any
 
 import uvicorn
 
-from master_service.app import MasterService
+from master_service.app import MasterService, build
 from master_service.settings import MasterSettings
 from master_service.state import NodeState
 from master_service.storage.history import HistoryQuery, open_reader, plan, read_history
@@ -146,7 +146,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     ]
     connection = open_reader(db)
     settings = MasterSettings(broker="mqtt://127.0.0.1:1", db=db, ha_discovery=False)
-    service = MasterService(settings)
+    service = build(settings)
     with service.state.lock:
         for node in ["one", *fleet]:
             service.state.node(node)

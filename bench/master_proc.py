@@ -26,7 +26,7 @@ from typing import Any
 
 from bench.procstat import cpu_seconds, memory_kib, thread_cpu_seconds
 from bench.sizes import deep_size
-from master_service.app import MasterService
+from master_service.app import MasterService, build
 from master_service.ingest.router import RawMessage
 from master_service.settings import MasterSettings
 
@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ha_discovery=not args.no_ha,
         log_level="WARNING",
     )
-    service = MasterService(settings)
+    service = build(settings)
     probe = Probe(service, args.target)
     service.start()
     if not probe.ready.wait(30):

@@ -6,7 +6,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 import uvicorn
@@ -24,8 +24,8 @@ from master_service.ingest.ingestor import Ingestor
 from master_service.ingest.listener import Listener
 from master_service.ingest.observers import Notice, Observer, notify
 from master_service.settings import MasterSettings
-from master_service.state import ClusterState
-from master_service.storage.command_log import CommandLog
+from master_service.state import ClusterState, NodeState
+from master_service.storage.command_log import CommandLog, create_command_table
 from master_service.storage.retention import RetentionJob
 from master_service.storage.store import Store
 from master_service.web.api import create_app
@@ -36,15 +36,37 @@ logger = logging.getLogger(__name__)
 SUMMARY_EVERY_S: Final = 10.0
 
 
-class MasterService:
-    """One master: construct, `start()` the background parts, serve HTTP, `stop()`."""
+def build(settings: MasterSettings, clock: Callable[[], float] = time.time) -> MasterService:
+    """Open the database (migrating it), restore the nodes it holds, and wire a master.
 
-    def __init__(self, settings: MasterSettings, clock: Callable[[], float] = time.time) -> None:
+    All the I/O of setting a master up happens here, so `MasterService(...)` itself stays a
+    plain wiring of parts; raises `SettingsError` (e.g. a database from a newer release).
+    """
+    store = Store(settings.db)
+    try:
+        nodes = list(store.load_nodes())
+        create_command_table(store)
+    except BaseException:
+        store.close()
+        raise
+    return MasterService(settings, store, nodes, clock)
+
+
+class MasterService:
+    """One master: `build()` it, `start()` the background parts, serve HTTP, `stop()`."""
+
+    def __init__(
+        self,
+        settings: MasterSettings,
+        store: Store,
+        nodes: Iterable[NodeState] = (),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.settings = settings
         self.clock = clock
-        self.store = Store(settings.db)
+        self.store = store
         self.state = ClusterState(clock, settings.stale_factor)
-        self.state.restore(self.store.load_nodes())
+        self.state.restore(iter(nodes))
         self.counters = IngestCounters()
         self.observers: list[Observer] = []
         self.ctx = Context(self.state, self.counters, settings.prefix, self.observers)
@@ -61,6 +83,7 @@ class MasterService:
         )
         self.observers.append(self.commands)
         self.home_assistant: HomeAssistantObserver | None = None
+        self._announce_home_assistant: Callable[[], None] = lambda: None
         if settings.ha_discovery:
             self._attach_home_assistant()
         self._ticker_stop = threading.Event()
@@ -83,12 +106,7 @@ class MasterService:
             per_entity=self.settings.ha_per_entity,
         )
         observer = HomeAssistantObserver(publisher)
-        with self.state.lock:
-            known = [n for i in self.state.node_ids() if (n := self.state.get(i))]
-        # Publishing happens outside the cluster lock; ingest has not started, so nothing
-        # changes these states meanwhile.
-        observer.restore(known)
-        publisher.announce_cluster()  # QoS 1: paho sends it once connected
+        self._announce_home_assistant = lambda: self._restore_home_assistant(observer, publisher)
         # Home Assistant's birth arrives on the network thread; the announce runs on the
         # ingest thread so it never races the ingest path's own calls.
         self.listener.extra_topics[publisher.ha_status_topic] = lambda payload: (
@@ -100,8 +118,19 @@ class MasterService:
         self.observers.append(observer)
         self.home_assistant = observer
 
+    def _restore_home_assistant(
+        self, observer: HomeAssistantObserver, publisher: DiscoveryPublisher
+    ) -> None:
+        with self.state.lock:
+            known = [n for i in self.state.node_ids() if (n := self.state.get(i))]
+        # Publishing happens outside the cluster lock; ingest has not started, so nothing
+        # changes these states meanwhile.
+        observer.restore(known)
+        publisher.announce_cluster()  # QoS 1: paho sends it once connected
+
     def start(self) -> None:
         """Start ingest, the MQTT listener and the periodic ticker."""
+        self._announce_home_assistant()
         self.ingestor.start()
         self.listener.start()
         self._ticker.start()

@@ -237,10 +237,10 @@ def run_master(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from master_service.app import MasterService  # the master extra is needed only here
+    from master_service.app import build  # the master extra is needed only here
 
     try:
-        service = MasterService(settings)
+        service = build(settings)
     except SettingsError as error:  # e.g. a CA file that exists but does not load
         _err(f"bad setting {error}")
         return 2

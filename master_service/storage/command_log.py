@@ -88,18 +88,31 @@ def _record(row: tuple[Any, ...]) -> CommandRecord:
     )
 
 
+def create_command_table(store: Store) -> None:
+    """Create the `commands` table if missing (before the writer thread starts)."""
+    # On the writer's own connection, like the store's schema: nothing else writes yet.
+    store.connection.executescript(_SCHEMA)
+    store.connection.commit()
+
+
 class CommandLog:
-    """Commands and replies in the master's database: writes via `write`, reads read-only."""
+    """Commands and replies in the master's database: writes via `write`, reads read-only.
+
+    Constructing one does no I/O: the read connection opens on the first read, and the table
+    must exist by then (`create_command_table`, run by `master_service.app.build`).
+    """
 
     def __init__(self, store: Store, write: Writer) -> None:
-        # Created before the writer thread starts, on the writer's own connection, like the
-        # store's schema: nothing else writes to the file yet.
-        store.connection.executescript(_SCHEMA)
-        store.connection.commit()
         self._write = write
         self._lock = threading.Lock()
-        uri = Path(store.path).absolute().as_uri() + "?mode=ro"
-        self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        self._uri = Path(store.path).absolute().as_uri() + "?mode=ro"
+        self._reader: sqlite3.Connection | None = None
+
+    def _db(self) -> sqlite3.Connection:
+        """The read-only connection (call with the lock held)."""
+        if self._reader is None:
+            self._reader = sqlite3.connect(self._uri, uri=True, check_same_thread=False)
+        return self._reader
 
     def add(self, record: CommandRecord) -> Future[None]:
         """Store a command about to be sent."""
@@ -165,21 +178,29 @@ class CommandLog:
     def get(self, command_id: str) -> CommandRecord | None:
         """One command by id, as committed."""
         with self._lock:
-            row = self._db.execute(
-                f"SELECT {_COLUMNS} FROM commands WHERE id = ?", (command_id,)
-            ).fetchone()
+            row = (
+                self._db()
+                .execute(f"SELECT {_COLUMNS} FROM commands WHERE id = ?", (command_id,))
+                .fetchone()
+            )
         return None if row is None else _record(row)
 
     def recent(self, node: str, limit: int) -> list[CommandRecord]:
         """A node's latest commands, newest first, as committed."""
         with self._lock:
-            rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM commands WHERE node = ? ORDER BY sent_at DESC LIMIT ?",
-                (node, limit),
-            ).fetchall()
+            rows = (
+                self._db()
+                .execute(
+                    f"SELECT {_COLUMNS} FROM commands WHERE node = ? ORDER BY sent_at DESC LIMIT ?",
+                    (node, limit),
+                )
+                .fetchall()
+            )
         return [_record(row) for row in rows]
 
     def close(self) -> None:
         """Close the read connection."""
         with self._lock:
-            self._db.close()
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from master_service.app import MasterService
+from master_service.app import MasterService, build
 from master_service.ingest.inbox import Inbox
 from master_service.ingest.ingestor import QUEUE_LIMIT
 from master_service.ingest.router import RawMessage
@@ -68,7 +68,7 @@ def in_process_master(broker: MosquittoBroker, workdir: Path) -> MasterService:
         prefix=f"hz{uuid.uuid4().hex[:6]}",
         ha_discovery=False,
     )
-    service = MasterService(settings)
+    service = build(settings)
     service.ingestor.queue = BrokenInbox(QUEUE_LIMIT)
     return service
 

@@ -24,7 +24,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cluster_protocol import Envelope, MessageType, encode_envelope
-from master_service.app import MasterService
+from master_service.app import MasterService, build
 from master_service.ingest import router
 from master_service.ingest.handlers import Context, Incoming
 from master_service.settings import MasterSettings
@@ -48,7 +48,7 @@ def running_master(
         ha_discovery=False,
         **options,
     )
-    service = MasterService(settings)
+    service = build(settings)
     service.ctx.reraise_handler_errors = reraise
     service.start()
     try:

@@ -42,7 +42,7 @@ def test_node_logs_in_with_a_url_password_and_never_logs_it(
 def test_master_logs_in_with_a_url_password_and_never_logs_it(
     make_broker: Callable[..., MosquittoBroker], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from master_service.app import MasterService
+    from master_service.app import build
     from master_service.settings import parse_settings
 
     broker = make_broker(users={"picluster-master": SECRET})
@@ -53,7 +53,7 @@ def test_master_logs_in_with_a_url_password_and_never_logs_it(
          "--client-id", f"secret-master-{uuid.uuid4().hex[:6]}"],
         {},
     )  # fmt: skip
-    service = MasterService(settings)
+    service = build(settings)
     service.start()
     try:
         wait_until(service.listener.connected.is_set, message="the master logged in")

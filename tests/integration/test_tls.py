@@ -137,7 +137,7 @@ def test_master_names_an_untrusted_certificate(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from master_service.app import MasterService
+    from master_service.app import build
     from master_service.settings import MasterSettings
 
     caplog.set_level(logging.ERROR, logger="master_service.ingest.listener")
@@ -149,7 +149,7 @@ def test_master_names_an_untrusted_certificate(
         ca_file=str(pki.other_ca_cert),
         ha_discovery=False,
     )
-    service = MasterService(settings)
+    service = build(settings)
     service.start()
     try:
         line = wait_until(
