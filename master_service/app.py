@@ -25,7 +25,7 @@ from master_service.ingest.listener import Listener
 from master_service.ingest.observers import Notice, Observer, notify
 from master_service.settings import MasterSettings
 from master_service.state import ClusterState, NodeState
-from master_service.storage.command_log import CommandLog, create_command_table
+from master_service.storage.command_log import CommandLog
 from master_service.storage.retention import RetentionJob
 from master_service.storage.store import Store
 from master_service.web.api import create_app
@@ -45,7 +45,6 @@ def build(settings: MasterSettings, clock: Callable[[], float] = time.time) -> M
     store = Store(settings.db)
     try:
         nodes = list(store.load_nodes())
-        create_command_table(store)
     except BaseException:
         store.close()
         raise

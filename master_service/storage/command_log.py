@@ -21,21 +21,7 @@ from master_service.storage.store import Store
 
 T = TypeVar("T")
 
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS commands (
-    id TEXT PRIMARY KEY,
-    node TEXT NOT NULL,
-    command TEXT NOT NULL,
-    args TEXT NOT NULL,
-    sent_at REAL NOT NULL,
-    expires REAL NOT NULL,
-    status TEXT NOT NULL,          -- pending, ok, error, timeout
-    result TEXT,                   -- JSON of the reply's result
-    error TEXT,
-    replied_at REAL
-);
-CREATE INDEX IF NOT EXISTS commands_node_sent ON commands (node, sent_at);
-"""
+# The `commands` table is created by the schema migrations (storage/migrations.py).
 _COLUMNS: Final = "id, node, command, args, sent_at, expires, status, result, error, replied_at"
 
 
@@ -88,18 +74,11 @@ def _record(row: tuple[Any, ...]) -> CommandRecord:
     )
 
 
-def create_command_table(store: Store) -> None:
-    """Create the `commands` table if missing (before the writer thread starts)."""
-    # On the writer's own connection, like the store's schema: nothing else writes yet.
-    store.connection.executescript(_SCHEMA)
-    store.connection.commit()
-
-
 class CommandLog:
     """Commands and replies in the master's database: writes via `write`, reads read-only.
 
     Constructing one does no I/O: the read connection opens on the first read, and the table
-    must exist by then (`create_command_table`, run by `master_service.app.build`).
+    exists once the store is open (the schema migrations create it).
     """
 
     def __init__(self, store: Store, write: Writer) -> None:

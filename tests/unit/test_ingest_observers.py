@@ -19,7 +19,7 @@ from master_service.ingest.ingestor import Ingestor
 from master_service.ingest.observers import Observer
 from master_service.ingest.router import RawMessage
 from master_service.state import ClusterState, NodeStatus
-from master_service.storage.command_log import CommandLog, create_command_table
+from master_service.storage.command_log import CommandLog
 from master_service.storage.store import Store
 from tests.support.waiting import wait_until
 
@@ -103,7 +103,6 @@ def commands(tmp_path: Path) -> Iterator[tuple[CommandService, Ingestor, list[tu
     with state.lock:
         state.node("ob-3").status = NodeStatus.ONLINE
     store = Store(str(tmp_path / "m.db"))
-    create_command_table(store)
     statements: list[tuple[str, str]] = []
     store.connection.set_trace_callback(
         lambda sql: statements.append((threading.current_thread().name, sql))

@@ -13,7 +13,7 @@ from prometheus_client.samples import Sample
 from cluster_protocol import METRICS as PROTOCOL_METRICS
 from cluster_protocol import RejectCause
 from cluster_protocol.payloads import MetricsPayload
-from master_service.app import MasterService
+from master_service.app import build
 from master_service.ingest.counters import IngestCounters
 from master_service.ingest.observers import Notice, Observer, notify
 from master_service.settings import MasterSettings
@@ -235,7 +235,7 @@ def test_ingest_errors_read_a_masters_parts(tmp_path: Path) -> None:
         db=str(tmp_path / "master.db"),
         ha_discovery=False,
     )
-    service = MasterService(settings)
+    service = build(settings)
     try:
         service.observers.append(Failing())
         notify(
