@@ -11,15 +11,12 @@ from typing import Final
 
 from cluster_protocol import setting_rules as rules
 from cluster_protocol import settings as declared
+from cluster_protocol.broker_settings import BrokerClientSettings
 from cluster_protocol.broker_url import BrokerAddress, parse_broker_url
 from cluster_protocol.config import SettingsError
 from cluster_protocol.settings import (
-    DEFAULT_BROKER,
-    DEFAULT_KEEPALIVE_S,
-    PASSWORD_IN_FILE,
     setting,
 )
-from cluster_protocol.topics import DEFAULT_PREFIX
 
 DEFAULT_HTTP: Final = "127.0.0.1:8080"
 DEFAULT_CLIENT_ID: Final = "picluster-master"
@@ -42,17 +39,10 @@ def host_port(value: str) -> str | None:
     return f"{value!r} must be HOST:PORT, e.g. {DEFAULT_HTTP}"
 
 
-@dataclass(frozen=True, slots=True)
-class MasterSettings:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MasterSettings(BrokerClientSettings):
     """Everything the master needs, validated before it connects anywhere."""
 
-    broker: str = setting(
-        DEFAULT_BROKER,
-        help="mqtt://[user@]host[:port] or mqtts://... for TLS",
-        check=rules.broker_url,
-        password_of="password",
-        metavar="URL",
-    )
     db: str = setting(
         default_factory=default_db_path, help="SQLite file for state and history", metavar="PATH"
     )
@@ -62,7 +52,6 @@ class MasterSettings:
         check=host_port,
         metavar="HOST:PORT",
     )
-    prefix: str = setting(DEFAULT_PREFIX, help="topic prefix", check=rules.topic_level)
     client_id: str = setting(
         DEFAULT_CLIENT_ID,
         help="MQTT client id (fixed: it names the session)",
@@ -74,28 +63,6 @@ class MasterSettings:
         help="seconds the broker keeps the session while the master is away",
         check=rules.positive,
         metavar="SECONDS",
-    )
-    keepalive: int = setting(
-        DEFAULT_KEEPALIVE_S,
-        help="MQTT keepalive in seconds",
-        check=rules.positive,
-        metavar="SECONDS",
-    )
-    # From the URL, CLUSTER_PASSWORD or password_file; never a flag, never in the file.
-    password: str | None = setting(
-        None, help="broker password", secret=True, in_file=PASSWORD_IN_FILE
-    )
-    password_file: str | None = setting(
-        None,
-        help="file whose first line is the broker password",
-        secret_file_of="password",
-        metavar="FILE",
-    )
-    ca_file: str | None = setting(
-        None,
-        help="CA certificate that signed the broker's certificate (mqtts://)",
-        check=rules.existing_file,
-        metavar="FILE",
     )
     api_token: str | None = setting(
         None, help="token every API write needs (required beyond localhost)", secret=True
@@ -117,13 +84,6 @@ class MasterSettings:
         "homeassistant", help="Home Assistant discovery prefix", check=rules.topic_level
     )
     ha_per_entity: bool = setting(False, help="also use per-entity discovery topics")
-    log_level: str = setting(
-        "INFO",
-        help="DEBUG, INFO, WARNING, ERROR or CRITICAL",
-        check=rules.log_level,
-        normalize=rules.upper,
-        metavar="LEVEL",
-    )
 
     def __post_init__(self) -> None:
         declared.finish(self)

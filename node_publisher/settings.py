@@ -12,17 +12,14 @@ from typing import Any, Final
 
 from cluster_protocol import setting_rules as rules
 from cluster_protocol import settings as declared
+from cluster_protocol.broker_settings import BrokerClientSettings
 from cluster_protocol.broker_url import BrokerAddress, parse_broker_url
 from cluster_protocol.config import SettingsError
 from cluster_protocol.node_id import NodeIdError, node_id_from_hostname
 from cluster_protocol.settings import (
-    DEFAULT_BROKER,
     DEFAULT_INTERVAL_S,
-    DEFAULT_KEEPALIVE_S,
-    PASSWORD_IN_FILE,
     setting,
 )
-from cluster_protocol.topics import DEFAULT_PREFIX
 from node_publisher.tasks import TaskSpec, parse_tasks
 
 DEFAULT_SPOOL_MAX: Final = 8640  # a day of metrics at the default interval
@@ -61,8 +58,8 @@ def default_node_id(environ: Mapping[str, str]) -> str:
         ) from error
 
 
-@dataclass(frozen=True, slots=True)
-class PublisherSettings:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PublisherSettings(BrokerClientSettings):
     """Everything the node agent needs; each field declares its TOML key, variable and flag."""
 
     node_id: str = setting(
@@ -77,23 +74,9 @@ class PublisherSettings:
         default_from_env=default_state_dir,
         metavar="DIR",
     )
-    broker: str = setting(
-        DEFAULT_BROKER,
-        help="mqtt://[user@]host[:port] or mqtts://... for TLS",
-        check=rules.broker_url,
-        password_of="password",
-        metavar="URL",
-    )
     interval: float = setting(
         DEFAULT_INTERVAL_S,
         help="seconds between metrics samples",
-        check=rules.positive,
-        metavar="SECONDS",
-    )
-    prefix: str = setting(DEFAULT_PREFIX, help="topic prefix", check=rules.topic_level)
-    keepalive: int = setting(
-        DEFAULT_KEEPALIVE_S,
-        help="MQTT keepalive in seconds",
         check=rules.positive,
         metavar="SECONDS",
     )
@@ -103,18 +86,6 @@ class PublisherSettings:
         check=rules.positive,
         metavar="N",
     )
-    password_file: str | None = setting(
-        None,
-        help="file whose first line is the broker password",
-        secret_file_of="password",
-        metavar="FILE",
-    )
-    ca_file: str | None = setting(
-        None,
-        help="CA certificate that signed the broker's certificate (mqtts://)",
-        check=rules.existing_file,
-        metavar="FILE",
-    )
     temperature_sensor: str = setting(
         "auto",
         help="auto, none, a psutil sensor name or a file in millidegrees",
@@ -123,13 +94,6 @@ class PublisherSettings:
     )
     vcgencmd: str = setting(
         "vcgencmd", help="path of vcgencmd (Raspberry Pi throttling)", metavar="PATH"
-    )
-    log_level: str = setting(
-        "INFO",
-        help="DEBUG, INFO, WARNING, ERROR or CRITICAL",
-        check=rules.log_level,
-        normalize=rules.upper,
-        metavar="LEVEL",
     )
     # Commands from the master: the dangerous ones are off unless the config turns them on.
     allow_reboot: bool = setting(False, help="obey the master's reboot command")
@@ -151,10 +115,6 @@ class PublisherSettings:
         help="[tasks.<name>] tables: what the `run` command may start",
         file_only=True,
         from_file=parse_tasks,
-    )
-    # From the URL, CLUSTER_PASSWORD or password_file; never a flag, never in the file.
-    password: str | None = setting(
-        None, help="broker password", secret=True, in_file=PASSWORD_IN_FILE
     )
 
     def __post_init__(self) -> None:
