@@ -29,7 +29,7 @@ from master_service.storage.command_log import CommandLog
 from master_service.storage.retention import RetentionJob
 from master_service.storage.store import Store
 from master_service.web.api import create_app
-from master_service.web.prometheus import MasterMetrics
+from master_service.web.prometheus import IngestErrors, MasterMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,9 @@ class MasterService:
             settings.history_rollup_days,
             clock=clock,
         )
-        self.metrics = MasterMetrics(self.state, self.counters, self._health_gauges, clock)
+        self.metrics = MasterMetrics(
+            self.state, self.counters, self._health_gauges, clock, ingest_errors=self._ingest_errors
+        )
         self.store.commit_observers.append(self.metrics.observe_committed)
         self.app = create_app(self)
 
@@ -223,7 +225,13 @@ class MasterService:
         return {
             "mqtt_connected": float(self.listener.connected.is_set()),
             "ingest_queue_depth": float(self.ingestor.queue.qsize()),
+            "healthy": float(self.health().ok),
         }
+
+    def _ingest_errors(self) -> IngestErrors:
+        return IngestErrors.read(
+            self.ingestor, self.listener, self.ctx.observer_errors, self.observers
+        )
 
     def _tick(self) -> None:
         """Publish the retained cluster summary now and then (Home Assistant's cluster device)."""

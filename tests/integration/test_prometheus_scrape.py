@@ -54,3 +54,23 @@ def test_master_health_shows_traffic_and_ingest_latency(running_cluster: Cluster
     assert committed > 0, "no committed sample was timed"
     [(_, total_s)] = samples["picluster_master_ingest_latency_seconds_sum"]
     assert total_s / committed < 5, "samples of live nodes take seconds to reach the store"
+
+
+def test_master_says_it_is_healthy_and_counts_no_ingest_errors(running_cluster: Cluster) -> None:
+    _, samples = scrape(running_cluster.url)
+
+    [(_, healthy)] = samples["picluster_master_healthy"]
+    assert healthy == 1
+    observers = {
+        labels["observer"]: value
+        for labels, value in samples["picluster_master_observer_errors_total"]
+    }
+    assert "CommandService" in observers, observers
+    assert set(observers.values()) == {0.0}
+    for name in (
+        "picluster_master_ingest_loop_errors_total",
+        "picluster_master_dispatch_errors_total",
+        "picluster_master_store_errors_total",
+    ):
+        [(_, value)] = samples[name]
+        assert value == 0, name
