@@ -9,6 +9,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Generic, TypeVar
 
+from cluster_protocol.payloads import ThrottleFlags
+
 logger = logging.getLogger(__name__)
 
 DEVICE_TREE_MODEL: Final = Path("/proc/device-tree/model")
@@ -84,7 +86,10 @@ def read_cpu_name(path: Path = PROC_CPUINFO) -> str | None:
 
 
 def read_temperature(
-    ps: Any, sensor: str = "auto", thermal_zone: Path = THERMAL_ZONE_TEMP
+    # The psutil module or a test fake, duck-typed: only sensors_temperatures is used.
+    ps: Any,
+    sensor: str = "auto",
+    thermal_zone: Path = THERMAL_ZONE_TEMP,
 ) -> float | None:
     """The CPU temperature in Celsius from the configured source; None when there is none.
 
@@ -130,7 +135,7 @@ def _read_millidegrees(path: Path) -> float | None:
         return None
 
 
-def decode_throttled(text: str) -> dict[str, Any] | None:
+def decode_throttled(text: str) -> ThrottleFlags | None:
     """Decode `throttled=0x50005` into named flags; None when the text is not that."""
     _, sep, raw = text.strip().partition("=")
     if not sep:
@@ -139,12 +144,22 @@ def decode_throttled(text: str) -> dict[str, Any] | None:
         bits = int(raw.strip(), 16)
     except ValueError:
         return None
-    decoded: dict[str, Any] = {"raw": raw.strip()}
-    for name, bit in THROTTLE_BITS.items():
-        decoded[name] = bool(bits >> bit & 1)
-    for name, bit in THROTTLE_BITS.items():
-        decoded[f"{name}_occurred"] = bool(bits >> (bit + OCCURRED_SHIFT) & 1)
-    return decoded
+
+    def flag(name: str, occurred: bool = False) -> bool:
+        return bool(bits >> (THROTTLE_BITS[name] + (OCCURRED_SHIFT if occurred else 0)) & 1)
+
+    # Spelled out key by key (not built in a loop) so mypy checks every key against the type.
+    return ThrottleFlags(
+        raw=raw.strip(),
+        under_voltage=flag("under_voltage"),
+        freq_capped=flag("freq_capped"),
+        throttled=flag("throttled"),
+        soft_temp_limit=flag("soft_temp_limit"),
+        under_voltage_occurred=flag("under_voltage", occurred=True),
+        freq_capped_occurred=flag("freq_capped", occurred=True),
+        throttled_occurred=flag("throttled", occurred=True),
+        soft_temp_limit_occurred=flag("soft_temp_limit", occurred=True),
+    )
 
 
 def decode_measure_clock(text: str) -> float | None:
@@ -202,7 +217,7 @@ class VcgencmdReader(Generic[T]):
         return self._decode(output)
 
 
-class ThrottleReader(VcgencmdReader[dict[str, Any]]):
+class ThrottleReader(VcgencmdReader[ThrottleFlags]):
     """Reads `vcgencmd get_throttled`."""
 
     def __init__(self, vcgencmd: str = "vcgencmd", run: Runner = run_command) -> None:
