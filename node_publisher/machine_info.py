@@ -8,8 +8,9 @@ import platform
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
+from cluster_protocol.payloads import MachineDetails
 from node_publisher import __version__, pi
 from node_publisher.collectors import PsutilLike
 
@@ -75,32 +76,32 @@ class MachineInfo:
         )
         self._model = pi.read_model(self._paths.device_tree_model)
 
-    def details(self, cpu_percent_used: float) -> dict[str, Any]:
+    def details(self, cpu_percent_used: float) -> MachineDetails:
         """The full `machine_details` payload, with the CPU use of the latest sample."""
         ps = self._ps
         try:
             disk_total = int(ps.disk_usage(self._paths.root_mount).total)
         except OSError:
             disk_total = 0
-        return {
-            "hostname": socket.gethostname(),
-            "cpu_percent_used": cpu_percent_used,
-            "ram": int(ps.virtual_memory().total),
-            "cpu": self._cpu,
-            "cpu_cores": int(ps.cpu_count(logical=True) or 1),
-            "os": self._os,
-            "kernel": platform.release(),
-            "arch": platform.machine(),
-            "model": self._model,
-            "boot_time": float(ps.boot_time()),
-            "disk_total_bytes": disk_total,
-            "ip_addresses": ip_addresses(ps),
-            "agent_version": __version__,
-            "interval_s": self._interval_s,
-        }
+        return MachineDetails(
+            hostname=socket.gethostname(),
+            cpu_percent_used=cpu_percent_used,
+            ram=int(ps.virtual_memory().total),
+            cpu=self._cpu,
+            cpu_cores=int(ps.cpu_count(logical=True) or 1),
+            os=self._os,
+            kernel=platform.release(),
+            arch=platform.machine(),
+            model=self._model,
+            boot_time=float(ps.boot_time()),
+            disk_total_bytes=disk_total,
+            ip_addresses=ip_addresses(ps),
+            agent_version=__version__,
+            interval_s=self._interval_s,
+        )
 
 
-def details_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+def details_changed(old: MachineDetails | None, new: MachineDetails) -> bool:
     """True when anything but the CPU use differs (the trigger for a re-publish)."""
     if old is None:
         return True

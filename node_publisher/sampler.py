@@ -6,8 +6,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, cast
 
+from cluster_protocol.payloads import MachineDetails
 from node_publisher import collectors, pi
 from node_publisher.collectors import PsutilLike, SampleContext
 from node_publisher.machine_info import MachineInfo, MachinePaths, details_changed
@@ -42,7 +43,7 @@ class Sampler:
         self._interval = settings.interval  # changed at run time by the set_interval command
         self._extra_details = dict(extra_details or {})
         self._lock = threading.Lock()  # the sample loop and the refresh command share ctx
-        self._details: dict[str, Any] | None = None
+        self._details: MachineDetails | None = None
         self._details_checked_at = time.monotonic()
         self._interval_changed = threading.Event()
         self._stopping = threading.Event()
@@ -75,14 +76,18 @@ class Sampler:
     @property
     def details(self) -> dict[str, Any] | None:
         """The machine details as last built (a copy)."""
+        # Still a plain dict here: NodeAgent.details and `cluster-node sample` (app.py, cli.py)
+        # declare dict[str, Any]; MachineDetails once they do.
         with self._lock:
-            return None if self._details is None else dict(self._details)
+            return None if self._details is None else {**self._details}
 
-    def _build_details(self, cpu_percent: float) -> dict[str, Any]:
+    def _build_details(self, cpu_percent: float) -> MachineDetails:
         details = self._machine.details(cpu_percent)
         details["interval_s"] = self._interval
-        details.update(self._extra_details)
-        return details
+        # The extras (commands, tasks) come from the command side as a plain mapping; it sends
+        # only keys the contract documents (advertised_details), so the merge stays a
+        # MachineDetails.
+        return cast(MachineDetails, {**details, **self._extra_details})
 
     # -- the schedule -----------------------------------------------------------------------
 
