@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
 
+from cluster_protocol.payloads import Disk, MetricsPayload
 from node_publisher import pi
 
 logger = logging.getLogger(__name__)
@@ -25,6 +26,10 @@ T = TypeVar("T")
 
 class PsutilLike(Protocol):
     """The part of psutil the collectors use; the psutil module itself satisfies it."""
+
+    # The results stay `Any`: the object is the injected psutil module or a test fake, and
+    # psutil's own results are named tuples per platform; the payload types check what the
+    # collectors make of them.
 
     @property
     def cpu_percent(self) -> Callable[..., Any]:
@@ -128,11 +133,11 @@ class SampleContext:
         )
 
 
-Metrics = dict[str, Any]
-Collector = Callable[[PsutilLike, SampleContext], Metrics]
+# A collector returns the part of the metrics payload it measures (MetricsPayload is total=False).
+Collector = Callable[[PsutilLike, SampleContext], MetricsPayload]
 
 
-def collect_cpu(ps: PsutilLike, ctx: SampleContext) -> Metrics:
+def collect_cpu(ps: PsutilLike, ctx: SampleContext) -> MetricsPayload:
     """CPU use since the previous call, overall and per core; never blocks."""
     return {
         "cpu_percent": ps.cpu_percent(interval=None),
@@ -140,7 +145,7 @@ def collect_cpu(ps: PsutilLike, ctx: SampleContext) -> Metrics:
     }
 
 
-def collect_load(ps: PsutilLike, ctx: SampleContext) -> Metrics:
+def collect_load(ps: PsutilLike, ctx: SampleContext) -> MetricsPayload:
     """Load averages over 1, 5 and 15 minutes; None where the platform has none."""
     getloadavg = getattr(ps, "getloadavg", None)
     if getloadavg is None:
@@ -149,7 +154,7 @@ def collect_load(ps: PsutilLike, ctx: SampleContext) -> Metrics:
     return {"load_1": load_1, "load_5": load_5, "load_15": load_15}
 
 
-def collect_memory(ps: PsutilLike, ctx: SampleContext) -> Metrics:
+def collect_memory(ps: PsutilLike, ctx: SampleContext) -> MetricsPayload:
     """RAM total, available and percent used, and swap percent used (None without swap)."""
     memory = ps.virtual_memory()
     swap = ps.swap_memory()
@@ -161,9 +166,9 @@ def collect_memory(ps: PsutilLike, ctx: SampleContext) -> Metrics:
     }
 
 
-def collect_disks(ps: PsutilLike, ctx: SampleContext) -> Metrics:
+def collect_disks(ps: PsutilLike, ctx: SampleContext) -> MetricsPayload:
     """Size and use of each mounted file system, one entry per mount point."""
-    disks: list[dict[str, Any]] = []
+    disks: list[Disk] = []
     seen: set[str] = set()
     for partition in ctx.cached("partitions", lambda: list(ps.disk_partitions(all=False))):
         if partition.mountpoint in seen or partition.fstype in IGNORED_FSTYPES:
@@ -175,17 +180,17 @@ def collect_disks(ps: PsutilLike, ctx: SampleContext) -> Metrics:
             logger.debug("skipping %s: %s", partition.mountpoint, error)
             continue
         disks.append(
-            {
-                "mount": partition.mountpoint,
-                "total_bytes": int(usage.total),
-                "used_bytes": int(usage.used),
-                "percent": usage.percent,
-            }
+            Disk(
+                mount=partition.mountpoint,
+                total_bytes=int(usage.total),
+                used_bytes=int(usage.used),
+                percent=usage.percent,
+            )
         )
     return {"disks": disks}
 
 
-def collect_disk_io(ps: PsutilLike, ctx: SampleContext) -> Metrics:
+def collect_disk_io(ps: PsutilLike, ctx: SampleContext) -> MetricsPayload:
     """Bytes read and written per second since the previous sample, all disks together."""
     counters = ps.disk_io_counters()
     if counters is None:  # no disks psutil can see (some containers)
@@ -194,7 +199,7 @@ def collect_disk_io(ps: PsutilLike, ctx: SampleContext) -> Metrics:
     return {"disk_read_bytes_per_s": read, "disk_write_bytes_per_s": write}
 
 
-def collect_net(ps: PsutilLike, ctx: SampleContext) -> Metrics:
+def collect_net(ps: PsutilLike, ctx: SampleContext) -> MetricsPayload:
     """Bytes received and sent per second since the previous sample, all interfaces."""
     counters = ps.net_io_counters()
     if counters is None:
@@ -203,30 +208,30 @@ def collect_net(ps: PsutilLike, ctx: SampleContext) -> Metrics:
     return {"net_rx_bytes_per_s": rx, "net_tx_bytes_per_s": tx}
 
 
-def collect_temperature(ps: PsutilLike, ctx: SampleContext) -> Metrics:
+def collect_temperature(ps: PsutilLike, ctx: SampleContext) -> MetricsPayload:
     """CPU temperature from the configured sensor; None where the machine has none."""
     return {
         "temperature_celsius": pi.read_temperature(ps, ctx.temperature_sensor, ctx.thermal_zone)
     }
 
 
-def collect_uptime(ps: PsutilLike, ctx: SampleContext) -> Metrics:
+def collect_uptime(ps: PsutilLike, ctx: SampleContext) -> MetricsPayload:
     """Seconds since boot."""
     # Re-read now and then: a Pi without a clock battery moves its boot time at the NTP sync.
     return {"uptime_s": max(0.0, ctx.wall() - ctx.cached("boot_time", ps.boot_time))}
 
 
-def collect_processes(ps: PsutilLike, ctx: SampleContext) -> Metrics:
+def collect_processes(ps: PsutilLike, ctx: SampleContext) -> MetricsPayload:
     """Number of processes; counts PIDs only (enumerating processes costs a Pi Zero 20 %)."""
     return {"process_count": len(ps.pids())}
 
 
-def collect_throttled(ps: PsutilLike, ctx: SampleContext) -> Metrics:
+def collect_throttled(ps: PsutilLike, ctx: SampleContext) -> MetricsPayload:
     """Raspberry Pi under-voltage and throttling flags; None off a Pi."""
     return {"throttled": ctx.throttle.read()}
 
 
-def collect_cpu_freq(ps: PsutilLike, ctx: SampleContext) -> Metrics:
+def collect_cpu_freq(ps: PsutilLike, ctx: SampleContext) -> MetricsPayload:
     """Current CPU clock in MHz: the firmware's on a Pi, else psutil's; None where unknown."""
     # On a Pi the kernel's cpufreq figure stays at the requested clock while the firmware
     # throttles (heat, under-voltage): only vcgencmd shows the drop.
@@ -280,12 +285,14 @@ def prime(ps: PsutilLike, ctx: SampleContext) -> None:
 
 def collect_metrics(
     ps: PsutilLike, ctx: SampleContext, collectors: Mapping[str, Collector] = COLLECTORS
-) -> Metrics:
+) -> MetricsPayload:
     """Run every collector; one that fails is logged and its keys left out."""
-    metrics: Metrics = {}
+    metrics: MetricsPayload = {}
     for name, collector in collectors.items():
         try:
             metrics.update(collector(ps, ctx))
         except Exception:
             logger.exception("collector %s failed", name)
-    return finite_or_none(metrics)  # type: ignore[no-any-return]
+    # Same keys, with NaN and infinities (a broken sensor) as None: JSON cannot carry them.
+    cleaned: MetricsPayload = finite_or_none(metrics)
+    return cleaned

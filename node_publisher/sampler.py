@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final, cast
 
-from cluster_protocol.payloads import MachineDetails
+from cluster_protocol.payloads import MachineDetails, MetricsPayload
 from node_publisher import collectors, pi
 from node_publisher.collectors import PsutilLike, SampleContext
 from node_publisher.machine_info import MachineInfo, MachinePaths, details_changed
@@ -57,7 +57,7 @@ class Sampler:
         with self._lock:
             self._details = self._build_details(0.0)
 
-    def measure(self) -> tuple[dict[str, Any], bool]:
+    def measure(self) -> tuple[MetricsPayload, bool]:
         """One metrics payload, and whether the machine details changed (checked when due)."""
         with self._lock:
             metrics = collectors.collect_metrics(self._ps, self._ctx)

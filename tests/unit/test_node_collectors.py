@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from cluster_protocol import METRICS_FIELDS, validate_payload
+from cluster_protocol.payloads import MetricsPayload
 from node_publisher import collectors, pi
 from node_publisher.collectors import SampleContext
 
@@ -317,7 +318,7 @@ def test_every_collected_key_is_documented_and_valid():
 
 
 def test_a_failing_collector_is_left_out_and_the_rest_still_run(caplog):
-    def broken(ps: Any, ctx: SampleContext) -> dict[str, Any]:
+    def broken(ps: Any, ctx: SampleContext) -> MetricsPayload:
         raise RuntimeError("sensor exploded")
 
     table = {"broken": broken, "memory": collectors.collect_memory}
