@@ -30,7 +30,7 @@ class Sampler:
         settings: PublisherSettings,
         ps: PsutilLike,
         machine_paths: MachinePaths | None = None,
-        extra_details: Mapping[str, Any] | None = None,
+        extra_details: Mapping[str, object] | None = None,
         details_check_every_s: float = DETAILS_CHECK_EVERY_S,
     ) -> None:
         self.details_check_every_s = details_check_every_s
