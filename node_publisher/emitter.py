@@ -4,15 +4,28 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TypeAlias
 
 import paho.mqtt.client as mqtt
 
 from cluster_protocol import Envelope, EnvelopeError, MessageType, encode_envelope, topic_for
+from cluster_protocol.payloads import (
+    JsonObject,
+    JsonValue,
+    MachineDetails,
+    MetricsPayload,
+    NodeLifecycle,
+    ReplyPayload,
+    StatusPayload,
+)
 from node_publisher.outbox import Outbox
 from node_publisher.spool import Spool
 
 logger = logging.getLogger(__name__)
+
+# What a node sends. JsonValue covers the `message` text, and a reply or details the agent
+# still hands over as a plain dict (NodeAgent.publish_reply and .details say dict[str, Any]).
+NodePayload: TypeAlias = MetricsPayload | MachineDetails | StatusPayload | ReplyPayload | JsonValue
 
 
 class Emitter:
@@ -44,7 +57,7 @@ class Emitter:
         return topic_for(self.node, message_type, self.prefix)
 
     def spool_envelope(
-        self, message_type: MessageType, payload: Any, raise_errors: bool = False
+        self, message_type: MessageType, payload: NodePayload, raise_errors: bool = False
     ) -> int | None:
         """Spool one envelope for the outbox; its seq, or None when it is oversize."""
         ts = self.clock()
@@ -63,7 +76,7 @@ class Emitter:
         self.outbox.wake()
         return seq
 
-    def status_payload(self, state: str) -> bytes:
+    def status_payload(self, state: NodeLifecycle) -> bytes:
         """A status envelope, carrying the current seq without taking one.
 
         A will may never be sent: taking a seq for it would leave a gap.
@@ -73,11 +86,11 @@ class Emitter:
             node=self.node,
             ts=self.clock(),
             seq=self.spool.current_seq(),
-            payload={"state": state},
+            payload=StatusPayload(state=state),
         )
         return encode_envelope(envelope)
 
-    def publish_status(self, state: str) -> mqtt.MQTTMessageInfo:
+    def publish_status(self, state: NodeLifecycle) -> mqtt.MQTTMessageInfo:
         """Publish "online" or "offline", retained."""
         data = self.status_payload(state)
         return self.client.publish(self.topic(MessageType.STATUS), data, 1, True)
@@ -88,7 +101,7 @@ class Emitter:
             self.topic(MessageType.STATUS), self.status_payload("offline"), qos=1, retain=True
         )
 
-    def publish_details(self, details: dict[str, Any] | None) -> None:
+    def publish_details(self, details: MachineDetails | JsonObject | None) -> None:
         """Publish the machine details, retained, with a seq of their own."""
         if details is None:
             return
