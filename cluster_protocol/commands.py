@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from cluster_protocol.envelope import MAX_MESSAGE_BYTES
 from cluster_protocol.errors import EnvelopeError
+from cluster_protocol.payloads import ReplyPayload
 from cluster_protocol.schemas import COMMAND_FIELDS, REPLY_FIELDS, check_fields
 
 COMMAND_NAME_PATTERN: Final = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -123,9 +124,9 @@ def parse_command(raw: bytes) -> Command:
 
 def build_reply(
     command_id: str, ok: bool, result: Any = None, error: str | None = None
-) -> dict[str, Any]:
+) -> ReplyPayload:
     """The payload of a reply; CommandPayloadError when it breaks the contract."""
-    payload = {"id": command_id, "ok": ok, "result": result, "error": error}
+    payload: ReplyPayload = {"id": command_id, "ok": ok, "result": result, "error": error}
     _check(payload, "reply", REPLY_FIELDS, REQUIRED_REPLY_KEYS)
     return payload
 

@@ -24,6 +24,7 @@ from cluster_protocol import (
     parse_topic,
 )
 from cluster_protocol.broker_url import connect_failure_reason
+from cluster_protocol.payloads import MachineDetails, ReplyPayload
 from node_publisher.collectors import PsutilLike
 from node_publisher.emitter import Emitter
 from node_publisher.machine_info import MachinePaths
@@ -177,7 +178,7 @@ class NodeAgent:
         return seq
 
     @property
-    def details(self) -> dict[str, Any] | None:
+    def details(self) -> MachineDetails | None:
         """The machine details as last built (a copy)."""
         return self.sampler.details
 
@@ -203,7 +204,7 @@ class NodeAgent:
         assert seq is not None  # raise_errors=True never returns None
         return seq
 
-    def publish_reply(self, payload: dict[str, Any]) -> int:
+    def publish_reply(self, payload: ReplyPayload) -> int:
         """Spool a command `reply` envelope; its seq. Raises EnvelopeError when oversize."""
         seq = self.emitter.spool_envelope(MessageType.REPLY, payload, raise_errors=True)
         assert seq is not None

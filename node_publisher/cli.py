@@ -107,7 +107,7 @@ def sample(settings: PublisherSettings, args: argparse.Namespace) -> int:
     time.sleep(SAMPLE_WINDOW_S)
     metrics, _ = sampler.measure()
     metrics["spool_dropped"] = 0
-    details = sampler.details or {}
+    details: object = sampler.details or {}
     now = time.time()
     node = settings.node_id
     for seq, (message_type, payload) in enumerate(

@@ -30,6 +30,7 @@ from cluster_protocol.commands import (
     build_reply,
     parse_command,
 )
+from cluster_protocol.payloads import ReplyPayload
 from node_publisher import __version__
 from node_publisher.collectors import PsutilLike
 from node_publisher.settings import PublisherSettings
@@ -66,7 +67,7 @@ class NodeControls(Protocol):
         """Publish details and one metrics sample now."""
         ...
 
-    def publish_reply(self, payload: dict[str, Any]) -> int:
+    def publish_reply(self, payload: ReplyPayload) -> int:
         """Send one reply envelope."""
         ...
 

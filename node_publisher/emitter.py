@@ -10,8 +10,6 @@ import paho.mqtt.client as mqtt
 
 from cluster_protocol import Envelope, EnvelopeError, MessageType, encode_envelope, topic_for
 from cluster_protocol.payloads import (
-    JsonObject,
-    JsonValue,
     MachineDetails,
     MetricsPayload,
     NodeLifecycle,
@@ -23,9 +21,8 @@ from node_publisher.spool import Spool
 
 logger = logging.getLogger(__name__)
 
-# What a node sends. JsonValue covers the `message` text, and a reply or details the agent
-# still hands over as a plain dict (NodeAgent.publish_reply and .details say dict[str, Any]).
-NodePayload: TypeAlias = MetricsPayload | MachineDetails | StatusPayload | ReplyPayload | JsonValue
+# What a node sends; `str` is the free-text `message`.
+NodePayload: TypeAlias = MetricsPayload | MachineDetails | StatusPayload | ReplyPayload | str
 
 
 class Emitter:
@@ -101,7 +98,7 @@ class Emitter:
             self.topic(MessageType.STATUS), self.status_payload("offline"), qos=1, retain=True
         )
 
-    def publish_details(self, details: MachineDetails | JsonObject | None) -> None:
+    def publish_details(self, details: MachineDetails | None) -> None:
         """Publish the machine details, retained, with a seq of their own."""
         if details is None:
             return

@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Final, cast
+from typing import Final, cast
 
 from cluster_protocol.payloads import MachineDetails, MetricsPayload
 from node_publisher import collectors, pi
@@ -74,10 +74,8 @@ class Sampler:
             return metrics, changed
 
     @property
-    def details(self) -> dict[str, Any] | None:
+    def details(self) -> MachineDetails | None:
         """The machine details as last built (a copy)."""
-        # Still a plain dict here: NodeAgent.details and `cluster-node sample` (app.py, cli.py)
-        # declare dict[str, Any]; MachineDetails once they do.
         with self._lock:
             return None if self._details is None else {**self._details}
 

@@ -13,6 +13,7 @@ import pytest
 
 from cluster_protocol.commands import CommandName, check_reply
 from cluster_protocol.config import SettingsError
+from cluster_protocol.payloads import ReplyPayload
 from node_publisher.commands import CommandProcessor, advertised_details
 from node_publisher.settings import PublisherSettings, load_settings
 from node_publisher.tasks import TaskArgError, parse_tasks, run_argv
@@ -52,7 +53,7 @@ class FakeAgent:
 
     def __init__(self) -> None:
         self.interval = 10.0
-        self.replies: list[dict[str, Any]] = []
+        self.replies: list[ReplyPayload] = []
         self.refreshed = 0
 
     def set_interval(self, interval_s: float) -> None:
@@ -62,7 +63,7 @@ class FakeAgent:
         self.refreshed += 1
         return 42
 
-    def publish_reply(self, payload: dict[str, Any]) -> int:
+    def publish_reply(self, payload: ReplyPayload) -> int:
         self.replies.append(payload)
         return len(self.replies)
 

@@ -85,8 +85,10 @@ def test_details_are_rebuilt_on_their_own_cadence_to_spot_a_change(tmp_path):
     ps.cores = 8
     eager.sample_once()
     lazy.sample_once()
-    assert (eager.details or {})["cpu_cores"] == 8
-    assert (lazy.details or {})["cpu_cores"] == 4  # seen at the next check, within the hour
+    assert eager.details is not None
+    assert eager.details["cpu_cores"] == 8
+    assert lazy.details is not None
+    assert lazy.details["cpu_cores"] == 4  # seen at the next check, within the hour
 
 
 def test_set_interval_starts_a_new_schedule_and_the_details_carry_it(tmp_path):
@@ -98,7 +100,8 @@ def test_set_interval_starts_a_new_schedule_and_the_details_carry_it(tmp_path):
         agent.set_interval(0.05)
         assert ticked.wait(5), "the new interval did not take effect"
         assert agent.interval == 0.05
-        assert (agent.details or {})["interval_s"] == 0.05
+        assert agent.details is not None
+        assert agent.details["interval_s"] == 0.05
     finally:
         agent.sampler.stop()
     with pytest.raises(ValueError, match="interval must be > 0"):
