@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cluster_protocol import Envelope
+from cluster_protocol import DEFAULT_PREFIX, Envelope
 from master_service.ingest.counters import IngestCounters
 from master_service.ingest.observers import Notice, Observer, ObserverErrors
 from master_service.state import ClusterState, NodeStatus
@@ -34,7 +34,7 @@ class Context:
 
     state: ClusterState
     counters: IngestCounters
-    prefix: str = "cluster"
+    prefix: str = DEFAULT_PREFIX
     observers: Sequence[Observer] = ()
     pending_history: list[tuple[str, float, dict[str, Any]]] = field(default_factory=list)
     notices: list[Notice] = field(default_factory=list)  # delivered by the router
