@@ -65,7 +65,7 @@ def _link_targets(doc: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("doc", sorted(DOCS.glob("*.md")), ids=lambda p: p.name)
-def test_the_docs_stand_on_their_own(doc: Path):
+def test_the_docs_stand_on_their_own(doc: Path) -> None:
     # A maintainer has only this repository: every page a doc links to must be in it.
     outside = [
         target
