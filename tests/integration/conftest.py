@@ -69,11 +69,11 @@ class Cluster:
         self.master.stop()
 
 
-def start_cluster(
-    broker: MosquittoBroker, workdir: Path, prefix: str, node_ids: Sequence[str]
-) -> Cluster:
-    """Start a master and `node_ids` under `prefix`, and wait until all are online with history."""
-    master = start_master(
+def start_prefixed_master(
+    broker: MosquittoBroker, workdir: Path, prefix: str, db: Path | None = None
+) -> RunningMaster:
+    """A master on its own topic prefix and session (so tests can share a broker), HA off."""
+    return start_master(
         broker.url,
         workdir,
         "--prefix",
@@ -81,7 +81,15 @@ def start_cluster(
         "--client-id",
         f"picluster-master-{prefix}",
         "--no-ha-discovery",
+        db=db,
     )
+
+
+def start_cluster(
+    broker: MosquittoBroker, workdir: Path, prefix: str, node_ids: Sequence[str]
+) -> Cluster:
+    """Start a master and `node_ids` under `prefix`, and wait until all are online with history."""
+    master = start_prefixed_master(broker, workdir, prefix)
     cluster = Cluster(master, prefix)
     try:
         for node_id in node_ids:

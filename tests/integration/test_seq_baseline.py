@@ -14,8 +14,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cluster_protocol import Envelope, encode_envelope, topic_for
+from tests.integration.conftest import start_prefixed_master
 from tests.support.broker import MosquittoBroker, free_port
-from tests.support.processes import RunningMaster, Service, start_master, start_node
+from tests.support.processes import RunningMaster, Service, start_node
 from tests.support.waiting import wait_until
 from tests.support.watcher import Watcher
 
@@ -26,21 +27,6 @@ DETAILS = {"hostname": "sim", "cpu_percent_used": 1.0, "ram": 1, "cpu": "sim", "
 def prefix() -> str:
     """A topic prefix of the test's own: retained messages of other tests stay out of sight."""
     return f"seq{uuid.uuid4().hex[:8]}"
-
-
-def master_for(
-    broker: MosquittoBroker, workdir: Path, prefix: str, db: Path | None = None
-) -> RunningMaster:
-    return start_master(
-        broker.url,
-        workdir,
-        "--prefix",
-        prefix,
-        "--client-id",
-        f"picluster-master-{prefix}",
-        "--no-ha-discovery",
-        db=db,
-    )
 
 
 def node_for(broker_url: str, workdir: Path, node_id: str, prefix: str, interval: float) -> Service:
@@ -124,7 +110,7 @@ def test_a_master_started_after_its_node_counts_no_gap(
     try:
         # Six seconds of metrics the master was never there for.
         watcher.wait_for(topic_for(node_id, "metrics", prefix), count=12, timeout_s=20)
-        master = master_for(broker, tmp_path, prefix)
+        master = start_prefixed_master(broker, tmp_path, prefix)
         running = master
         first = wait_counters(
             running, node_id, lambda c: c["last_seq"] is not None, "the first live envelope"
@@ -152,7 +138,7 @@ def test_a_node_restarted_on_a_fresh_spool_delivers_it_without_gaps_or_duplicate
     broker: MosquittoBroker, tmp_path: Path, prefix: str
 ) -> None:
     node_id = "reborn-01"
-    master = master_for(broker, tmp_path / "master", prefix)
+    master = start_prefixed_master(broker, tmp_path / "master", prefix)
     old, new = tmp_path / "old", tmp_path / "new"
     node = node_for(broker.url, old, node_id, prefix, interval=0.25)
     try:
@@ -191,7 +177,7 @@ def test_a_real_gap_is_still_counted_but_not_what_came_before_the_master(
 ) -> None:
     simulated.send("machine_details", 1, DETAILS, retain=True)
     simulated.metrics(2, 3, 4, 5)  # no one is subscribed yet
-    master = master_for(broker, tmp_path, prefix)
+    master = start_prefixed_master(broker, tmp_path, prefix)
     try:
         wait_until(lambda: master.node("sim-01"), 10, message="the retained details")
         simulated.metrics(20, 21, 23)  # 22 is lost on the way
@@ -206,7 +192,7 @@ def test_a_real_gap_is_still_counted_but_not_what_came_before_the_master(
 def test_a_restarted_master_counts_a_gap_in_what_its_session_queued(
     broker: MosquittoBroker, tmp_path: Path, prefix: str, simulated: SimulatedNode
 ) -> None:
-    master = master_for(broker, tmp_path, prefix)
+    master = start_prefixed_master(broker, tmp_path, prefix)
     simulated.send("machine_details", 1, DETAILS, retain=True)
     simulated.metrics(2, 3)
     wait_until(lambda: counters(master, "sim-01")["last_seq"] == 3, 10, message="seq 3")
@@ -215,7 +201,7 @@ def test_a_restarted_master_counts_a_gap_in_what_its_session_queued(
     simulated.metrics(4, 5, 7)  # queued for the master's session; 6 never comes
     simulated.send("machine_details", 8, DETAILS, retain=True)  # queued and retained
 
-    master = master_for(broker, tmp_path, prefix, db=master.db)
+    master = start_prefixed_master(broker, tmp_path, prefix, db=master.db)
     try:
         seen = wait_counters(master, "sim-01", lambda c: c["last_seq"] == 8, "seq 8")
         assert seen["seq_gaps"] == 1
