@@ -64,7 +64,13 @@ class FullDisk:
         self.filler.unlink()
 
     def unmount(self) -> None:
-        subprocess.run(["umount", str(self.mountpoint)], check=False)
+        """Detach the tmpfs, lazily if something still holds it open.
+
+        A mount left behind under pytest's temporary directory makes pytest's clean-up of old
+        sessions fail later, so this must never leave one.
+        """
+        if subprocess.run(["umount", str(self.mountpoint)], check=False).returncode != 0:
+            subprocess.run(["umount", "--lazy", str(self.mountpoint)], check=True)
 
 
 @dataclass
