@@ -35,6 +35,9 @@ class Observer:
     def node_forgotten(self, node: str) -> None:
         """A node was removed with `cluster-master forget`."""
 
+    def node_alerts(self, node: str, firing: tuple[str, ...]) -> None:
+        """The rules firing on a node changed (empty: none); sent after the change is stored."""
+
 
 @dataclass(frozen=True, slots=True)
 class Notice:

@@ -78,12 +78,60 @@ _COMMANDS_STATEMENTS: Final = (
     "CREATE INDEX IF NOT EXISTS commands_node_sent ON commands (node, sent_at)",
 )
 
+# Alerts (master_service/alerts): the state of each (node, rule), what happened, the
+# notifications not yet accepted by their channel, and silences.
+_ALERTS_STATEMENTS: Final = (
+    "CREATE TABLE alerts ("
+    " node TEXT NOT NULL,"
+    " rule TEXT NOT NULL,"
+    " severity TEXT NOT NULL,"
+    " state TEXT NOT NULL,"  # firing, or ok while its resolved notice is owed
+    " since REAL NOT NULL,"
+    " value REAL,"
+    " threshold REAL,"
+    " detail TEXT NOT NULL,"
+    " notified INTEGER NOT NULL,"  # 1: the channels were told it fires
+    " updated REAL NOT NULL,"
+    " PRIMARY KEY (node, rule)) WITHOUT ROWID",
+    "CREATE TABLE alert_history ("
+    " id INTEGER PRIMARY KEY,"
+    " at REAL NOT NULL,"
+    " node TEXT NOT NULL,"
+    " rule TEXT NOT NULL,"
+    " severity TEXT NOT NULL,"
+    " event TEXT NOT NULL,"  # firing, resolved, fired, flapping, settled
+    " value REAL,"
+    " threshold REAL,"
+    " since REAL,"
+    " message TEXT NOT NULL,"
+    " notified INTEGER NOT NULL)",
+    "CREATE INDEX alert_history_at ON alert_history (at)",
+    "CREATE TABLE alert_outbox ("
+    " id INTEGER PRIMARY KEY,"
+    " created REAL NOT NULL,"
+    " channel TEXT NOT NULL,"  # Channel.key: a hash, so no URL secret is stored
+    " title TEXT NOT NULL,"
+    " body TEXT NOT NULL,"
+    " notify_type TEXT NOT NULL,"
+    " attempts INTEGER NOT NULL DEFAULT 0,"
+    " next_attempt REAL NOT NULL,"
+    " last_error TEXT)",
+    "CREATE TABLE alert_silences ("
+    " id INTEGER PRIMARY KEY,"
+    " node TEXT NOT NULL,"  # a node id or a glob
+    " rule TEXT,"  # NULL: every rule
+    " starts REAL NOT NULL,"
+    " ends REAL NOT NULL,"
+    " comment TEXT NOT NULL)",
+)
+
 # Statements of a version other than its new history columns (which come from the metric
 # table). A change that is not a new metric column (an index, a new table) goes here, keyed
 # by the next version number.
 _STATEMENTS: Final[Mapping[int, Sequence[str]]] = {
     1: _v1_statements(),
     2: _COMMANDS_STATEMENTS,
+    3: _ALERTS_STATEMENTS,
 }
 
 

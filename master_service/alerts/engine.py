@@ -1,0 +1,691 @@
+"""The alert engine: rules evaluated as events arrive, and what the channels are owed.
+
+It runs on the ingest thread (fed by `AlertObserver`) and does no I/O: each call returns the
+`Changes` to store, in the same transaction as the messages that caused them.
+
+Notifications follow one rule, level-triggered: a channel is told when what it was last told
+(`Alert.notified`) differs from the alert's state and nothing mutes that alert. A silence,
+a flapping rule or the cluster alert mute; when the mute ends, whatever is owed is sent then.
+So a resolve is never sent for an alert nobody was told about, and never twice.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import heapq
+import itertools
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Final
+
+from master_service.alerts import messages
+from master_service.alerts.durations import format_duration
+from master_service.alerts.model import (
+    Alert,
+    AlertState,
+    Changes,
+    Event,
+    EventKind,
+    Notification,
+    Silence,
+)
+from master_service.alerts.rules import (
+    CLUSTER_NODE,
+    CLUSTER_RULE,
+    Builtin,
+    Kind,
+    Reading,
+    Rule,
+    Severity,
+)
+from master_service.state import ClusterState, NodeState, NodeStatus
+
+logger = logging.getLogger(__name__)
+
+FLAP_WINDOW_S: Final = 600.0
+FLAP_FIRINGS: Final = 4  # more firings than this within the window: flapping
+CLUSTER_WINDOW_S: Final = 60.0  # "more than half the nodes offline within a minute"
+REBOOT_TOLERANCE_S: Final = 5.0  # uptime may read a little lower from one sample to the next
+GAP_SETTLE_MIN_S: Final = 10.0  # a late (spooled) envelope may still fill a gap meanwhile
+STALE_MARGIN_S: Final = 0.05
+
+CLUSTER_RULE_DEF: Final = Rule(name=CLUSTER_RULE, kind=Kind.OFFLINE, severity=Severity.CRITICAL)
+
+
+class Timer(Enum):
+    """Why the engine wants to be called back."""
+
+    LIVENESS = "liveness"  # a node may have gone stale, or been down for `for`
+    GAP = "gap"  # a seq gap has had time to fill
+    FLAP = "flap"  # a flapping rule may have settled
+    SILENCE = "silence"  # a silence ends
+
+
+@dataclass(slots=True)
+class Watch:
+    """What the engine remembers of one node between events."""
+
+    down_since: float | None = None
+    check_at: float | None = None  # the liveness timer pending for this node
+    last_uptime: float | None = None
+    gaps_seen: int = 0
+    gap_check_at: float | None = None
+    rules: tuple[Rule, ...] | None = None  # threshold rules that apply (cached)
+
+
+@dataclass(slots=True)
+class Flaps:
+    """Recent firings of one (node, rule), and whether it counts as flapping."""
+
+    firings: deque[float] = field(default_factory=deque)
+    flapping: bool = False
+    last_change: float = 0.0
+
+
+class AlertEngine:
+    """Evaluates the rules on each event; thread-safe (the API reads while ingest writes)."""
+
+    def __init__(
+        self,
+        rules: Sequence[Rule],
+        state: ClusterState,
+        clock: Callable[[], float],
+        *,
+        link_base: str,
+        alerts: Iterable[Alert] = (),
+        silences: Iterable[Silence] = (),
+    ) -> None:
+        self._lock = threading.RLock()
+        self._state = state
+        self._clock = clock
+        self._link_base = link_base
+        self._rules = {rule.name: rule for rule in rules if rule.enabled}
+        self._thresholds = tuple(r for r in self._rules.values() if r.kind is Kind.THRESHOLD)
+        self._offline = self._rules.get(Builtin.NODE_OFFLINE)
+        self._rebooted = self._rules.get(Builtin.REBOOTED)
+        self._data_loss = self._rules.get(Builtin.DATA_LOSS)
+        self.started = clock()
+        self._alerts: dict[tuple[str, str], Alert] = {(a.node, a.rule): a for a in alerts}
+        self._pending: dict[tuple[str, str], tuple[float, Reading]] = {}
+        self._watch: dict[str, Watch] = {}
+        self._flaps: dict[tuple[str, str], Flaps] = {}
+        self._silences: dict[int, Silence] = {s.id: s for s in silences}
+        self._timers: list[tuple[float, int, Timer, str, str]] = []
+        self._tick = itertools.count()
+        self.on_schedule: Callable[[float], None] = lambda _due: None  # the timer thread's wake
+        for silence in self._silences.values():
+            self._schedule(silence.ends, Timer.SILENCE, "", str(silence.id))
+        with state.lock:
+            known = [node for n in state.node_ids() if (node := state.get(n)) is not None]
+        for node in known:
+            watch = self._watch_of(node.node)
+            metrics = node.metrics or {}
+            uptime = metrics.get("uptime_s")
+            watch.last_uptime = float(uptime) if isinstance(uptime, int | float) else None
+            watch.gaps_seen = node.seq_gaps
+            self._schedule(self.started, Timer.LIVENESS, node.node)
+
+    # -- events ---------------------------------------------------------------------------
+
+    def metrics(self, node: str, payload: Mapping[str, Any], now: float) -> Changes:
+        """A metrics sample was accepted: liveness, reboot, thresholds, seq gaps."""
+        changes = Changes()
+        with self._lock:
+            facts = self._state.get(node)
+            if facts is None:
+                return changes
+            watch = self._watch_of(node)
+            self._liveness(facts, watch, now, changes)
+            if watch.down_since is None:  # a node that is down has its alerts held
+                self._reboot(node, watch, payload, now, changes)
+                for rule in self._rules_for(node, watch):
+                    self._threshold(rule, node, payload, now, changes)
+            self._gaps(facts, watch, now)
+        return changes
+
+    def node_event(self, node: str, now: float) -> Changes:
+        """A status or machine details arrived: liveness and seq gaps."""
+        changes = Changes()
+        with self._lock:
+            facts = self._state.get(node)
+            if facts is not None:
+                watch = self._watch_of(node)
+                self._liveness(facts, watch, now, changes)
+                self._gaps(facts, watch, now)
+        return changes
+
+    def forget(self, node: str) -> Changes:
+        """A node was forgotten: its alerts go without a word."""
+        changes = Changes()
+        with self._lock:
+            self._watch.pop(node, None)
+            for key in [key for key in self._alerts if key[0] == node]:
+                del self._alerts[key]
+                changes.drop(*key)
+            for key in [key for key in self._pending if key[0] == node]:
+                del self._pending[key]
+            changes.nodes_changed.add(node)
+        return changes
+
+    def due(self, now: float) -> Changes:
+        """Run every timer due by `now` (the timer thread calls this through the ingest)."""
+        changes = Changes()
+        with self._lock:
+            while self._timers and self._timers[0][0] <= now:
+                _, _, kind, node, extra = heapq.heappop(self._timers)
+                if kind is Timer.LIVENESS:
+                    self._liveness_timer(node, now, changes)
+                elif kind is Timer.GAP:
+                    self._gap_timer(node, now, changes)
+                elif kind is Timer.FLAP:
+                    self._flap_timer(node, extra, now, changes)
+                else:
+                    self._silence_ended(int(extra), now, changes)
+        return changes
+
+    def next_due(self) -> float | None:
+        """When `due` should next be called; None when nothing is scheduled."""
+        with self._lock:
+            return self._timers[0][0] if self._timers else None
+
+    # -- silences ---------------------------------------------------------------------------
+
+    def add_silence(self, silence: Silence) -> None:
+        """Mute (node, rule) notifications until the silence ends."""
+        with self._lock:
+            self._silences[silence.id] = silence
+            self._schedule(silence.ends, Timer.SILENCE, "", str(silence.id))
+
+    def remove_silence(self, silence_id: int, now: float) -> Changes:
+        """End a silence now: whatever it held back is sent."""
+        changes = Changes()
+        with self._lock:
+            self._silence_ended(silence_id, now, changes)
+        return changes
+
+    def silences(self, now: float) -> list[Silence]:
+        """Silences not yet ended."""
+        with self._lock:
+            return sorted(
+                (s for s in self._silences.values() if s.ends > now), key=lambda s: s.ends
+            )
+
+    # -- reading --------------------------------------------------------------------------
+
+    def firing(self, node: str | None = None) -> list[Alert]:
+        """Alerts firing now (on one node, or all), oldest first."""
+        with self._lock:
+            found = [
+                a
+                for a in self._alerts.values()
+                if a.state is AlertState.FIRING and (node is None or a.node == node)
+            ]
+        return sorted(found, key=lambda a: (a.since, a.node, a.rule))
+
+    def firing_rules(self, node: str) -> tuple[str, ...]:
+        """Names of the rules firing on a node, sorted."""
+        return tuple(sorted(a.rule for a in self.firing(node)))
+
+    def is_muted(self, node: str, rule: str, now: float) -> tuple[bool, bool]:
+        """(silenced, flapping) for one alert, as the API shows them."""
+        with self._lock:
+            flaps = self._flaps.get((node, rule))
+            return self._silenced(node, rule, now), bool(flaps and flaps.flapping)
+
+    # -- liveness ---------------------------------------------------------------------------
+
+    def _liveness(self, facts: NodeState, watch: Watch, now: float, changes: Changes) -> None:
+        status = facts.effective_status(now, self._state.stale_factor)
+        if status is NodeStatus.ONLINE:
+            if watch.down_since is not None:
+                watch.down_since = None
+                self._node_up(facts.node, now, changes)
+            # Wake when the node would turn stale; one pending timer per node is enough,
+            # since the timer re-reads `last_heard` and schedules the next one.
+            if watch.check_at is None or watch.check_at <= now:
+                self._arm_liveness(facts, watch)
+            return
+        if status is NodeStatus.UNKNOWN and facts.last_heard is None:
+            return  # never heard live: nothing to be offline from
+        if watch.down_since is None:
+            if status is NodeStatus.OFFLINE and facts.state_since is not None:
+                began = facts.state_since
+            elif facts.last_heard is not None:
+                began = facts.last_heard + self._stale_after(facts)
+            else:
+                began = now
+            # Nothing before this master started counts: it could not have heard the node.
+            watch.down_since = min(now, max(began, self.started))
+        rule = self._offline
+        if rule is None or not rule.applies_to(facts.node):
+            return
+        due = watch.down_since + rule.for_s
+        if now >= due:
+            self._node_down(facts, watch, rule, now, changes)
+        else:
+            self._schedule(due, Timer.LIVENESS, facts.node)
+
+    def _stale_after(self, facts: NodeState) -> float:
+        return self._state.stale_factor * facts.interval_s
+
+    def _arm_liveness(self, facts: NodeState, watch: Watch) -> None:
+        if facts.last_heard is None:
+            return
+        watch.check_at = facts.last_heard + self._stale_after(facts) + STALE_MARGIN_S
+        self._schedule(watch.check_at, Timer.LIVENESS, facts.node)
+
+    def _liveness_timer(self, node: str, now: float, changes: Changes) -> None:
+        facts = self._state.get(node)
+        watch = self._watch.get(node)
+        if facts is None or watch is None:
+            return
+        if watch.check_at is not None and watch.check_at <= now:
+            watch.check_at = None
+        self._liveness(facts, watch, now, changes)
+
+    def _node_down(
+        self, facts: NodeState, watch: Watch, rule: Rule, now: float, changes: Changes
+    ) -> None:
+        key = (facts.node, rule.name)
+        alert = self._alerts.get(key)
+        if alert is not None and alert.state is AlertState.FIRING:
+            return
+        assert watch.down_since is not None
+        self._cluster_check(now, changes)  # first, so that a cluster alert covers this one
+        if facts.status == NodeStatus.OFFLINE:
+            detail = "offline (it said so, or the broker delivered its will)"
+        else:
+            heard = facts.last_heard if facts.last_heard is not None else now
+            detail = f"stale: nothing heard for {format_duration(now - heard)}"
+        self._fire(rule, facts.node, None, detail, watch.down_since, now, changes)
+
+    def _node_up(self, node: str, now: float, changes: Changes) -> None:
+        if self._offline is not None:
+            alert = self._alerts.get((node, self._offline.name))
+            if alert is not None and alert.state is AlertState.FIRING:
+                self._resolve(self._offline, alert, None, "back online", now, changes)
+        self._cluster_check(now, changes)
+
+    def _cluster_check(self, now: float, changes: Changes) -> None:
+        """One alert when more than half the nodes went down within a minute."""
+        total = len(self._state.node_ids())
+        downs = sorted(w.down_since for w in self._watch.values() if w.down_since is not None)
+        key = (CLUSTER_NODE, CLUSTER_RULE)
+        alert = self._alerts.get(key)
+        firing = alert is not None and alert.state is AlertState.FIRING
+        if not firing:
+            if total < 2 or len(downs) * 2 <= total:
+                return
+            start = 0
+            for end in range(len(downs)):
+                while downs[end] - downs[start] > CLUSTER_WINDOW_S:
+                    start += 1
+                if (end - start + 1) * 2 > total:
+                    detail = f"{len(downs)} of {total} nodes offline"
+                    self._fire(
+                        CLUSTER_RULE_DEF,
+                        CLUSTER_NODE,
+                        float(len(downs)),
+                        detail,
+                        downs[start],
+                        now,
+                        changes,
+                        threshold=total / 2,
+                    )
+                    return
+            return
+        assert alert is not None
+        if len(downs) * 2 > total:
+            alert.value = float(len(downs))
+            return
+        self._resolve(
+            CLUSTER_RULE_DEF,
+            alert,
+            float(len(downs)),
+            f"{len(downs)} of {total} nodes offline",
+            now,
+            changes,
+        )
+        # The node alerts it covered are owed now: still-down nodes fire one by one.
+        if self._offline is not None:
+            for other in list(self._alerts.values()):
+                if other.rule == self._offline.name:
+                    self._reconcile(self._offline, other, now, changes)
+
+    # -- thresholds, reboots, gaps ----------------------------------------------------------
+
+    def _rules_for(self, node: str, watch: Watch) -> tuple[Rule, ...]:
+        if watch.rules is None:
+            watch.rules = tuple(rule for rule in self._thresholds if rule.applies_to(node))
+        return watch.rules
+
+    def _threshold(
+        self, rule: Rule, node: str, payload: Mapping[str, Any], now: float, changes: Changes
+    ) -> None:
+        reading = rule.read(payload)
+        if reading is None:
+            return  # the sample lacks it: nothing to decide
+        key = (node, rule.name)
+        alert = self._alerts.get(key)
+        firing = alert is not None and alert.state is AlertState.FIRING
+        if rule.breached(reading.value, firing):
+            if firing:
+                assert alert is not None
+                alert.value = reading.value  # shown by the API; stored on the next change
+                return
+            began, _ = self._pending.setdefault(key, (now, reading))
+            if now - began >= rule.for_s:
+                del self._pending[key]
+                detail = f"{reading.detail} " if reading.detail else ""
+                shown = messages.value_text(rule, reading.value)
+                limit = messages.limit_text(rule)
+                text = f"{detail}{rule.metric or rule.name} is {shown} ({limit})"
+                self._fire(rule, node, reading.value, text.strip(), began, now, changes)
+            return
+        self._pending.pop(key, None)
+        if firing:
+            assert alert is not None
+            text = f"{rule.metric or rule.name} is {messages.value_text(rule, reading.value)}"
+            self._resolve(rule, alert, reading.value, text, now, changes)
+
+    def _reboot(
+        self, node: str, watch: Watch, payload: Mapping[str, Any], now: float, changes: Changes
+    ) -> None:
+        uptime = payload.get("uptime_s")
+        if isinstance(uptime, bool) or not isinstance(uptime, int | float):
+            return
+        before, watch.last_uptime = watch.last_uptime, float(uptime)
+        # Uptime is the machine's own boot clock: it only goes back when the machine
+        # restarted. (boot_time alone would also move when a Pi without a clock syncs NTP.)
+        if self._rebooted is None or before is None or uptime >= before - REBOOT_TOLERANCE_S:
+            return
+        if not self._rebooted.applies_to(node):
+            return
+        text = (
+            f"{node} restarted: up {format_duration(uptime)} "
+            f"(it had been up {format_duration(before)})"
+        )
+        self._one_shot(self._rebooted, node, float(uptime), text, now, changes)
+
+    def _gaps(self, facts: NodeState, watch: Watch, now: float) -> None:
+        if facts.seq_gaps < watch.gaps_seen:
+            watch.gaps_seen = facts.seq_gaps  # late envelopes filled them
+        elif facts.seq_gaps > watch.gaps_seen and watch.gap_check_at is None:
+            watch.gap_check_at = now + max(GAP_SETTLE_MIN_S, 2 * facts.interval_s)
+            self._schedule(watch.gap_check_at, Timer.GAP, facts.node)
+
+    def _gap_timer(self, node: str, now: float, changes: Changes) -> None:
+        facts = self._state.get(node)
+        watch = self._watch.get(node)
+        if facts is None or watch is None:
+            return
+        watch.gap_check_at = None
+        lost = facts.seq_gaps - watch.gaps_seen
+        watch.gaps_seen = facts.seq_gaps
+        rule = self._data_loss
+        if lost <= 0 or rule is None or not rule.applies_to(node):
+            return
+        noun = "envelope" if lost == 1 else "envelopes"
+        text = f"{lost} {noun} from {node} never arrived (seq gaps)"
+        self._one_shot(rule, node, float(lost), text, now, changes)
+
+    # -- transitions and notifications ------------------------------------------------------
+
+    def _fire(
+        self,
+        rule: Rule,
+        node: str,
+        value: float | None,
+        detail: str,
+        since: float,
+        now: float,
+        changes: Changes,
+        threshold: float | None = None,
+    ) -> None:
+        key = (node, rule.name)
+        alert = self._alerts.get(key)
+        if alert is None:
+            alert = Alert(
+                node=node,
+                rule=rule.name,
+                severity=rule.severity,
+                state=AlertState.FIRING,
+                since=since,
+                value=value,
+                threshold=rule.threshold if threshold is None else threshold,
+                detail=detail,
+                notified=False,
+                updated=now,
+            )
+            self._alerts[key] = alert
+        else:  # a resolve still owed (muted): the channels still believe it fires
+            alert.state, alert.since, alert.value, alert.detail = (
+                AlertState.FIRING,
+                since,
+                value,
+                detail,
+            )
+            alert.updated = now
+        changes.nodes_changed.add(node)
+        self._count_firing(rule, node, now, changes)
+        sent = self._reconcile(rule, alert, now, changes)
+        self._event(
+            rule, node, EventKind.FIRING, value, alert.threshold, since, detail, now, sent, changes
+        )
+
+    def _resolve(
+        self,
+        rule: Rule,
+        alert: Alert,
+        value: float | None,
+        text: str,
+        now: float,
+        changes: Changes,
+    ) -> None:
+        alert.state, alert.value, alert.updated = AlertState.OK, value, now
+        changes.nodes_changed.add(alert.node)
+        self._touch_flaps(alert.node, rule.name, now)
+        sent = self._reconcile(rule, alert, now, changes)
+        self._event(
+            rule,
+            alert.node,
+            EventKind.RESOLVED,
+            value,
+            alert.threshold,
+            alert.since,
+            text,
+            now,
+            sent,
+            changes,
+        )
+
+    def _one_shot(
+        self, rule: Rule, node: str, value: float, text: str, now: float, changes: Changes
+    ) -> None:
+        sent = None
+        if not self._silenced(node, rule.name, now):
+            sent = self._compose(rule, node, EventKind.FIRED, rule.severity, text, None, now)
+        self._event(rule, node, EventKind.FIRED, value, None, now, text, now, sent, changes)
+
+    def _reconcile(
+        self, rule: Rule, alert: Alert, now: float, changes: Changes
+    ) -> Notification | None:
+        """Store the alert and send what its channels are owed, unless it is muted now."""
+        key = (alert.node, alert.rule)
+        if self._muted(alert.node, alert.rule, now):
+            if alert.state is AlertState.OK and not alert.notified:
+                self._alerts.pop(key, None)
+                changes.drop(*key)
+            else:
+                changes.put(alert)
+            return None
+        sent: Notification | None = None
+        if alert.state is AlertState.FIRING:
+            if not alert.notified:
+                alert.notified = True
+                sent = self._compose(
+                    rule,
+                    alert.node,
+                    EventKind.FIRING,
+                    alert.severity,
+                    alert.detail,
+                    alert.since,
+                    now,
+                )
+            changes.put(alert)
+            return sent
+        if alert.notified:
+            sent = self._compose(
+                rule,
+                alert.node,
+                EventKind.RESOLVED,
+                alert.severity,
+                f"{alert.detail}: resolved",
+                alert.since,
+                now,
+            )
+        self._alerts.pop(key, None)
+        changes.drop(*key)
+        return sent
+
+    def _compose(
+        self,
+        rule: Rule,
+        node: str,
+        kind: EventKind,
+        severity: Severity,
+        message: str,
+        since: float | None,
+        now: float,
+    ) -> Notification:
+        return messages.compose(
+            node=node,
+            rule=rule,
+            kind=kind,
+            severity=severity,
+            message=message,
+            since=since,
+            now=now,
+            link_base=self._link_base,
+        )
+
+    def _event(
+        self,
+        rule: Rule,
+        node: str,
+        kind: EventKind,
+        value: float | None,
+        threshold: float | None,
+        since: float | None,
+        message: str,
+        now: float,
+        sent: Notification | None,
+        changes: Changes,
+    ) -> None:
+        changes.events.append(
+            Event(
+                at=now,
+                node=node,
+                rule=rule.name,
+                severity=rule.severity,
+                kind=kind,
+                value=value,
+                threshold=threshold,
+                since=since,
+                message=message,
+                notification=sent,
+            )
+        )
+
+    def _muted(self, node: str, rule: str, now: float) -> bool:
+        flaps = self._flaps.get((node, rule))
+        if flaps is not None and flaps.flapping:
+            return True
+        if self._silenced(node, rule, now):
+            return True
+        if self._offline is not None and rule == self._offline.name:
+            cluster = self._alerts.get((CLUSTER_NODE, CLUSTER_RULE))
+            return cluster is not None and cluster.state is AlertState.FIRING
+        return False
+
+    def _silenced(self, node: str, rule: str, now: float) -> bool:
+        return any(s.covers(node, rule, now) for s in self._silences.values())
+
+    def _silence_ended(self, silence_id: int, now: float, changes: Changes) -> None:
+        silence = self._silences.pop(silence_id, None)
+        if silence is None:
+            return
+        # Whatever the silence held back is owed now (unless another mute still holds).
+        for alert in list(self._alerts.values()):
+            if silence.rule in (None, alert.rule) and fnmatch.fnmatchcase(alert.node, silence.node):
+                rule = self._rule_named(alert.rule)
+                if rule is not None:
+                    self._reconcile(rule, alert, now, changes)
+
+    def _rule_named(self, name: str) -> Rule | None:
+        return CLUSTER_RULE_DEF if name == CLUSTER_RULE else self._rules.get(name)
+
+    # -- flapping ---------------------------------------------------------------------------
+
+    def _count_firing(self, rule: Rule, node: str, now: float, changes: Changes) -> None:
+        flaps = self._flaps.setdefault((node, rule.name), Flaps())
+        flaps.last_change = now
+        flaps.firings.append(now)
+        while flaps.firings and flaps.firings[0] < now - FLAP_WINDOW_S:
+            flaps.firings.popleft()
+        if flaps.flapping or len(flaps.firings) <= FLAP_FIRINGS:
+            return
+        flaps.flapping = True
+        text = (
+            f"{rule.name} fired {len(flaps.firings)} times in "
+            f"{format_duration(FLAP_WINDOW_S)}; quiet until it settles"
+        )
+        sent = None
+        if not self._silenced(node, rule.name, now):
+            sent = self._compose(
+                rule, node, EventKind.FLAPPING, rule.severity, text, flaps.firings[0], now
+            )
+        self._event(
+            rule, node, EventKind.FLAPPING, None, None, flaps.firings[0], text, now, sent, changes
+        )
+        self._schedule(now + FLAP_WINDOW_S, Timer.FLAP, node, rule.name)
+
+    def _touch_flaps(self, node: str, rule: str, now: float) -> None:
+        flaps = self._flaps.get((node, rule))
+        if flaps is not None:
+            flaps.last_change = now
+
+    def _flap_timer(self, node: str, rule_name: str, now: float, changes: Changes) -> None:
+        flaps = self._flaps.get((node, rule_name))
+        rule = self._rule_named(rule_name)
+        if flaps is None or not flaps.flapping or rule is None:
+            return
+        quiet_at = flaps.last_change + FLAP_WINDOW_S
+        if now < quiet_at:
+            self._schedule(quiet_at, Timer.FLAP, node, rule_name)
+            return
+        flaps.flapping = False
+        flaps.firings.clear()
+        alert = self._alerts.get((node, rule_name))
+        state = "firing" if alert is not None and alert.state is AlertState.FIRING else "ok"
+        text = f"{rule_name} settled ({state})"
+        sent = self._reconcile(rule, alert, now, changes) if alert is not None else None
+        self._event(rule, node, EventKind.SETTLED, None, None, None, text, now, sent, changes)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _watch_of(self, node: str) -> Watch:
+        watch = self._watch.get(node)
+        if watch is None:
+            watch = self._watch[node] = Watch()
+        return watch
+
+    def _schedule(self, due: float, kind: Timer, node: str, extra: str = "") -> None:
+        first = self._timers[0][0] if self._timers else None
+        heapq.heappush(self._timers, (due, next(self._tick), kind, node, extra))
+        if first is None or due < first:
+            self.on_schedule(due)
