@@ -3,7 +3,8 @@
 Follows Home Assistant's MQTT discovery documentation (see docs/home-assistant.md): the
 device-based form `<prefix>/device/<object_id>/config` with `dev`, `o` and `cmps`, and the
 older per-entity form `<prefix>/<platform>/<object_id>/<key>/config`. Entities read the nodes'
-own topics through value templates, so nothing is re-published per sample.
+own topics through value templates, so nothing is re-published per sample. Each device also
+has a `problem` binary sensor reading the master's retained alerts topic.
 
 A node's device is named by its node id, never its hostname (Pis left as `raspberrypi` and
 cloned VMs share one), and each entity's id is pinned to `<platform>.<node>_<key>`. The metric
@@ -48,6 +49,11 @@ CLUSTER_DEVICE_NAME: Final = "picluster"
 # The cluster's entity ids: sensor.picluster_nodes_online (its keys are no node metric's).
 CLUSTER_ENTITY_PREFIX: Final = "picluster"
 CLUSTER_SUMMARY_TYPE: Final = "cluster"
+# The master's retained `<prefix>/_master/alerts`: which rules fire on which node. One topic for
+# all nodes, because the master may only write under `<prefix>/_master/` (mosquitto/acl) and its
+# own ingest drops any deeper topic there; a node's own subtree is the node's to write.
+ALERTS_TYPE: Final = "alerts"
+PROBLEM_KEY: Final = "problem"
 CLUSTER_SUMMARY_KEYS: Final = (
     "nodes_total",
     "online",
@@ -184,6 +190,11 @@ def ha_status_topic(prefix: str = DEFAULT_HA_PREFIX) -> str:
 def cluster_summary_topic(cluster_prefix: str = DEFAULT_PREFIX) -> str:
     """The master's retained cluster summary the cluster device's sensors read."""
     return master_topic(CLUSTER_SUMMARY_TYPE, cluster_prefix)
+
+
+def alerts_topic(cluster_prefix: str = DEFAULT_PREFIX) -> str:
+    """The master's retained firing alerts, read by every `problem` binary sensor."""
+    return master_topic(ALERTS_TYPE, cluster_prefix)
 
 
 def ha_command_topic(cluster_prefix: str = DEFAULT_PREFIX) -> str:
@@ -332,6 +343,40 @@ RAM_TOTAL_TEMPLATE: Final = (
 )
 
 
+def problem_template(node: str) -> str:
+    """The problem sensor's state: ON while any rule fires on `node` in the alerts payload."""
+    literal = json.dumps(node)  # a valid Jinja string literal
+    return "{{ 'ON' if value_json.payload.firing.get(" + literal + ") else 'OFF' }}"
+
+
+def problem_attributes_template(node: str) -> str:
+    """The problem sensor's attributes: `{"rules": [...]}`, the names of the firing rules."""
+    literal = json.dumps(node)
+    return '{{ {"rules": value_json.payload.firing.get(' + literal + ", [])} | tojson }}"
+
+
+def problem_sensor(node: str, cluster_prefix: str = DEFAULT_PREFIX) -> Component:
+    """The `problem` binary sensor of a node (or of the cluster, for `cluster_offline`).
+
+    Only the master's status gates it, like Connectivity: an offline node is itself an alert
+    (node_offline), which a sensor gated by the node's status would hide as unavailable.
+    """
+    return _sensor(
+        node,
+        PROBLEM_KEY,
+        "Problem",
+        alerts_topic(cluster_prefix),
+        problem_template(node),
+        _availability(master_status_topic(cluster_prefix)),
+        platform="binary_sensor",
+        device_class="problem",
+        payload_on="ON",
+        payload_off="OFF",
+        json_attributes_topic=alerts_topic(cluster_prefix),
+        json_attributes_template=problem_attributes_template(node),
+    )
+
+
 def metric_options(sensor: HomeAssistantSensor) -> dict[str, Any]:
     """A metric table entry's Home Assistant options, in discovery's terms (None left out)."""
     options = {
@@ -420,6 +465,7 @@ def node_components(
             entity_category="diagnostic",
         )
     )
+    components.append(problem_sensor(node, cluster_prefix))
     return components
 
 

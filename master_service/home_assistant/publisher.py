@@ -3,6 +3,9 @@
 Never on an ordinary sample: `node_metrics_shape` only publishes when a node shows a mount or
 throttling flags not seen before. The shape only grows while the master runs, so an unplugged
 USB disk does not delete its entity (and its history settings) every time it blinks.
+
+It also owns the retained `<prefix>/_master/alerts` that the `problem` binary sensors read:
+the rules firing per node, always published whole (see `node_alerts`).
 """
 
 from __future__ import annotations
@@ -10,13 +13,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, cast
 
 import orjson
 
-from cluster_protocol import DEFAULT_PREFIX
+from cluster_protocol import DEFAULT_PREFIX, MASTER_NODE_ID, Envelope, encode_envelope
 from cluster_protocol.payloads import MachineDetails
 from master_service.home_assistant import discovery as hd
 
@@ -64,6 +68,7 @@ class DiscoveryPublisher:
         cluster_prefix: str = DEFAULT_PREFIX,
         per_entity: bool = False,
         origin_url: str | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._publish = publish
         self._prefix = hd.validate_prefix(prefix)
@@ -72,6 +77,8 @@ class DiscoveryPublisher:
         self._sw_version = hd.origin_version()
         self._origin = hd.origin_info(self._sw_version, origin_url)
         self._nodes: dict[str, _Node] = {}
+        self._clock = clock
+        self._firing: dict[str, tuple[str, ...]] = {}  # node -> rules firing; none: absent
         # Every publish happens under this lock, so a forget can never interleave with an
         # announce of the same node and leave a config behind.
         self._lock = threading.Lock()
@@ -109,6 +116,23 @@ class DiscoveryPublisher:
             node.shape_known = True
             self._sync(node_id, node, force=False)
 
+    def node_alerts(self, node_id: str, firing: Sequence[str]) -> None:
+        """The rules firing on a node changed: publish the alerts topic if that changes it."""
+        rules = tuple(sorted(set(firing)))
+        with self._lock:
+            if self._firing.get(node_id, ()) == rules:
+                return
+            if rules:
+                self._firing[node_id] = rules
+            else:
+                self._firing.pop(node_id, None)
+            self._send_alerts()
+
+    def publish_alerts(self) -> None:
+        """Publish the firing alerts as known now (nothing known: every problem sensor OFF)."""
+        with self._lock:
+            self._send_alerts()
+
     def announce_cluster(self) -> None:
         """Publish the cluster device's config (nodes online, cores, RAM, average CPU)."""
         with self._lock:
@@ -120,6 +144,7 @@ class DiscoveryPublisher:
             self._announce_cluster()
             for node_id, node in self._nodes.items():
                 self._sync(node_id, node, force=True)
+            self._send_alerts()  # retained already; again in case the broker lost it
 
     def on_ha_status(self, payload: bytes) -> None:
         """Handle a message on `ha_status_topic`: re-announce when HA says `online`."""
@@ -135,6 +160,8 @@ class DiscoveryPublisher:
         """
         with self._lock:
             node = self._nodes.pop(node_id, None) or _Node()
+            if self._firing.pop(node_id, None) is not None:
+                self._send_alerts()
             shape = hd.NodeShape(
                 tuple(node.mounts.union(mounts)), has_throttled=True
             )  # clearing a topic that was never set is harmless
@@ -186,6 +213,15 @@ class DiscoveryPublisher:
             node.published[message.topic] = digest
         if changed and not force:
             logger.info("announced %s to Home Assistant (%d message(s))", node_id, len(changed))
+
+    def _send_alerts(self) -> None:
+        # Always the whole map, built and sent under the lock: publishes leave in the order
+        # the changes were made, so the last retained one is the current state of every node.
+        payload = {"firing": {node: list(rules) for node, rules in sorted(self._firing.items())}}
+        envelope = Envelope(hd.ALERTS_TYPE, MASTER_NODE_ID, self._clock(), 0, payload)
+        topic = hd.alerts_topic(self._cluster_prefix)
+        logger.debug("alerts %s: %s", topic, payload)
+        self._publish(topic, encode_envelope(envelope), DISCOVERY_QOS, True)
 
     def _send(self, message: hd.DiscoveryMessage) -> None:
         logger.debug("discovery %s (%d bytes)", message.topic, len(message.payload))

@@ -22,6 +22,7 @@ from cluster_protocol.commands import ALWAYS_ACCEPTED, OPT_IN
 from cluster_protocol.payloads import MachineDetails
 from cluster_protocol.topics import master_topic
 from master_service.home_assistant import discovery as hd
+from master_service.home_assistant.bridge import HomeAssistantObserver
 from master_service.home_assistant.publisher import DiscoveryPublisher
 
 GIB = 1024**3
@@ -115,6 +116,9 @@ def test_node_device_payload_has_the_documented_shape():
         if component["p"] == "button":
             continue  # buttons publish, they read nothing (see the button tests)
         assert component["p"] in {"sensor", "binary_sensor"}, key
+        if key == "problem":  # the master's alerts (see the problem sensor tests)
+            assert component["state_topic"] == "cluster/_master/alerts"
+            continue
         assert component["state_topic"].startswith("cluster/pi-01/")
 
 
@@ -136,6 +140,7 @@ def test_unique_ids_never_change():
         "throttled",
         "refresh",
         "online",
+        "problem",
     }
     assert released <= keys
     # Anything else is a metric added to the metric table since, under its own key.
@@ -316,8 +321,9 @@ def test_metric_entities_need_both_the_node_and_the_master_online():
     cmps = node_payload()["cmps"]
     for key, component in cmps.items():
         topics = [a["topic"] for a in component["availability"]]
-        if key == "online":
-            # Connectivity must still say "disconnected" while the node is offline.
+        if key in ("online", "problem"):
+            # Connectivity must still say "disconnected" while the node is offline, and the
+            # problem sensor must show the node_offline alert then.
             assert topics == ["cluster/_master/status"]
             continue
         assert topics == ["cluster/pi-01/status", "cluster/_master/status"], key
@@ -435,7 +441,7 @@ def test_templates_are_balanced_and_read_documented_keys(template):
     assert template.count("{%") == template.count("%}")
     documented = (
         set(METRICS_FIELDS) | set(MACHINE_DETAILS_FIELDS) | set(hd.CLUSTER_SUMMARY_KEYS)
-    ) | {"state"}
+    ) | {"state", "firing"}  # firing: the master's alerts payload (problem sensors)
     for key in PAYLOAD_KEY.findall(template):
         assert key in documented, f"{key} is not a documented payload key"
 
@@ -581,6 +587,126 @@ def test_cluster_templates_render():
     }
 
 
+# --- the problem sensor (alerts) ------------------------------------------------------------
+
+
+def alerts_envelope(firing: dict[str, list[str]]) -> dict[str, Any]:
+    return envelope("alerts", {"firing": firing}, node="_master")
+
+
+def shown(config: Mapping[str, Any], alerts: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """What HA shows for a problem sensor given one alerts envelope: state and attributes."""
+    env = ha_environment()
+    state = render(env, config["value_template"], alerts)
+    attributes = json.loads(render(env, config["json_attributes_template"], alerts))
+    return state, attributes
+
+
+def test_every_node_has_a_problem_binary_sensor_on_the_masters_alerts():
+    problem = node_payload()["cmps"]["problem"]
+    assert problem["p"] == "binary_sensor"
+    assert problem["device_class"] == "problem"
+    assert problem["unique_id"] == "picluster_pi-01_problem"
+    assert problem["default_entity_id"] == "binary_sensor.pi_01_problem"
+    assert problem["object_id"] == "pi_01_problem"
+    assert problem["state_topic"] == "cluster/_master/alerts"
+    assert problem["json_attributes_topic"] == "cluster/_master/alerts"
+    assert (problem["payload_on"], problem["payload_off"]) == ("ON", "OFF")
+    assert "entity_category" not in problem  # a primary entity, not a diagnostic one
+    lab = {c.key: c for c in hd.node_components("pi-01", PI_DETAILS, PI_SHAPE, "lab")}
+    assert lab["problem"].config["state_topic"] == "lab/_master/alerts"
+    assert hd.alerts_topic("lab") == "lab/_master/alerts"
+
+
+def test_the_cluster_wide_alert_renders_for_the_cluster_key():
+    # cluster_offline is filed under _cluster in the same payload, so a sensor for the cluster
+    # device (not announced yet) reads it like a node's.
+    problem = hd.problem_sensor(hd.CLUSTER_KEY)
+    assert problem.config["default_entity_id"] == "binary_sensor.picluster_problem"
+    alerts = alerts_envelope({"_cluster": ["cluster_offline"], "pi-01": ["node_offline"]})
+    assert shown(problem.config, alerts) == ("ON", {"rules": ["cluster_offline"]})
+    assert shown(problem.config, alerts_envelope({"pi-01": ["node_offline"]})) == (
+        "OFF",
+        {"rules": []},
+    )
+
+
+def test_problem_templates_show_the_nodes_own_firing_rules():
+    one, two = node_payload("pi-01")["cmps"]["problem"], node_payload("pi-02")["cmps"]["problem"]
+    alerts = alerts_envelope({"pi-01": ["disk_full", "temperature"]})
+    assert shown(one, alerts) == ("ON", {"rules": ["disk_full", "temperature"]})
+    assert shown(two, alerts) == ("OFF", {"rules": []})
+    assert shown(one, alerts_envelope({})) == ("OFF", {"rules": []})
+
+
+def test_per_entity_form_announces_the_problem_sensor(recorder):
+    publisher = DiscoveryPublisher(recorder, per_entity=True)
+    publisher.node_details("pi-01", PI_DETAILS)
+    publisher.node_metrics_shape("pi-01", ["/"], False)
+    topics = [t for t, *_ in recorder.take()]
+    assert "homeassistant/binary_sensor/picluster_pi-01/problem/config" in topics
+
+
+def alerts_published(recorder: Recorder) -> list[dict[str, Any]]:
+    """The alerts envelopes published (retained, QoS 1), oldest first."""
+    sent = [(p, q, r) for t, p, q, r in recorder.take() if t == "cluster/_master/alerts"]
+    assert all(qos == 1 and retain for _, qos, retain in sent)
+    return [json.loads(payload or b"") for payload, _, _ in sent]
+
+
+def test_node_alerts_turn_the_problem_sensor_on_then_off(recorder):
+    observer = HomeAssistantObserver(DiscoveryPublisher(recorder, clock=lambda: 1.7e9))
+    problem = node_payload("pi-03")["cmps"]["problem"]
+    observer.node_alerts("pi-03", ("temperature", "disk_full"))
+    [on] = alerts_published(recorder)
+    assert (on["type"], on["node"], on["ts"]) == ("alerts", "_master", 1.7e9)
+    assert shown(problem, on) == ("ON", {"rules": ["disk_full", "temperature"]})
+    observer.node_alerts("pi-03", ("disk_full", "temperature"))  # the same set: nothing new
+    assert alerts_published(recorder) == []
+    observer.node_alerts("pi-03", ())
+    [off] = alerts_published(recorder)
+    assert shown(problem, off) == ("OFF", {"rules": []})
+
+
+def test_one_nodes_alerts_leave_the_others_as_they_are(recorder):
+    observer = HomeAssistantObserver(DiscoveryPublisher(recorder))
+    observer.node_alerts("pi-01", ("memory",))
+    observer.node_alerts("pi-02", ("node_offline",))
+    observer.node_alerts("pi-01", ())
+    last = alerts_published(recorder)[-1]
+    assert shown(node_payload("pi-01")["cmps"]["problem"], last)[0] == "OFF"
+    assert shown(node_payload("pi-02")["cmps"]["problem"], last) == (
+        "ON",
+        {"rules": ["node_offline"]},
+    )
+
+
+def test_restore_replaces_a_stale_on_but_keeps_alerts_already_reported(recorder):
+    # The broker still holds the previous run's ON for pi-01; its alert resolved meanwhile.
+    observer = HomeAssistantObserver(DiscoveryPublisher(recorder))
+    observer.restore([])
+    [restored] = alerts_published(recorder)
+    assert shown(node_payload("pi-01")["cmps"]["problem"], restored)[0] == "OFF"
+    # Should the engine report before the restore runs, the restore must not undo it.
+    observer = HomeAssistantObserver(DiscoveryPublisher(recorder))
+    observer.node_alerts("pi-02", ("temperature",))
+    observer.restore([])
+    assert shown(node_payload("pi-02")["cmps"]["problem"], alerts_published(recorder)[-1]) == (
+        "ON",
+        {"rules": ["temperature"]},
+    )
+
+
+def test_forgetting_a_node_drops_its_alerts(publisher, recorder):
+    publisher.node_alerts("pi-01", ["memory"])
+    recorder.take()
+    publisher.forget("pi-01")
+    [after] = alerts_published(recorder)
+    assert after["payload"] == {"firing": {}}
+    publisher.forget("pi-02")  # no alerts known: the alerts topic is left alone
+    assert alerts_published(recorder) == []
+
+
 # --- when the publisher publishes ---------------------------------------------------------
 
 
@@ -669,6 +795,7 @@ def test_ha_birth_reannounces_everything_but_its_will_does_not(publisher, record
     assert recorder.take() == []
     publisher.on_ha_status(b"online")
     assert sorted(t for t, *_ in recorder.take()) == [
+        "cluster/_master/alerts",  # retained already; again in case the broker lost it
         "homeassistant/device/picluster__cluster/config",
         "homeassistant/device/picluster_pi-01/config",
         "homeassistant/device/picluster_pi-02/config",
@@ -688,7 +815,10 @@ def test_forget_clears_both_forms_and_is_not_reannounced(publisher, recorder):
     assert "homeassistant/binary_sensor/picluster_pi-01/throttled/config" in topics
     assert "homeassistant/button/picluster_pi-01/refresh/config" in topics
     publisher.on_ha_status(b"online")
-    assert [t for t, *_ in recorder.take()] == ["homeassistant/device/picluster__cluster/config"]
+    assert [t for t, *_ in recorder.take()] == [
+        "homeassistant/device/picluster__cluster/config",
+        "cluster/_master/alerts",
+    ]
 
 
 def test_forget_of_a_node_unseen_since_start_uses_the_mounts_given(publisher, recorder):
