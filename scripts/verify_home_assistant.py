@@ -60,7 +60,10 @@ MUST_HAVE: Final = (
     "hostname",
     "online",
     "refresh",
+    "problem",
 )
+# Gated by the master's status only (like online): the node_offline alert must stay visible.
+MASTER_GATED: Final = frozenset({"online", "problem"})
 CLUSTER_KEYS: Final = ("nodes_online", "cores_total", "ram_total", "cpu_percent_avg")
 GONE: Final = frozenset({"unavailable"})
 NO_VALUE: Final = frozenset({"unknown", "unavailable"})
@@ -364,7 +367,7 @@ def value_ok(key: str, value: str | None, unknown_ok: frozenset[str]) -> bool:
         return key in unknown_ok | ALWAYS_MAY_BE_UNKNOWN and value == "unknown"
     if key == "online":
         return value == "on"
-    if key == "throttled":
+    if key in ("throttled", "problem"):
         return value in ("on", "off")
     if key == "boot_time":
         return _timestamp_ok(value)
@@ -768,7 +771,7 @@ class Run:
 
         say(f"SIGKILL {KILLED}")
         self.procs.stop(KILLED, signal.SIGKILL)
-        killed_keys = [k for k in nodes[KILLED] if k != "online"]
+        killed_keys = [k for k in nodes[KILLED] if k not in MASTER_GATED]
 
         def killed_unavailable(view: View) -> list[str]:
             shown = view.of(f"picluster_{KILLED}")
