@@ -287,6 +287,8 @@ def _type_complaint(spec: Spec, value: Any, toml: bool) -> str | None:
     """
     if value is None and (spec.optional or spec.kind is Kind.TABLE):
         return None
+    if spec.kind is Kind.TABLE and spec.from_file is not None and not toml:
+        return None  # already parsed by `from_file` into the setting's own type
     kind = spec.kind
     if kind is Kind.TEXT:
         ok = isinstance(value, str)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -12,6 +13,7 @@ from typing import Final
 import uvicorn
 
 from cluster_protocol import MASTER_NODE_ID, Envelope, encode_envelope
+from master_service.alerts.service import Alerting, Restored
 from master_service.control.commands import CommandService
 from master_service.home_assistant.bridge import HomeAssistantObserver
 from master_service.home_assistant.discovery import CLUSTER_SUMMARY_TYPE, cluster_summary_topic
@@ -28,6 +30,7 @@ from master_service.state import ClusterState, NodeState
 from master_service.storage.command_log import CommandLog
 from master_service.storage.retention import RetentionJob
 from master_service.storage.store import Store
+from master_service.web.alert_metrics import AlertCollector
 from master_service.web.api import create_app
 from master_service.web.prometheus import IngestErrors, MasterMetrics
 
@@ -45,10 +48,21 @@ def build(settings: MasterSettings, clock: Callable[[], float] = time.time) -> M
     store = Store(settings.db)
     try:
         nodes = list(store.load_nodes())
+        restored = Restored.load(store, clock())
     except BaseException:
         store.close()
         raise
-    return MasterService(settings, store, nodes, clock)
+    return MasterService(settings, store, nodes, clock, restored)
+
+
+def dashboard_url(settings: MasterSettings) -> str:
+    """The dashboard's address for links in notifications (this host's name if on all)."""
+    host = settings.http_host
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.http_port}/"
 
 
 class MasterService:
@@ -60,6 +74,7 @@ class MasterService:
         store: Store,
         nodes: Iterable[NodeState] = (),
         clock: Callable[[], float] = time.time,
+        restored: Restored | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -85,6 +100,21 @@ class MasterService:
         self._announce_home_assistant: Callable[[], None] = lambda: None
         if settings.ha_discovery:
             self._attach_home_assistant()
+        self.alerting = Alerting.create(
+            settings.alerts,
+            store=self.store,
+            state=self.state,
+            ingestor=self.ingestor,
+            restored=restored or Restored(),
+            publish=self.listener.publish,
+            prefix=settings.prefix,
+            observers=self.observers,
+            observer_errors=self.ctx.observer_errors,
+            link_base=dashboard_url(settings),
+            healthy=lambda: self.health().ok,
+            clock=clock,
+        )
+        self.observers.append(self.alerting.observer)
         self._ticker_stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="picluster-ticker", daemon=True)
         self.retention = RetentionJob(
@@ -97,6 +127,7 @@ class MasterService:
             self.state, self.counters, self._health_gauges, clock, ingest_errors=self._ingest_errors
         )
         self.store.commit_observers.append(self.metrics.observe_committed)
+        self.metrics.registry.register(AlertCollector(self.alerting))
         self.app = create_app(self)
 
     def _attach_home_assistant(self) -> None:
@@ -136,11 +167,13 @@ class MasterService:
         self.listener.start()
         self._ticker.start()
         self.retention.start()
+        self.alerting.start()
 
     def stop(self) -> None:
         """Drain and flush the queue, say offline, stop listening, close the store."""
         self._ticker_stop.set()
         self.retention.stop()
+        self.alerting.stop()  # before ingest: delivery waits on ingest's writes
         # Flush first, while still connected: the PUBACKs of what was stored go out now,
         # instead of the broker resending those messages to the next run.
         self.ingestor.stop()

@@ -14,9 +14,8 @@ from cluster_protocol import settings as declared
 from cluster_protocol.broker_settings import BrokerClientSettings
 from cluster_protocol.broker_url import BrokerAddress, parse_broker_url
 from cluster_protocol.config import SettingsError
-from cluster_protocol.settings import (
-    setting,
-)
+from cluster_protocol.settings import setting
+from master_service.alerts.settings import AlertSettings, parse_alerts
 
 DEFAULT_HTTP: Final = "127.0.0.1:8080"
 DEFAULT_CLIENT_ID: Final = "picluster-master"
@@ -84,6 +83,12 @@ class MasterSettings(BrokerClientSettings):
         "homeassistant", help="Home Assistant discovery prefix", check=rules.topic_level
     )
     ha_per_entity: bool = setting(False, help="also use per-entity discovery topics")
+    alerts: AlertSettings = setting(  # noqa: RUF009 (a field declaration, not a default)
+        default_factory=AlertSettings,
+        help="[alerts] table: channels, heartbeat, built-in and custom rules (docs/alerts.md)",
+        file_only=True,
+        from_file=parse_alerts,
+    )
 
     def __post_init__(self) -> None:
         declared.finish(self)

@@ -135,8 +135,9 @@ def _fullest_disk(payload: Mapping[str, Any]) -> Reading | None:
     best: Reading | None = None
     for disk in disks if isinstance(disks, list) else ():
         percent = disk.get("percent") if isinstance(disk, dict) else None
-        number = isinstance(percent, int | float) and not isinstance(percent, bool)
-        if number and (best is None or percent > best.value):
+        if isinstance(percent, bool) or not isinstance(percent, int | float):
+            continue
+        if best is None or percent > best.value:
             best = Reading(float(percent), str(disk.get("mount", "")))
     return best
 

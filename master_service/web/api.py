@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from master_service.storage.history import HistoryQuery, HistoryQueryError, HistoryReader
 from master_service.storage.store import HISTORY_METRICS
+from master_service.web.alerts import alerts_router
 from master_service.web.catalog import catalog_router
 from master_service.web.control import NodeId, control_router
 from master_service.web.errors import error_responses, install_error_handlers
@@ -154,6 +155,7 @@ def create_app(port: MasterPort) -> FastAPI:
         }
 
     app.include_router(control_router(port))
+    app.include_router(alerts_router(port))
 
     if (STATIC_DIR / "index.html").is_file():
         app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")

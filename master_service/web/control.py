@@ -154,7 +154,7 @@ class ForgottenBody(BaseModel):
     forgotten: bool
 
 
-def _token_check(token: str | None) -> list[Depends]:
+def token_check(token: str | None) -> list[Depends]:
     """The bearer-token dependency when a token is configured (it then shows in the OpenAPI)."""
     if token is None:
         return []  # settings allow no token only when the API listens on loopback
@@ -177,7 +177,7 @@ def _token_check(token: str | None) -> list[Depends]:
 def control_router(port: MasterPort) -> APIRouter:
     """Routes for commands, placement and forget, bound to one running master."""
     router = APIRouter(tags=["control"])
-    guarded = _token_check(port.settings.api_token)
+    guarded = token_check(port.settings.api_token)
     auth_errors = (401,) if guarded else ()
 
     @router.post(

@@ -10,6 +10,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from cluster_protocol.payloads import ClusterSummary
+from master_service.alerts.delivery import TestResult
+from master_service.alerts.model import Silence
 from master_service.ingest.health import Health
 from master_service.state import NodeView
 from master_service.storage.command_log import CommandRecord
@@ -77,6 +79,38 @@ class WebSettings(Protocol):
         ...
 
 
+class AlertPort(Protocol):
+    """Alerts as the HTTP layer reads and changes them (master_service.alerts.service)."""
+
+    def firing(self) -> list[dict[str, Any]]:
+        """Alerts firing now, with `silenced` and `flapping`."""
+        ...
+
+    def delivery_stats(self) -> dict[str, Any]:
+        """Notification delivery counters."""
+        ...
+
+    def history(self, limit: int, node: str | None = None) -> list[dict[str, Any]]:
+        """The latest alert events, newest first."""
+        ...
+
+    def silences(self) -> list[Silence]:
+        """Silences not yet ended."""
+        ...
+
+    def silence(self, node: str, rule: str | None, for_s: float, comment: str = "") -> Silence:
+        """Add a silence; raises SilenceError for an unknown rule."""
+        ...
+
+    def unsilence(self, silence_id: int) -> bool:
+        """End a silence; False when there was none."""
+        ...
+
+    def test(self, index: int | None) -> list[TestResult]:
+        """Send a test notification; IndexError or ValueError for a bad or missing channel."""
+        ...
+
+
 class MasterPort(Protocol):
     """Everything the HTTP layer reads from, and commands, a running master."""
 
@@ -108,6 +142,11 @@ class MasterPort(Protocol):
     @property
     def commands(self) -> CommandPort:
         """Commands to nodes."""
+        ...
+
+    @property
+    def alerting(self) -> AlertPort:
+        """Alerts, their history and silences."""
         ...
 
     def health(self) -> Health:

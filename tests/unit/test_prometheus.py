@@ -255,7 +255,8 @@ def test_ingest_errors_read_a_masters_parts(tmp_path: Path) -> None:
     finally:
         service.store.close()
 
-    # The command service never failed but is listed; the broken observer counts both calls.
-    assert errors.observers == {"CommandService": 0, "Failing": 2}
+    # The command service and alerts never failed but are listed; the broken observer counts
+    # both calls.
+    assert errors.observers == {"CommandService": 0, "AlertObserver": 0, "Failing": 2}
     assert (errors.loop, errors.dispatch, errors.store) == (0, 0, 0)
     assert (errors.commit_listeners, errors.mqtt_callbacks) == (0, 0)

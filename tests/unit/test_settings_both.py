@@ -65,7 +65,7 @@ FLAG_SAMPLES: dict[str, tuple[str, Any]] = {
 
 @pytest.mark.parametrize(
     ("settings_class", "load", "file_only"),
-    [(PublisherSettings, load_node, {"tasks"}), (MasterSettings, load_master, set())],
+    [(PublisherSettings, load_node, {"tasks"}), (MasterSettings, load_master, {"alerts"})],
     ids=["node", "master"],
 )
 def test_every_key_but_secrets_has_a_flag_that_sets_it(

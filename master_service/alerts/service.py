@@ -1,0 +1,194 @@
+"""Alerting as one part of the master: engine, observer, timer, delivery, heartbeat, silences."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from master_service.alerts.delivery import ChannelCounters, Delivery, TestResult, send_test
+from master_service.alerts.engine import AlertEngine
+from master_service.alerts.heartbeat import Heartbeat
+from master_service.alerts.model import Alert, Silence
+from master_service.alerts.observer import AlertObserver, Publish
+from master_service.alerts.rules import BUILTIN_RULES, CLUSTER_RULE
+from master_service.alerts.settings import AlertSettings
+from master_service.alerts.timer import AlertTimer
+from master_service.ingest.ingestor import Ingestor
+from master_service.ingest.observers import Observer, ObserverErrors
+from master_service.state import ClusterState
+from master_service.storage import alert_log
+from master_service.storage.store import Store
+
+logger = logging.getLogger(__name__)
+
+WRITE_TIMEOUT_S = 10.0
+
+
+class SilenceError(ValueError):
+    """A silence request that cannot be honoured (unknown rule, bad duration)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """Alert state read from the database at start (by `build`, which does the I/O)."""
+
+    alerts: Sequence[Alert] = ()
+    silences: Sequence[Silence] = ()
+
+    @classmethod
+    def load(cls, store: Store, now: float) -> Restored:
+        """Read the alert rows and the silences still running."""
+        connection = store.connection
+        return cls(alert_log.load_alerts(connection), alert_log.load_silences(connection, now))
+
+
+@dataclass(slots=True)
+class Alerting:
+    """Wires the alert parts to the ingest path; `start()` and `stop()` their threads."""
+
+    settings: AlertSettings
+    engine: AlertEngine
+    observer: AlertObserver
+    ingestor: Ingestor
+    reader: alert_log.AlertReader
+    clock: Callable[[], float] = time.time
+    delivery: Delivery | None = None
+    heartbeat: Heartbeat | None = None
+    timer: AlertTimer | None = field(default=None)
+
+    @classmethod
+    def create(
+        cls,
+        settings: AlertSettings,
+        *,
+        store: Store,
+        state: ClusterState,
+        ingestor: Ingestor,
+        restored: Restored,
+        publish: Publish,
+        prefix: str,
+        observers: Sequence[Observer],
+        observer_errors: ObserverErrors,
+        link_base: str,
+        healthy: Callable[[], bool],
+        clock: Callable[[], float] = time.time,
+    ) -> Alerting:
+        """Build every part (no I/O: the database was read into `restored`)."""
+        engine = AlertEngine(
+            settings.active_rules,
+            state,
+            clock,
+            link_base=settings.dashboard_url or link_base,
+            alerts=restored.alerts,
+            silences=restored.silences,
+        )
+        delivery = (
+            Delivery(settings, store.path, ingestor.write, clock) if settings.channels else None
+        )
+        observer = AlertObserver(
+            engine,
+            ingestor.write,
+            settings.channels,
+            publish=publish,
+            prefix=prefix,
+            observers=observers,
+            observer_errors=observer_errors,
+            delivered=delivery.wake if delivery is not None else lambda: None,
+            clock=clock,
+        )
+        heartbeat = None
+        if settings.heartbeat_url:
+            heartbeat = Heartbeat(settings.heartbeat_url, settings.heartbeat_interval_s, healthy)
+        timer = AlertTimer(
+            engine.next_due,
+            lambda task: ingestor.call_in_writer(lambda _store: task()),
+            observer.tick,
+            clock,
+        )
+        engine.on_schedule = timer.poke
+        return cls(
+            settings=settings,
+            engine=engine,
+            observer=observer,
+            ingestor=ingestor,
+            reader=alert_log.AlertReader(store),
+            clock=clock,
+            delivery=delivery,
+            heartbeat=heartbeat,
+            timer=timer,
+        )
+
+    def start(self) -> None:
+        """Start the timer, the delivery worker and the heartbeat."""
+        for part in (self.timer, self.delivery, self.heartbeat):
+            if part is not None:
+                part.start()
+
+    def stop(self) -> None:
+        """Stop the threads (what is still in the outbox waits for the next run)."""
+        for part in (self.heartbeat, self.delivery, self.timer):
+            if part is not None and part.is_alive():
+                part.stop()
+        self.reader.close()
+
+    # -- what the API offers ----------------------------------------------------------------
+
+    def firing(self) -> list[dict[str, Any]]:
+        """Alerts firing now, with whether each is silenced or flapping."""
+        now = self.clock()
+        shown = []
+        for alert in self.engine.firing():
+            silenced, flapping = self.engine.is_muted(alert.node, alert.rule, now)
+            shown.append({**alert.to_api(), "silenced": silenced, "flapping": flapping})
+        return shown
+
+    def firing_alerts(self) -> list[Alert]:
+        """Alerts firing now (for Prometheus)."""
+        return self.engine.firing()
+
+    def channel_counters(self) -> dict[str, ChannelCounters]:
+        """Per channel name, delivery counters (for Prometheus)."""
+        return self.delivery.counters() if self.delivery is not None else {}
+
+    def delivery_stats(self) -> dict[str, Any]:
+        """The delivery worker's counters (empty when no channel is configured)."""
+        return self.delivery.stats() if self.delivery is not None else {}
+
+    def history(self, limit: int, node: str | None = None) -> list[dict[str, Any]]:
+        """The latest alert events, newest first."""
+        return self.reader.history(limit, node)
+
+    def silences(self) -> list[Silence]:
+        """Silences still running or to come."""
+        return self.engine.silences(self.clock())
+
+    def silence(self, node: str, rule: str | None, for_s: float, comment: str = "") -> Silence:
+        """Mute notifications for a node (or glob) and one rule or all, for `for_s` seconds."""
+        known = set(BUILTIN_RULES) | {r.name for r in self.settings.rules} | {CLUSTER_RULE}
+        if rule is not None and rule not in known:
+            raise SilenceError(f"unknown rule {rule!r} (known: {', '.join(sorted(known))})")
+        if for_s <= 0:
+            raise SilenceError("a silence must last more than 0 seconds")
+        now = self.clock()
+        future = self.ingestor.write(
+            lambda store: alert_log.insert_silence(store, node, rule, now, now + for_s, comment)
+        )
+        silence = future.result(timeout=WRITE_TIMEOUT_S)
+        self.engine.add_silence(silence)
+        logger.info("silenced %s (%s) for %.0f s", node, rule or "every rule", for_s)
+        return silence
+
+    def unsilence(self, silence_id: int) -> bool:
+        """End a silence now; what it held back is sent. False when there was none."""
+        existed = self.ingestor.write(
+            lambda store: alert_log.delete_silence(store, silence_id)
+        ).result(timeout=WRITE_TIMEOUT_S)
+        self.observer.apply(self.engine.remove_silence(silence_id, self.clock()))
+        return existed
+
+    def test(self, index: int | None) -> list[TestResult]:
+        """Send a test notification through each channel (or one); whether each accepted it."""
+        return send_test(self.settings.channels, index)
