@@ -115,6 +115,7 @@ class AlertEngine:
         self._flaps: dict[tuple[str, str], Flaps] = {}
         self._silences: dict[int, Silence] = {s.id: s for s in silences}
         self._timers: list[tuple[float, int, Timer, str, str]] = []
+        self._cluster_grace_until = 0.0  # node_offline alerts stay covered until then
         self._tick = itertools.count()
         self.on_schedule: Callable[[float], None] = lambda _due: None  # the timer thread's wake
         for silence in self._silences.values():
@@ -286,6 +287,10 @@ class AlertEngine:
         if watch.check_at is not None and watch.check_at <= now:
             watch.check_at = None
         self._liveness(facts, watch, now, changes)
+        if self._offline is not None:  # owed once a cluster alert stopped covering it
+            alert = self._alerts.get((node, self._offline.name))
+            if alert is not None:
+                self._owe(self._offline, alert, now, changes)
 
     def _node_down(
         self, facts: NodeState, watch: Watch, rule: Rule, now: float, changes: Changes
@@ -350,11 +355,13 @@ class AlertEngine:
             now,
             changes,
         )
-        # The node alerts it covered are owed now: still-down nodes fire one by one.
+        # Nodes still down get their own alert, after `for` more: the rest of a cluster that
+        # comes back node by node would otherwise be named one by one, seconds apart.
         if self._offline is not None:
+            self._cluster_grace_until = now + self._offline.for_s
             for other in list(self._alerts.values()):
                 if other.rule == self._offline.name:
-                    self._reconcile(self._offline, other, now, changes)
+                    self._schedule(self._cluster_grace_until, Timer.LIVENESS, other.node)
 
     # -- thresholds, reboots, gaps ----------------------------------------------------------
 
@@ -552,6 +559,12 @@ class AlertEngine:
         changes.drop(*key)
         return sent
 
+    def _owe(self, rule: Rule, alert: Alert, now: float, changes: Changes) -> None:
+        """Reconcile an alert after a mute ended: what it owes goes out without a new event."""
+        sent = self._reconcile(rule, alert, now, changes)
+        if sent is not None:
+            changes.notifications.append(sent)
+
     def _compose(
         self,
         rule: Rule,
@@ -608,6 +621,8 @@ class AlertEngine:
         if self._silenced(node, rule, now):
             return True
         if self._offline is not None and rule == self._offline.name:
+            if now < self._cluster_grace_until:
+                return True
             cluster = self._alerts.get((CLUSTER_NODE, CLUSTER_RULE))
             return cluster is not None and cluster.state is AlertState.FIRING
         return False
@@ -624,7 +639,7 @@ class AlertEngine:
             if silence.rule in (None, alert.rule) and fnmatch.fnmatchcase(alert.node, silence.node):
                 rule = self._rule_named(alert.rule)
                 if rule is not None:
-                    self._reconcile(rule, alert, now, changes)
+                    self._owe(rule, alert, now, changes)
 
     def _rule_named(self, name: str) -> Rule | None:
         return CLUSTER_RULE_DEF if name == CLUSTER_RULE else self._rules.get(name)
