@@ -17,13 +17,13 @@ from typing import Any
 
 from cluster_protocol.commands import CommandName
 from cluster_protocol.config import SettingsError
+from master_service.alerts import cli as alerts_cli
+from master_service.api_client import DEFAULT_API, ApiError, api_call, detail_of
 from master_service.control.placement import render_placement
 from master_service.settings import build_parser, load_settings
 from master_service.status_table import render_table
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_API = "http://127.0.0.1:8080"
 
 
 def _out(text: str) -> None:
@@ -36,7 +36,7 @@ def _err(text: str) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    """The command line: run, status, send, place, forget."""
+    """The command line: run, status, send, place, forget, alerts."""
     top = argparse.ArgumentParser(prog="cluster-master", description=__doc__)
     commands = top.add_subparsers(dest="command", required=True)
     # No abbreviations: `--password` must not quietly mean `--password-file`.
@@ -76,44 +76,7 @@ def _add_control_parsers(commands: Any) -> None:
     forget = commands.add_parser("forget", help="forget a node (state, history, commands)")
     forget.add_argument("node", help="node id")
     forget.add_argument("--api", help=api_help)
-
-
-class ApiError(Exception):
-    """The master could not be reached, or refused the request."""
-
-
-def api_call(
-    base: str, method: str, path: str, body: Any = None, timeout_s: float = 5.0
-) -> tuple[int, Any]:
-    """Call the master's API with the token from CLUSTER_API_TOKEN; (HTTP status, JSON)."""
-    headers = {"Accept": "application/json"}
-    data = None
-    if body is not None:
-        data = json.dumps(body).encode()
-        headers["Content-Type"] = "application/json"
-    token = os.environ.get("CLUSTER_API_TOKEN")
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(
-        base.rstrip("/") + path, data=data, headers=headers, method=method
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        try:
-            return error.code, json.load(error)
-        except ValueError:
-            return error.code, {"detail": error.reason}
-        finally:
-            error.close()
-    except (urllib.error.URLError, OSError, ValueError) as error:
-        raise ApiError(f"cannot reach the master at {base}: {error}") from error
-
-
-def _detail(answer: Any) -> str:
-    detail = answer.get("detail") if isinstance(answer, dict) else answer
-    return json.dumps(detail) if not isinstance(detail, str) else detail
+    alerts_cli.add_parser(commands, api_help)
 
 
 def parse_command_args(pairs: Sequence[str]) -> dict[str, Any]:
@@ -152,7 +115,7 @@ def run_send(args: argparse.Namespace) -> int:
         )
         return 3
     if status != 200:
-        _err(f"the master refused: {_detail(answer)} (HTTP {status})")
+        _err(f"the master refused: {detail_of(answer)} (HTTP {status})")
         return 4
     if answer.get("result") is not None:
         _out(json.dumps(answer["result"], indent=2, sort_keys=True))
@@ -178,7 +141,7 @@ def run_place(args: argparse.Namespace) -> int:
         _err(str(error))
         return 4
     if status != 200:
-        _err(f"the master refused: {_detail(answer)} (HTTP {status})")
+        _err(f"the master refused: {detail_of(answer)} (HTTP {status})")
         return 4
     _out(json.dumps(answer, indent=2) if args.json else "\n".join(render_placement(answer)))
     return 0 if answer["satisfied"] else 1
@@ -194,7 +157,7 @@ def run_forget(args: argparse.Namespace) -> int:
         _err(str(error))
         return 4
     if status != 200:
-        _err(f"{_detail(answer)} (HTTP {status})")
+        _err(f"{detail_of(answer)} (HTTP {status})")
         return 1 if status == 404 else 4
     _out(f"forgot {args.node}")
     return 0
@@ -256,7 +219,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "run":
         return run_master(args)
-    control = {"send": run_send, "place": run_place, "forget": run_forget}.get(args.command)
+    control = {
+        "send": run_send,
+        "place": run_place,
+        "forget": run_forget,
+        "alerts": alerts_cli.run,
+    }.get(args.command)
     if control is not None:
         return control(args)
     try:
