@@ -1,6 +1,7 @@
 // picluster dashboard: polls the master's JSON API and keeps the page in step with it.
-// Views: the overview ("#/") and a node page ("#/node/<id>"). No framework; DOM nodes are
-// created once and updated in place, so values change without the layout jumping.
+// Views: the overview ("#/"), a node page ("#/node/<id>") and the alerts ("#/alerts"). No
+// framework; DOM nodes are created once and updated in place, so values change without the
+// layout jumping.
 
 import * as fmt from "/static/format.js";
 import { drawSparkline, renderChart } from "/static/chart.js";
@@ -30,17 +31,27 @@ const app = {
   clockOffset: 0,        // server clock minus ours: "ago" texts use the server's notion of now
   lastOk: null,          // server time of the last successful poll
   failures: 0,
+  alerts: null,          // GET /api/alerts; null while the master has none to give (404, error)
+  alertsError: null,     // why not, for the Alerts page
 };
 
 const serverNow = () => Date.now() / 1000 + app.clockOffset;
 
-async function getJSON(path) {
+/** The API's error sentence (`{"detail": "..."}`), or a list of validation messages. */
+function httpError(res, body) {
+  const detail = body?.detail;
+  const text = Array.isArray(detail) ? detail.map((d) => d?.msg ?? String(d)).join("; ") : detail;
+  return new Error(`HTTP ${res.status}${text ? `: ${text}` : ""}`);
+}
+
+/** GET (or, with `init`, any request) and return the JSON body; errors say what went wrong. */
+async function getJSON(path, init = {}) {
   const ctl = new AbortController();
   const timer = setTimeout(() => ctl.abort(), REQUEST_TIMEOUT_MS);
   try {
-    const res = await fetch(path, { signal: ctl.signal, cache: "no-store" });
+    const res = await fetch(path, { signal: ctl.signal, cache: "no-store", ...init });
     const body = await res.json().catch(() => null);
-    if (!res.ok) throw new Error(`HTTP ${res.status}${body?.detail ? `: ${body.detail}` : ""}`);
+    if (!res.ok) throw httpError(res, body);
     return body;
   } catch (err) {
     if (err.name === "AbortError") throw new Error(`no answer within ${REQUEST_TIMEOUT_MS / 1000} s`);
@@ -57,7 +68,10 @@ async function poll() {
   try {
     // The list of metrics comes from the master (one table there), fetched until it arrives.
     if (!app.catalog) setCatalog(await getJSON("/api/catalog/metrics"));
-    const [nodes, cluster] = await Promise.all([getJSON("/api/nodes"), getJSON("/api/cluster")]);
+    const [nodes, cluster] = await Promise.all([
+      getJSON("/api/nodes"), getJSON("/api/cluster"), loadAlerts(),
+    ]);
+    if (page.alerts) await loadAlertPage();
     app.clockOffset = nodes.generated_at - Date.now() / 1000;
     app.lastOk = nodes.generated_at;
     app.cluster = cluster;
@@ -212,6 +226,7 @@ function buildCard(id) {
   const card = h("article", { class: "card", "data-node": id },
     h("header", {}, h("h3", {}, link), h("span", { class: "state" })),
     h("p", { class: "model" }),
+    h("a", { class: "alert-badge", href: "#/alerts", hidden: "" }),
     h("span", { class: "badge", hidden: "" }),
     h("dl", { class: "metrics" }, ...cells),
     h("div", { class: "spark" }, h("span", { class: "spark-label" }, "CPU, last 15 min"), spark));
@@ -225,6 +240,7 @@ function updateCard(card, v) {
   setState($(".state", card), v);
   $(".model", card).textContent = modelLine(v.details);
   setThrottleBadge($(".badge", card), m);
+  setAlertBadge($(".alert-badge", card), alertsOf(v.node));
   for (const metric of app.catalog.cards) {
     const value = valueOf(m, metric);
     $(`[data-field="${metric.key}"]`, card).textContent = formatOf(metric).text(value);
@@ -263,7 +279,7 @@ function renderNodes() {
 
 // ---------------------------------------------------------------- node page
 
-const page = { id: null, window: 3600, loadedAt: 0, loading: false, seq: 0 };
+const page = { id: null, window: 3600, loadedAt: 0, loading: false, seq: 0, alerts: false };
 
 /** How often the charts refetch: about once per new point on screen, never more than every 15 s. */
 const chartRefreshMs = () => Math.max(15000, (page.window / 300) * 1000);
@@ -281,6 +297,7 @@ function renderNodePage() {
   setState($("#node-state"), v);
   $("#node-view").dataset.state = v.state;
   setThrottleBadge($("#node-throttle"), m);
+  setAlertBadge($("#node-alerts"), alertsOf(page.id));
   $("#node-model").textContent = modelLine(v.details);
   const now = [
     ...app.catalog.shown.map((metric) => [metric.dashboard.label, formatOf(metric).text(valueOf(m, metric))]),
@@ -347,14 +364,273 @@ $("#windows").addEventListener("click", (ev) => {
   location.hash = `#/node/${encodeURIComponent(page.id)}/${name}`;
 });
 
+// ---------------------------------------------------------------- alerts
+// /api/alerts is read on every poll: the banner and the card badges are on every page. The
+// history and the silences only while the Alerts page is open. A master without the alert API
+// (404) or a failed request shows nothing: alerts add to the page, they never break it.
+
+const HISTORY_LIMIT = 100;
+const BANNER_MAX = 5;
+const CLUSTER_NODE = "_cluster"; // the cluster-wide alert (cluster_offline) is filed under it
+// Suggestions for the silence form only; the master accepts whatever rules it has configured.
+const KNOWN_RULES = [
+  "node_offline", "under_voltage", "throttled", "temperature", "disk_full", "memory",
+  "rebooted", "data_loss", "cluster_offline",
+];
+const SEVERITY_RANK = { critical: 0, warning: 1 };
+const EVENT_LABEL = { firing: "Firing", resolved: "Resolved", fired: "Fired", flapping: "Flapping", settled: "Settled" };
+
+// The lists as last loaded (null: not yet), and whether the last load of each failed.
+const alertPage = { history: null, silences: null, historyFailed: false, silencesFailed: false };
+
+async function loadAlerts() {
+  try {
+    app.alerts = await getJSON("/api/alerts");
+    app.alertsError = null;
+  } catch (err) {
+    app.alerts = null;
+    app.alertsError = err.message;
+  }
+}
+
+async function loadAlertPage() {
+  const [history, silences] = await Promise.allSettled([
+    getJSON(`/api/alerts/history?limit=${HISTORY_LIMIT}`),
+    getJSON("/api/alerts/silences"),
+  ]);
+  alertPage.historyFailed = history.status !== "fulfilled";
+  alertPage.silencesFailed = silences.status !== "fulfilled";
+  if (!alertPage.historyFailed) alertPage.history = history.value.events || [];
+  if (!alertPage.silencesFailed) alertPage.silences = silences.value.silences || [];
+}
+
+/** Firing alerts, the worst first, then the oldest. */
+function firingAlerts() {
+  const rank = (a) => SEVERITY_RANK[a.severity] ?? 2;
+  return (app.alerts?.alerts || [])
+    .filter((a) => a.state === "firing")
+    .sort((a, b) => rank(a) - rank(b) || a.since - b.since);
+}
+
+const alertsOf = (node) => firingAlerts().filter((a) => a.node === node);
+/** "critical", "warning", or "other" for a severity this page does not know. */
+const sevKey = (severity) => (severity in SEVERITY_RANK ? severity : "other");
+/** A pill in the severity's colour. */
+const sevClass = (severity) => `sev sev-${sevKey(severity)}`;
+/** A history event's pill: firing in its severity's colour, back to normal in green. */
+function eventClass(event, severity) {
+  if (event === "resolved" || event === "settled") return "sev sev-ok";
+  if (event === "flapping") return "sev sev-warning";
+  return sevClass(severity);
+}
+const capital = (text) => (text ? text.charAt(0).toUpperCase() + text.slice(1) : "");
+
+/** "14:02:11 (12 min ago)"; with the date once it is not today's any more. */
+function sinceText(ts) {
+  if (typeof ts !== "number") return fmt.DASH;
+  const age = serverNow() - ts;
+  return `${fmt.clock(ts, age > 20 * 3600)} (${fmt.ago(age)})`;
+}
+
+/** "81.5 / 80" (the value against the rule's threshold); nothing for rules without values. */
+function valueText(a) {
+  if (typeof a.value !== "number") return "";
+  return typeof a.threshold === "number" ? `${fmt.num(a.value)} / ${fmt.num(a.threshold)}` : fmt.num(a.value);
+}
+
+/** A node's name as a link to its page; the cluster's alert links to the Alerts page. */
+function nodeLink(node) {
+  if (node === CLUSTER_NODE) return h("a", { href: "#/alerts" }, "the cluster");
+  return h("a", { href: `#/node/${encodeURIComponent(node)}` }, node);
+}
+
+/** Rebuild a container from data rows only when they changed (keeps focus and selection). */
+function fillWith(el, rows, make) {
+  const key = JSON.stringify(rows);
+  if (el._key === key) return;
+  el._key = key;
+  el.replaceChildren(...rows.map(make));
+}
+
+function setAlertBadge(el, alerts) {
+  el.hidden = alerts.length === 0;
+  if (!alerts.length) return;
+  el.className = `alert-badge sev-${sevKey(alerts[0].severity)}`;
+  el.classList.toggle("silenced", alerts.every((a) => a.silenced));
+  const rules = alerts.map((a) => a.rule).join(", ");
+  el.textContent = alerts.length === 1 ? `Alert: ${rules}` : `${alerts.length} alerts: ${rules}`;
+  el.title = alerts.map((a) => `${a.rule} (${a.severity}) since ${sinceText(a.since)}${a.silenced ? ", silenced" : ""}`).join("\n");
+}
+
+/** The banner on every page and the count in the header. */
+function renderAlertBanner() {
+  const firing = firingAlerts();
+  const banner = $("#alerts-banner");
+  banner.hidden = firing.length === 0;
+  banner.dataset.severity = firing[0]?.severity || "";
+  const count = $("#alerts-count");
+  count.hidden = firing.length === 0;
+  count.textContent = String(firing.length);
+  const rows = firing.slice(0, BANNER_MAX).map((a) => ({
+    severity: a.severity, rule: a.rule, node: a.node, since: sinceText(a.since),
+    silenced: !!a.silenced, flapping: !!a.flapping,
+  }));
+  if (firing.length > BANNER_MAX) rows.push({ more: firing.length - BANNER_MAX });
+  fillWith($("#alerts-banner-list"), rows, (r) => {
+    if (r.more) return h("li", { class: "alert-item" }, h("a", { href: "#/alerts" }, `and ${r.more} more…`));
+    return h("li", { class: `alert-item${r.silenced ? " silenced" : ""}` },
+      h("span", { class: sevClass(r.severity) }, capital(r.severity)),
+      h("b", {}, r.rule), " on ", nodeLink(r.node), h("span", { class: "since" }, ` since ${r.since}`),
+      ...tags(r));
+  });
+}
+
+function tags(r) {
+  return [
+    ...(r.silenced ? [h("span", { class: "tag" }, "silenced")] : []),
+    ...(r.flapping ? [h("span", { class: "tag" }, "flapping")] : []),
+  ];
+}
+
+function renderAlertsPage() {
+  document.title = "Alerts · picluster";
+  const available = app.alerts !== null;
+  $("#alerts-unavailable").hidden = available;
+  $("#alerts-unavailable").textContent = `This master reports no alerts (${app.alertsError || "no answer"}).`;
+  $("#alerts-body").hidden = !available;
+  if (!available) return;
+
+  const firing = firingAlerts();
+  $("#firing-empty").hidden = firing.length > 0;
+  $("#firing-wrap").hidden = firing.length === 0;
+  fillWith($("#firing-rows"), firing.map((a) => ({
+    severity: a.severity, node: a.node, rule: a.rule, since: sinceText(a.since),
+    value: valueText(a), detail: a.detail || "",
+    silenced: !!a.silenced, flapping: !!a.flapping,
+  })), (r) => h("tr", { class: r.silenced ? "silenced" : "" },
+    h("td", {}, h("span", { class: sevClass(r.severity) }, capital(r.severity))),
+    h("td", {}, nodeLink(r.node)),
+    h("td", {}, h("code", {}, r.rule), ...tags(r)),
+    h("td", { class: "nowrap" }, r.since),
+    h("td", { title: "value / threshold" }, r.value),
+    h("td", {}, r.detail),
+    h("td", {}, h("button", { type: "button", class: "small", "data-prefill": JSON.stringify([r.node, r.rule]) }, "Silence…"))));
+  renderDelivery(app.alerts.delivery);
+
+  const silences = alertPage.silences;
+  $("#silences-empty").hidden = !alertPage.silencesFailed && (!silences || silences.length > 0);
+  $("#silences-empty").textContent = alertPage.silencesFailed ? "The silences could not be loaded." : "No silences.";
+  $("#silences-wrap").hidden = !silences?.length;
+  fillWith($("#silence-rows"), (silences || []).map((x) => ({
+    id: x.id, node: x.node, rule: x.rule, until: typeof x.ends === "number" ? `${fmt.clock(x.ends, true)} (in ${fmt.duration(x.ends - serverNow())})` : fmt.DASH,
+    comment: x.comment || "",
+  })), (r) => h("tr", {},
+    h("td", {}, r.node === CLUSTER_NODE ? "the cluster" : r.node),
+    h("td", {}, r.rule === null ? h("em", {}, "all rules") : h("code", {}, r.rule)),
+    h("td", { class: "nowrap" }, r.until),
+    h("td", {}, r.comment),
+    h("td", {}, h("button", { type: "button", class: "small", "data-remove": String(r.id) }, "Remove"))));
+
+  const history = alertPage.history;
+  $("#history-empty").hidden = !alertPage.historyFailed && (!history || history.length > 0);
+  $("#history-empty").textContent = alertPage.historyFailed ? "The history could not be loaded." : "No alert has fired yet.";
+  $("#history-wrap").hidden = !history?.length;
+  fillWith($("#history-rows"), (history || []).map((e) => ({
+    at: typeof e.at === "number" ? fmt.clock(e.at, true) : fmt.DASH, node: e.node, rule: e.rule,
+    event: e.event, severity: e.severity, message: e.message || "", notified: !!e.notified,
+  })), (r) => h("tr", {},
+    h("td", { class: "nowrap" }, r.at),
+    h("td", {}, nodeLink(r.node)),
+    h("td", {}, h("code", {}, r.rule)),
+    h("td", {}, h("span", { class: eventClass(r.event, r.severity) }, EVENT_LABEL[r.event] || r.event)),
+    h("td", {}, r.message),
+    h("td", {}, r.notified ? "sent" : h("span", { class: "muted" }, "no"))));
+
+  // Suggestions for the silence form: the known nodes (and the cluster), rules seen or built in.
+  const nodes = [...app.nodes.keys(), CLUSTER_NODE].sort();
+  const rules = [...new Set([...KNOWN_RULES, ...(app.alerts.alerts || []).map((a) => a.rule)])].sort();
+  fillWith($("#known-nodes"), nodes, (n) => h("option", { value: n }));
+  fillWith($("#known-rules"), rules, (r) => h("option", { value: r }));
+}
+
+/** "Notifications: 12 sent · 1 failed · 0 pending", when the master says so. */
+function renderDelivery(d) {
+  const el = $("#delivery");
+  const counts = ["sent", "failed", "pending", "expired", "dropped"].filter((k) => typeof d?.[k] === "number");
+  el.hidden = counts.length === 0;
+  el.textContent = `Notifications: ${counts.map((k) => `${d[k]} ${k}`).join(" · ")}`;
+  el.classList.toggle("failing", d?.failed > 0 || d?.dropped > 0);
+}
+
+function showFormError(text) {
+  $("#silence-error").hidden = !text;
+  $("#silence-error").textContent = text || "";
+}
+
+/** POST/DELETE a silence, then show the lists as the master has them now. */
+async function changeSilences(method, path, body, what) {
+  try {
+    await getJSON(path, {
+      method, headers: body ? { "Content-Type": "application/json" } : {},
+      body: body ? JSON.stringify(body) : undefined,
+    });
+    showFormError(null);
+    await Promise.all([loadAlerts(), loadAlertPage()]);
+    render();
+    return true;
+  } catch (err) {
+    // No token handling here: a master with an api_token answers 401, and says so.
+    showFormError(`Could not ${what}: ${err.message}`);
+    return false;
+  }
+}
+
+$("#silence-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const form = ev.currentTarget;
+  const field = (name) => form.elements[name].value.trim();
+  const button = $('button[type="submit"]', form);
+  button.disabled = true;
+  const body = { node: field("node"), rule: field("rule") || null, for: field("for"), comment: field("comment") };
+  if (await changeSilences("POST", "/api/alerts/silences", body, "add the silence")) form.elements.comment.value = "";
+  button.disabled = false;
+});
+
+$("#alerts-view").addEventListener("click", (ev) => {
+  const remove = ev.target.closest("button[data-remove]");
+  if (remove) {
+    remove.disabled = true;
+    const path = `/api/alerts/silences/${encodeURIComponent(remove.dataset.remove)}`;
+    changeSilences("DELETE", path, null, "remove the silence").then((ok) => { remove.disabled = ok; });
+    return;
+  }
+  const prefill = ev.target.closest("button[data-prefill]");
+  if (prefill) {
+    const [node, rule] = JSON.parse(prefill.dataset.prefill);
+    const form = $("#silence-form");
+    form.elements.node.value = node;
+    form.elements.rule.value = rule;
+    form.scrollIntoView({ block: "center" });
+    form.elements.for.focus();
+  }
+});
+
 // ---------------------------------------------------------------- routing
 
 function route() {
+  const alerts = location.hash === "#/alerts";
   const match = location.hash.match(/^#\/node\/([^/]+)(?:\/(1h|24h|7d))?$/);
   const id = match ? decodeURIComponent(match[1]) : null;
   const win = WINDOWS[match?.[2] || "1h"];
-  $("#overview-view").hidden = !!id;
+  $("#overview-view").hidden = !!id || alerts;
   $("#node-view").hidden = !id;
+  $("#alerts-view").hidden = !alerts;
+  for (const a of document.querySelectorAll(".top-nav a")) {
+    const current = a.dataset.page === (alerts ? "alerts" : id ? "" : "overview");
+    if (current) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
+  }
+  if (alerts && !page.alerts) loadAlertPage().then(render);
+  page.alerts = alerts;
   for (const b of $("#windows").children) b.setAttribute("aria-pressed", String(Number(b.dataset.window) === win));
   const newNode = id !== page.id;
   const newWindow = win !== page.window;
@@ -365,14 +641,16 @@ function route() {
     for (const el of document.querySelectorAll("[data-chart]")) { el.replaceChildren(); el.dataset.points = "0"; }
     window.scrollTo(0, 0);
   }
-  if (!id) document.title = "picluster";
+  if (!id && !alerts) document.title = "picluster";
   if (newNode || newWindow) page.loadedAt = 0;
   render();
 }
 
 function render() {
   if (app.lastOk === null || !app.catalog) return;
-  if (page.id) renderNodePage();
+  renderAlertBanner();
+  if (page.alerts) renderAlertsPage();
+  else if (page.id) renderNodePage();
   else { renderCluster(); renderNodes(); }
   tickUpdated();
 }

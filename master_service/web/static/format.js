@@ -80,3 +80,9 @@ export function clock(ts, withDate = false) {
   if (withDate) Object.assign(opts, { weekday: "short", day: "numeric", month: "short" });
   return d.toLocaleString(undefined, opts);
 }
+
+/** A rule's value or threshold: up to one decimal, "—" when absent: "81.5", "90". */
+export function num(v) {
+  if (!isNum(v)) return DASH;
+  return Number.isInteger(v) ? String(v) : v.toFixed(1);
+}
