@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -222,6 +223,28 @@ def test_node_page_charts_history(
     assert set(dom.charts) == {re.sub(r"[^a-z0-9]+", "-", t.lower()) for t in titles}
     assert {"cpu", "memory", "temperature", "network"} <= set(dom.charts)
     chromium.screenshot(url, ARTIFACTS / "dashboard-node.png", size="1280,1300")
+
+
+def test_the_alerts_page_opens_and_the_page_stays_whole_with_or_without_alerts(
+    chromium: Chromium, running_master_url: str, api_nodes: dict[str, str]
+) -> None:
+    html = chromium.dump_dom(f"{running_master_url}/#/alerts")
+    dom = DashboardDom(html)
+
+    assert dom.body.get("data-connection") == "ok", "the page says it lost the master"
+    assert re.search(r'<section id="alerts-view"(?![^>]*\bhidden)[^>]*>', html), "no Alerts page"
+    assert re.search(r'<section id="overview-view"[^>]*\bhidden', html), "overview still shown"
+    assert re.search(r'<a href="#/alerts" data-page="alerts" aria-current="page"', html)
+    try:
+        firing = list(get_json(f"{running_master_url}/api/alerts")["alerts"])
+    except urllib.error.HTTPError as error:  # a master without the alert API: 404
+        code, firing = error.code, []
+    else:
+        code = 200
+    if code == 404:
+        assert "This master reports no alerts (HTTP 404" in html
+    banner_hidden = re.search(r'<section id="alerts-banner"[^>]*\bhidden', html) is not None
+    assert banner_hidden == (not firing), "the banner must list exactly what fires"
 
 
 def test_dashboard_assets_reference_nothing_outside_the_master(running_master_url: str) -> None:
