@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from cluster_protocol.payloads import MachineDetails, MetricsPayload
 from master_service.home_assistant.publisher import DiscoveryPublisher
@@ -25,19 +25,26 @@ class HomeAssistantObserver(Observer):
         self.publisher = publisher
         self._mounts: dict[str, list[str]] = {}
 
-    def restore(self, states: Sequence[NodeState]) -> None:
-        """Teach the publisher the nodes a previous run knew; reset the problem sensors."""
+    def restore(
+        self, states: Sequence[NodeState], firing: Mapping[str, Sequence[str]] | None = None
+    ) -> None:
+        """Teach the publisher the nodes a previous run knew, and the alerts firing at start.
+
+        `firing` is node -> rules the alert engine restored from the database; the engine
+        sends `node_alerts` only when a node's set changes, so without it a restored alert
+        would show OFF until then.
+        """
         for state in states:
             if state.details is not None and state.metrics is not None:
                 self.node_details(state.node, state.details)
                 self.node_metrics(state.node, state.metrics)
-        # The retained alerts topic may still hold the previous run's ON for an alert that
-        # resolved while the master was down. Publish what this run knows instead: OFF for
-        # every node unless `node_alerts` already reported rules firing on it. That is the
-        # publisher's current map, never a reset of it, so a `node_alerts` that came first
-        # cannot be undone (no stale OFF); one that comes later is published after this one,
-        # whole and in order under the publisher's lock (no stale ON).
-        self.publisher.publish_alerts()
+        # The retained alerts topic still holds what the previous run published last, which
+        # may be an ON for an alert that resolved while the master was down. Publish this run's
+        # picture instead: the restored firing sets, OFF for every other node. It is merged
+        # into the publisher's map, never a reset of it: a `node_alerts` that came before this
+        # (it is newer than the database) is kept, so no stale OFF; one that comes after is
+        # published after this, whole and in order under the publisher's lock, so no stale ON.
+        self.publisher.publish_alerts(firing)
 
     def node_details(self, node: str, details: MachineDetails) -> None:
         """Machine details accepted: the publisher sends only what changed."""

@@ -14,7 +14,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, cast
 
@@ -79,6 +79,7 @@ class DiscoveryPublisher:
         self._nodes: dict[str, _Node] = {}
         self._clock = clock
         self._firing: dict[str, tuple[str, ...]] = {}  # node -> rules firing; none: absent
+        self._reported: set[str] = set()  # nodes node_alerts spoke of: newer than any restore
         # Every publish happens under this lock, so a forget can never interleave with an
         # announce of the same node and leave a config behind.
         self._lock = threading.Lock()
@@ -120,6 +121,7 @@ class DiscoveryPublisher:
         """The rules firing on a node changed: publish the alerts topic if that changes it."""
         rules = tuple(sorted(set(firing)))
         with self._lock:
+            self._reported.add(node_id)
             if self._firing.get(node_id, ()) == rules:
                 return
             if rules:
@@ -128,9 +130,19 @@ class DiscoveryPublisher:
                 self._firing.pop(node_id, None)
             self._send_alerts()
 
-    def publish_alerts(self) -> None:
-        """Publish the firing alerts as known now (nothing known: every problem sensor OFF)."""
+    def publish_alerts(self, restored: Mapping[str, Sequence[str]] | None = None) -> None:
+        """Publish the firing alerts as known now (nothing known: every problem sensor OFF).
+
+        `restored` (node -> rules the alert engine read from the database) fills in the nodes
+        `node_alerts` has not spoken of yet; what it said is newer and stays.
+        """
         with self._lock:
+            for node_id, rules in (restored or {}).items():
+                if node_id not in self._reported:
+                    if rules:
+                        self._firing[node_id] = tuple(sorted(set(rules)))
+                    else:
+                        self._firing.pop(node_id, None)
             self._send_alerts()
 
     def announce_cluster(self) -> None:
@@ -160,6 +172,7 @@ class DiscoveryPublisher:
         """
         with self._lock:
             node = self._nodes.pop(node_id, None) or _Node()
+            self._reported.discard(node_id)
             if self._firing.pop(node_id, None) is not None:
                 self._send_alerts()
             shape = hd.NodeShape(

@@ -697,6 +697,25 @@ def test_restore_replaces_a_stale_on_but_keeps_alerts_already_reported(recorder)
     )
 
 
+def test_restore_shows_the_alerts_the_engine_restored_unless_reported_since(recorder):
+    # The engine reports a node only when its set changes: an alert still firing from the
+    # previous run must show ON from the restore on.
+    observer = HomeAssistantObserver(DiscoveryPublisher(recorder))
+    observer.node_alerts("pi-02", ())  # resolved before the restore ran: newer than the database
+    recorder.take()
+    observer.restore([], {"pi-01": ["disk_full"], "pi-02": ["memory"], "_cluster": []})
+    [restored] = alerts_published(recorder)
+    assert restored["payload"] == {"firing": {"pi-01": ["disk_full"]}}
+    assert shown(node_payload("pi-01")["cmps"]["problem"], restored) == (
+        "ON",
+        {"rules": ["disk_full"]},
+    )
+    assert shown(node_payload("pi-02")["cmps"]["problem"], restored)[0] == "OFF"
+    observer.node_alerts("pi-01", ())
+    [later] = alerts_published(recorder)
+    assert shown(node_payload("pi-01")["cmps"]["problem"], later)[0] == "OFF"
+
+
 def test_forgetting_a_node_drops_its_alerts(publisher, recorder):
     publisher.node_alerts("pi-01", ["memory"])
     recorder.take()
