@@ -3,6 +3,7 @@
     .venv/bin/python -m bench                 # the full run, about 7 minutes on 2 cores
     .venv/bin/python -m bench --quick         # shorter phases, for a smoke check (~3 min)
     .venv/bin/python -m bench --only ingest,node
+    .venv/bin/python -m bench --only alerts   # rule cost per sample, event -> webhook POST
 
 Set BENCH_PROFILE=DIR to record each Python consumer with py-spy (folded stacks in DIR).
 """
@@ -24,11 +25,12 @@ from pathlib import Path
 from typing import Any, Final
 
 from bench import sections
+from bench.alerts import alerts
 from bench.nodebench import node_footprint
 from bench.sections import Row
 
 RESULTS: Final = Path(__file__).resolve().parent / "results"
-SECTIONS: Final = ("ingest", "latency", "scale", "node", "history")
+SECTIONS: Final = ("ingest", "latency", "scale", "node", "history", "alerts")
 
 
 def machine() -> dict[str, Any]:
@@ -96,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "scale": lambda: sections.scale(workdir, 30.0 if quick else 80.0),
         "node": lambda: node_footprint(workdir / "node", 20.0 if quick else 60.0),
         "history": lambda: sections.history(5 if quick else 11),
+        "alerts": lambda: alerts(workdir, quick),
     }
     started = time.monotonic()
     figures: dict[str, Any] = {"machine": machine(), "quick": quick}
