@@ -16,7 +16,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -25,6 +25,8 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import NODE_KEEPALIVE_S, Cluster
+from tests.support.broker import MosquittoBroker
+from tests.support.processes import start_master, start_node
 from tests.support.waiting import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -388,5 +390,123 @@ def test_a_killed_node_turns_offline_on_the_open_page_within_the_keepalive_bound
         assert card_state(page, "kill-02") == "online", "the other node must stay online"
         assert page.evaluate("document.body.dataset.connection") == "ok"
         assert shown_after_s <= bound_s
+    finally:
+        page.close()
+
+
+# A rule every sample breaks, at once: an alert that fires as soon as the node reports.
+ALWAYS_FIRING_CONFIG = """
+[[alerts.rules]]
+name = "always"
+metric = "cpu_percent"
+above = -1
+for = 0
+severity = "critical"
+"""
+
+
+@pytest.fixture
+def alerting_master(broker: MosquittoBroker, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A master whose one node fires the `always` alert: (master URL, node id)."""
+    prefix, node_id = "dashalert", "alert-01"
+    config = tmp_path / "master.toml"
+    config.write_text(ALWAYS_FIRING_CONFIG)
+    master = start_master(
+        broker.url,
+        tmp_path,
+        "--prefix", prefix,
+        "--client-id", f"picluster-master-{prefix}",
+        "--no-ha-discovery",
+        "--config", str(config),
+    )  # fmt: skip
+    node = start_node(broker.url, tmp_path, node_id, "--prefix", prefix)
+    try:
+        wait_until(
+            lambda: (
+                [(a["node"], a["rule"]) for a in master.get("/api/alerts")["alerts"]]
+                == [(node_id, "always")]
+            ),
+            timeout_s=20,
+            interval_s=0.2,
+            message="the always rule firing on the node",
+        )
+        yield master.api, node_id
+    finally:
+        node.stop()
+        master.stop()
+
+
+def texts(page: LivePage, selector: str) -> list[str]:
+    """The text of every element matching a CSS selector on the live page."""
+    found: list[str] = page.evaluate(
+        f"[...document.querySelectorAll({json.dumps(selector)})].map(e => e.textContent)"
+    )
+    return found
+
+
+def test_a_firing_alert_shows_everywhere_and_can_be_silenced_from_the_page(
+    chromium_binary: str, alerting_master: tuple[str, str], tmp_path: Path
+) -> None:
+    url, node = alerting_master
+    page = LivePage(chromium_binary, tmp_path / "profile", f"{url}/")
+    try:
+        wait_until(
+            lambda: any(f"always on {node}" in t for t in texts(page, "#alerts-banner-list li")),
+            timeout_s=15,
+            interval_s=0.1,
+            message="the banner lists the firing alert",
+        )
+        assert texts(page, "#alerts-banner .sev") == ["Critical"]
+        assert texts(page, f'[data-node="{node}"] .alert-badge') == ["Alert: always"]
+        assert texts(page, "#alerts-count") == ["1"]
+
+        page.evaluate("location.hash = '#/alerts'")
+        wait_until(
+            lambda: (
+                len(texts(page, "#firing-rows tr")) == 1
+                and "Firing" in " ".join(texts(page, "#history-rows tr"))
+            ),
+            timeout_s=10,
+            interval_s=0.1,
+            message="the Alerts page lists the alert and its history",
+        )
+        assert f"{node}" in texts(page, "#firing-rows tr")[0]
+
+        # Silence it through the form, as a user would; then remove the silence again.
+        page.evaluate(
+            "(() => { const f = document.querySelector('#silence-form');"
+            f" f.elements.node.value = {json.dumps(node)}; f.elements.rule.value = 'always';"
+            " f.elements.for.value = '1h'; f.elements.comment.value = 'checked by the test';"
+            " f.requestSubmit(); })()"
+        )
+        error = "document.querySelector('#silence-error').textContent"
+        wait_until(
+            lambda: (
+                page.evaluate(error)
+                or any("checked by the test" in t for t in texts(page, "#silence-rows tr"))
+            ),
+            timeout_s=10,
+            interval_s=0.1,
+            message="the new silence (or an error) on the page",
+        )
+        assert page.evaluate(error) == "", "the page could not add the silence"
+        [silence] = get_json(f"{url}/api/alerts/silences")["silences"]
+        assert (silence["node"], silence["rule"]) == (node, "always")
+        wait_until(
+            lambda: "silenced" in " ".join(texts(page, "#firing-rows .tag")),
+            timeout_s=10,
+            interval_s=0.1,
+            message="the firing alert marked silenced",
+        )
+
+        page.evaluate("document.querySelector('button[data-remove]').click()")
+        wait_until(
+            lambda: texts(page, "#silence-rows tr") == [],
+            timeout_s=10,
+            interval_s=0.1,
+            message="the silence gone from the page",
+        )
+        assert get_json(f"{url}/api/alerts/silences")["silences"] == []
+        assert page.evaluate("document.body.dataset.connection") == "ok"
     finally:
         page.close()
