@@ -155,9 +155,12 @@ class MasterService:
     ) -> None:
         with self.state.lock:
             known = [n for i in self.state.node_ids() if (n := self.state.get(i))]
+        firing: dict[str, list[str]] = {}
+        for alert in self.alerting.engine.firing():
+            firing.setdefault(alert.node, []).append(alert.rule)
         # Publishing happens outside the cluster lock; ingest has not started, so nothing
         # changes these states meanwhile.
-        observer.restore(known)
+        observer.restore(known, firing)
         publisher.announce_cluster()  # QoS 1: paho sends it once connected
 
     def start(self) -> None:

@@ -200,6 +200,9 @@ def run_master(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Apprise logs every refused attempt itself; delivery reports each outage once, with the
+    # reason it reads from Apprise's result.
+    logging.getLogger("apprise").propagate = False
     from master_service.app import build  # the master extra is needed only here
 
     try:

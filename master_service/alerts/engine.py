@@ -387,16 +387,13 @@ class AlertEngine:
             began, _ = self._pending.setdefault(key, (now, reading))
             if now - began >= rule.for_s:
                 del self._pending[key]
-                detail = f"{reading.detail} " if reading.detail else ""
-                shown = messages.value_text(rule, reading.value)
-                limit = messages.limit_text(rule)
-                text = f"{detail}{rule.metric or rule.name} is {shown} ({limit})"
-                self._fire(rule, node, reading.value, text.strip(), began, now, changes)
+                text = messages.reading_text(rule, reading)
+                self._fire(rule, node, reading.value, text, began, now, changes)
             return
         self._pending.pop(key, None)
         if firing:
             assert alert is not None
-            text = f"{rule.metric or rule.name} is {messages.value_text(rule, reading.value)}"
+            text = messages.reading_text(rule, reading, firing=False)
             self._resolve(rule, alert, reading.value, text, now, changes)
 
     def _reboot(

@@ -8,7 +8,15 @@ import urllib.parse
 from cluster_protocol.metrics import METRICS
 from master_service.alerts.durations import format_duration
 from master_service.alerts.model import EventKind, Notification, NotifyType
-from master_service.alerts.rules import CLUSTER_NODE, Rule, Severity
+from master_service.alerts.rules import (
+    CLUSTER_NODE,
+    DISK_MAX,
+    THROTTLED_NOW,
+    UNDER_VOLTAGE_NOW,
+    Reading,
+    Rule,
+    Severity,
+)
 
 _UNITS = {m.key: m.unit for m in METRICS}
 _NOTIFY_TYPES = {Severity.WARNING: NotifyType.WARNING, Severity.CRITICAL: NotifyType.FAILURE}
@@ -44,7 +52,7 @@ def value_text(rule: Rule, value: float | None) -> str:
     """A value with its unit, e.g. `83.2 °C`, `93%`."""
     if value is None:
         return "unknown"
-    unit = _UNITS.get(rule.metric or "", "%" if rule.metric == "disk_max_percent" else None)
+    unit = "%" if rule.metric == DISK_MAX else _UNITS.get(rule.metric or "")
     number = f"{value:.1f}".rstrip("0").rstrip(".") if value != int(value) else f"{int(value)}"
     if unit == "%":
         return f"{number}%"
@@ -58,6 +66,20 @@ def limit_text(rule: Rule) -> str:
     if rule.below is not None:
         return f"{'at or below' if rule.inclusive else 'below'} {value_text(rule, rule.below)}"
     return ""
+
+
+def reading_text(rule: Rule, reading: Reading, firing: bool = True) -> str:
+    """What a threshold rule saw, in words: `/data is 93% full (at or above 90%)`."""
+    shown = value_text(rule, reading.value)
+    if rule.metric == DISK_MAX:
+        return f"{reading.detail or 'a disk'} is {shown} full" + (
+            f" ({limit_text(rule)})" if firing else ""
+        )
+    if rule.metric == UNDER_VOLTAGE_NOW:
+        return "the Pi reports under-voltage now" if firing else "the supply voltage is fine"
+    if rule.metric == THROTTLED_NOW:
+        return f"the Pi is {reading.detail} now" if firing else "the Pi runs at full speed"
+    return f"{rule.metric} is {shown}" + (f" ({limit_text(rule)})" if firing else "")
 
 
 def compose(

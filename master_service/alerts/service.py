@@ -165,9 +165,13 @@ class Alerting:
         """Silences still running or to come."""
         return self.engine.silences(self.clock())
 
+    def rule_names(self) -> list[str]:
+        """Every rule a silence may name: built-in, custom and the cluster alert."""
+        return sorted(set(BUILTIN_RULES) | {r.name for r in self.settings.rules} | {CLUSTER_RULE})
+
     def silence(self, node: str, rule: str | None, for_s: float, comment: str = "") -> Silence:
         """Mute notifications for a node (or glob) and one rule or all, for `for_s` seconds."""
-        known = set(BUILTIN_RULES) | {r.name for r in self.settings.rules} | {CLUSTER_RULE}
+        known = self.rule_names()
         if rule is not None and rule not in known:
             raise SilenceError(f"unknown rule {rule!r} (known: {', '.join(sorted(known))})")
         if for_s <= 0:

@@ -26,6 +26,11 @@ from master_service.alerts.rules import (
 
 DEFAULT_HEARTBEAT_INTERVAL_S: Final = 60.0
 DEFAULT_MAX_AGE_S: Final = 24 * 3600.0
+# Apprise schemes whose host part names a server (never a token): shown in labels.
+SERVER_SCHEMES: Final = frozenset(
+    {"json", "jsons", "form", "forms", "xml", "xmls", "ntfy", "ntfys", "gotify", "gotifys",
+     "mailto", "mailtos", "matrix", "matrixs", "mqtt", "mqtts", "hassio", "hassios"}
+)  # fmt: skip
 RULE_NAME: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 _TOP_KEYS: Final = frozenset(
@@ -58,10 +63,16 @@ class Channel:
 
     @property
     def label(self) -> str:
-        """The URL's scheme and host only: safe to print and log (tokens stay out)."""
+        """Safe to print and log: the scheme, and the host only where it is a server's name.
+
+        Many services carry their token where a host would be (`tgram://<bot token>/...`),
+        so those show the scheme and a short hash of the URL instead.
+        """
         parts = urllib.parse.urlsplit(self.url)
         host = parts.hostname or ""
-        return f"{parts.scheme}://{host}" if host else f"{parts.scheme}://"
+        if host and parts.scheme.lower() in SERVER_SCHEMES:
+            return f"{parts.scheme}://{host}"
+        return f"{parts.scheme}:// ({self.key[:6]})"
 
     def wanted_by(self, rule: Rule) -> bool:
         """True when this channel gets the rule's notifications."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Final, Literal
+import enum
+from collections.abc import Sequence
+from typing import Annotated, Any, Final, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from master_service.alerts.durations import parse_duration
 from master_service.alerts.service import SilenceError
@@ -16,8 +18,9 @@ from master_service.web.ports import MasterPort
 
 # A node id, or a glob of them (`rack1-*`): the characters of node ids plus * ? [ ].
 NODE_GLOB_PATTERN: Final = r"^[a-z0-9_*?\[\]-]{1,63}$"
-RULE_PATTERN: Final = r"^[a-z0-9_-]{1,63}$"
-MAX_SILENCE_S: Final = 366 * 86400.0
+# Whatever the pattern lets through is within MAX_SILENCE_S (9999.999 days at most).
+MAX_SILENCE_S: Final = 10_000 * 86400.0
+DURATION_PATTERN: Final = r"^ *[1-9][0-9]{0,3}(\.[0-9]{1,3})? *[smhd] *$"
 
 
 class AlertBody(BaseModel):
@@ -84,15 +87,16 @@ class SilencesBody(BaseModel):
 
 
 class SilenceRequest(BaseModel):
-    """`POST /api/alerts/silences`."""
+    """`POST /api/alerts/silences` (`rule` is one of the configured rules: see `silence_model`)."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     node: str = Field(pattern=NODE_GLOB_PATTERN, description="node id or glob, e.g. rack1-*")
-    rule: str | None = Field(None, pattern=RULE_PATTERN, description="null: every rule")
-    duration: str | float = Field(
-        alias="for", description='seconds, or text like "90s", "5m", "2h"'
-    )
+    rule: str | None = Field(None, description="null: every rule")
+    duration: (
+        Annotated[str, Field(pattern=DURATION_PATTERN)]
+        | Annotated[float, Field(gt=0, le=MAX_SILENCE_S)]
+    ) = Field(alias="for", description='seconds, or text like "90s", "5m", "2h"')
     comment: str = Field("", max_length=500)
 
 
@@ -124,12 +128,24 @@ class TestBody(BaseModel):
     results: list[TestResultBody]
 
 
+def silence_model(rules: Sequence[str]) -> type[SilenceRequest]:
+    """SilenceRequest with `rule` limited to these names, so the schema lists them."""
+    names = enum.Enum("RuleName", {name: name for name in rules}, type=str)  # type: ignore[misc]
+    model: type[SilenceRequest] = create_model(
+        "SilenceRequest",
+        __base__=SilenceRequest,
+        rule=(names | None, Field(None, description="null: every rule")),
+    )
+    return model
+
+
 def alerts_router(port: MasterPort) -> APIRouter:
     """The /api/alerts routes; writes need the API token like every other write."""
     router = APIRouter(tags=["alerts"])
     guarded = token_check(port.settings.api_token)
     auth = (401,) if guarded else ()
     alerting = port.alerting
+    request_model = silence_model(alerting.rule_names())
 
     @router.get("/api/alerts", response_model=AlertsBody)
     def list_alerts() -> dict[str, Any]:
@@ -149,26 +165,32 @@ def alerts_router(port: MasterPort) -> APIRouter:
         """Silences that have not ended."""
         return {"silences": [s.to_api() for s in alerting.silences()]}
 
-    @router.post(
+    def add_silence(request: SilenceRequest) -> dict[str, Any]:
+        """Mute notifications for a node (or glob) and a rule (or all) for a while."""
+        body = request
+        try:
+            seconds = parse_duration(body.duration)
+        except ValueError as error:
+            raise HTTPException(422, f"for: {error}") from error
+        if not 0 < seconds <= MAX_SILENCE_S:
+            raise HTTPException(422, "for: must be more than 0 seconds and under 10,000 days")
+        try:
+            rule = None if body.rule is None else str(getattr(body.rule, "value", body.rule))
+            silence = alerting.silence(body.node, rule, seconds, body.comment)
+        except SilenceError as error:
+            raise HTTPException(422, str(error)) from error
+        return silence.to_api()
+
+    # The body's model lists this master's rules; it is known only now, so the annotation is
+    # set before FastAPI reads the signature.
+    add_silence.__annotations__["request"] = request_model
+    router.post(
         "/api/alerts/silences",
         status_code=201,
         response_model=SilenceBody,
         dependencies=guarded,
-        responses=error_responses(*auth, 422),
-    )
-    def add_silence(request: SilenceRequest) -> dict[str, Any]:
-        """Mute notifications for a node (or glob) and a rule (or all) for a while."""
-        try:
-            seconds = parse_duration(request.duration)
-        except ValueError as error:
-            raise HTTPException(422, f"for: {error}") from error
-        if not 0 < seconds <= MAX_SILENCE_S:
-            raise HTTPException(422, "for: must be more than 0 seconds and at most 366 days")
-        try:
-            silence = alerting.silence(request.node, request.rule, seconds, request.comment)
-        except SilenceError as error:
-            raise HTTPException(422, str(error)) from error
-        return silence.to_api()
+        responses=error_responses(400, *auth, 422),
+    )(add_silence)
 
     @router.delete(
         "/api/alerts/silences/{silence_id}",
@@ -187,7 +209,7 @@ def alerts_router(port: MasterPort) -> APIRouter:
         "/api/alerts/test",
         response_model=TestBody,
         dependencies=guarded,
-        responses=error_responses(*auth, 404, 422),
+        responses=error_responses(400, *auth, 404, 422),
     )
     def test(request: TestRequest | None = None) -> dict[str, Any]:
         """Send a test notification through each channel (or one); whether each accepted."""

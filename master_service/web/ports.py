@@ -98,6 +98,10 @@ class AlertPort(Protocol):
         """Silences not yet ended."""
         ...
 
+    def rule_names(self) -> list[str]:
+        """Every rule a silence may name."""
+        ...
+
     def silence(self, node: str, rule: str | None, for_s: float, comment: str = "") -> Silence:
         """Add a silence; raises SilenceError for an unknown rule."""
         ...

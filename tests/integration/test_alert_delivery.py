@@ -36,9 +36,6 @@ from tests.support.waiting import wait_until
 
 T = TypeVar("T")
 
-# Apprise 2.3's e-mail plugin imports imghdr, deprecated in 3.11, when plugins first load.
-pytestmark = pytest.mark.filterwarnings("ignore:'imghdr' is deprecated:DeprecationWarning")
-
 
 def fast(settings: AlertSettings, store: Store, clock: Callable[[], float] = time.time) -> Delivery:
     """A Delivery whose retries come after 50 to 200 ms instead of 5 s to 15 min."""
