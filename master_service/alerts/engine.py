@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 FLAP_WINDOW_S: Final = 600.0
 FLAP_FIRINGS: Final = 4  # more firings than this within the window: flapping
 CLUSTER_WINDOW_S: Final = 60.0  # "more than half the nodes offline within a minute"
+BOOT_TIME_SHIFT_S: Final = 60.0  # boot_time read twice in one boot can differ by a little
 REBOOT_TOLERANCE_S: Final = 5.0  # uptime may read a little lower from one sample to the next
 GAP_SETTLE_MIN_S: Final = 10.0  # a late (spooled) envelope may still fill a gap meanwhile
 STALE_MARGIN_S: Final = 0.05
@@ -75,6 +76,10 @@ class Watch:
     gaps_seen: int = 0
     gap_check_at: float | None = None
     rules: tuple[Rule, ...] | None = None  # threshold rules that apply (cached)
+    active: set[str] = field(default_factory=set)  # threshold rules pending or firing
+    boot_time: float | None = None  # from the last machine details
+    born: bool = False  # a birth (status online) came since the last details
+    reboot_seen: bool = False  # uptime went back; the new boot_time is expected, not news
 
 
 @dataclass(slots=True)
@@ -120,6 +125,8 @@ class AlertEngine:
         self.on_schedule: Callable[[float], None] = lambda _due: None  # the timer thread's wake
         for silence in self._silences.values():
             self._schedule(silence.ends, Timer.SILENCE, "", str(silence.id))
+        for alert in self._alerts.values():
+            self._watch_of(alert.node).active.add(alert.rule)
         with state.lock:
             known = [node for n in state.node_ids() if (node := state.get(n)) is not None]
         for node in known:
@@ -127,6 +134,9 @@ class AlertEngine:
             metrics = node.metrics or {}
             uptime = metrics.get("uptime_s")
             watch.last_uptime = float(uptime) if isinstance(uptime, int | float) else None
+            details = node.details
+            boot_time = details.get("boot_time") if details is not None else None
+            watch.boot_time = float(boot_time) if isinstance(boot_time, int | float) else None
             watch.gaps_seen = node.seq_gaps
             self._schedule(self.started, Timer.LIVENESS, node.node)
 
@@ -143,19 +153,45 @@ class AlertEngine:
             self._liveness(facts, watch, now, changes)
             if watch.down_since is None:  # a node that is down has its alerts held
                 self._reboot(node, watch, payload, now, changes)
+                active = watch.active
                 for rule in self._rules_for(node, watch):
-                    self._threshold(rule, node, payload, now, changes)
+                    # Inlined steady path: most samples of most rules end at this check.
+                    key = rule.payload_key
+                    if key is not None:
+                        value = payload.get(key)
+                        if value.__class__ is not float and value.__class__ is not int:
+                            continue  # absent, null (no sensor), or a bool
+                    else:
+                        value = rule.value_of(payload)
+                        if value is None:
+                            continue
+                    if value > rule.hi or value < rule.lo or rule.name in active:
+                        self._threshold(rule, node, watch, payload, now, changes)
             self._gaps(facts, watch, now)
         return changes
 
     def node_event(self, node: str, now: float) -> Changes:
-        """A status or machine details arrived: liveness and seq gaps."""
+        """A status arrived: liveness and seq gaps."""
+        changes = Changes()
+        with self._lock:
+            facts = self._state.get(node)
+            if facts is not None:
+                watch = self._watch_of(node)
+                if facts.status == NodeStatus.ONLINE:
+                    watch.born = True
+                self._liveness(facts, watch, now, changes)
+                self._gaps(facts, watch, now)
+        return changes
+
+    def details(self, node: str, details: Mapping[str, Any], now: float) -> Changes:
+        """Machine details arrived: liveness, seq gaps, and a new boot after a reconnect."""
         changes = Changes()
         with self._lock:
             facts = self._state.get(node)
             if facts is not None:
                 watch = self._watch_of(node)
                 self._liveness(facts, watch, now, changes)
+                self._boot_time(node, watch, details.get("boot_time"), now, changes)
                 self._gaps(facts, watch, now)
         return changes
 
@@ -371,15 +407,23 @@ class AlertEngine:
         return watch.rules
 
     def _threshold(
-        self, rule: Rule, node: str, payload: Mapping[str, Any], now: float, changes: Changes
+        self,
+        rule: Rule,
+        node: str,
+        watch: Watch,
+        payload: Mapping[str, Any],
+        now: float,
+        changes: Changes,
     ) -> None:
+        """A rule whose value is past its limit, or that is pending or firing: decide."""
         reading = rule.read(payload)
         if reading is None:
-            return  # the sample lacks it: nothing to decide
+            return
         key = (node, rule.name)
         alert = self._alerts.get(key)
         firing = alert is not None and alert.state is AlertState.FIRING
         if rule.breached(reading.value, firing):
+            watch.active.add(rule.name)
             if firing:
                 assert alert is not None
                 alert.value = reading.value  # shown by the API; stored on the next change
@@ -391,6 +435,7 @@ class AlertEngine:
                 self._fire(rule, node, reading.value, text, began, now, changes)
             return
         self._pending.pop(key, None)
+        watch.active.discard(rule.name)
         if firing:
             assert alert is not None
             text = messages.reading_text(rule, reading, firing=False)
@@ -409,11 +454,34 @@ class AlertEngine:
             return
         if not self._rebooted.applies_to(node):
             return
+        watch.reboot_seen = True  # the details with the new boot_time are no second reboot
         text = (
             f"{node} restarted: up {format_duration(uptime)} "
             f"(it had been up {format_duration(before)})"
         )
         self._one_shot(self._rebooted, node, float(uptime), text, now, changes)
+
+    def _boot_time(self, node: str, watch: Watch, raw: Any, now: float, changes: Changes) -> None:
+        """`rebooted` from machine details: a boot_time that moved, across a reconnect.
+
+        A Pi without a real-time clock also moves its boot_time when NTP steps the clock,
+        without reconnecting: only a move that came with a new birth is a restart.
+        """
+        if type(raw) is not float and type(raw) is not int:
+            return
+        before, watch.boot_time = watch.boot_time, float(raw)
+        born, watch.born = watch.born, False
+        if before is None or abs(raw - before) <= BOOT_TIME_SHIFT_S:
+            return
+        if watch.reboot_seen:  # already reported from the uptime going back
+            watch.reboot_seen = False
+            return
+        rule = self._rebooted
+        if not born or rule is None or not rule.applies_to(node):
+            return
+        watch.last_uptime = None  # the next sample's low uptime is this same restart
+        text = f"{node} restarted: booted at {messages.stamp(raw)} (was {messages.stamp(before)})"
+        self._one_shot(rule, node, float(raw), text, now, changes)
 
     def _gaps(self, facts: NodeState, watch: Watch, now: float) -> None:
         if facts.seq_gaps < watch.gaps_seen:
@@ -492,6 +560,9 @@ class AlertEngine:
     ) -> None:
         alert.state, alert.value, alert.updated = AlertState.OK, value, now
         changes.nodes_changed.add(alert.node)
+        watch = self._watch.get(alert.node)
+        if watch is not None:
+            watch.active.discard(alert.rule)
         self._touch_flaps(alert.node, rule.name, now)
         sent = self._reconcile(rule, alert, now, changes)
         self._event(

@@ -65,8 +65,8 @@ class AlertObserver(Observer):
         self.apply(self.engine.metrics(node, payload, self._clock()))
 
     def node_details(self, node: str, details: MachineDetails) -> None:
-        """Liveness and gaps."""
-        self.apply(self.engine.node_event(node, self._clock()))
+        """Liveness, gaps and a new boot."""
+        self.apply(self.engine.details(node, details, self._clock()))
 
     def node_status(self, node: str, state: str) -> None:
         """Online or offline: liveness."""

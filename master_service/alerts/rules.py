@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
 
@@ -49,6 +50,7 @@ CLUSTER_NODE: Final = "_cluster"
 DISK_MAX = "disk_max_percent"  # the fullest mount in `disks`
 UNDER_VOLTAGE_NOW = "under_voltage_now"  # `throttled.under_voltage`, as 1 or 0
 THROTTLED_NOW = "throttled_now"  # `throttled.throttled` or `throttled.freq_capped`, as 1 or 0
+THROTTLE_KEYS: Final = ("throttled", "freq_capped")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,22 @@ class Rule:
     channel_tags: tuple[str, ...] = ()  # Apprise tags to notify; empty: every channel
     enabled: bool = True
     builtin: bool = False
+    # Derived once, for the per-sample check (the engine's hot path): the payload key to read
+    # as is (None for derived or composite values), and limits that make "fires" a plain
+    # `value > hi or value < lo` (inclusive limits moved by one float step).
+    payload_key: str | None = field(init=False, default=None, compare=False)
+    hi: float = field(init=False, default=math.inf, compare=False)
+    lo: float = field(init=False, default=-math.inf, compare=False)
+
+    def __post_init__(self) -> None:
+        plain = self.metric is not None and self.metric in _PLAIN_KEYS
+        object.__setattr__(self, "payload_key", self.metric if plain else None)
+        if self.above is not None:
+            hi = math.nextafter(self.above, -math.inf) if self.inclusive else self.above
+            object.__setattr__(self, "hi", hi)
+        if self.below is not None:
+            lo = math.nextafter(self.below, math.inf) if self.inclusive else self.below
+            object.__setattr__(self, "lo", lo)
 
     @property
     def one_shot(self) -> bool:
@@ -92,30 +110,39 @@ class Rule:
         """True when the rule watches this node."""
         return not self.nodes or any(fnmatch.fnmatchcase(node, glob) for glob in self.nodes)
 
+    def value_of(self, payload: Mapping[str, Any]) -> float | None:
+        """The number this rule watches in a metrics sample; None when the sample lacks it."""
+        metric_key = self.metric
+        if metric_key is None:
+            return None
+        if metric_key == DISK_MAX:
+            return _fullest_disk(payload)[0]
+        if metric_key in (UNDER_VOLTAGE_NOW, THROTTLED_NOW):
+            flags = payload.get("throttled")
+            if flags.__class__ is not dict:
+                return None
+            if metric_key == UNDER_VOLTAGE_NOW:
+                return 1.0 if flags.get("under_voltage") is True else 0.0
+            on = flags.get("throttled") is True or flags.get("freq_capped") is True
+            return 1.0 if on else 0.0
+        value = metric_value(metric(metric_key), payload)
+        if value.__class__ is not float and value.__class__ is not int:
+            return None  # absent, null (no sensor), or not a number (a bool)
+        return float(value)
+
     def read(self, payload: Mapping[str, Any]) -> Reading | None:
-        """The value this rule watches in a metrics sample, None when the sample lacks it."""
-        if self.metric is None:
+        """The value with where it came from (a mount, the flags set): for messages."""
+        value = self.value_of(payload)
+        if value is None:
             return None
         if self.metric == DISK_MAX:
-            return _fullest_disk(payload)
+            return Reading(value, _fullest_disk(payload)[1])
         if self.metric in (UNDER_VOLTAGE_NOW, THROTTLED_NOW):
-            flags = payload.get("throttled")
-            if not isinstance(flags, dict):
-                return None
-            keys = (
-                ("under_voltage",)
-                if self.metric == UNDER_VOLTAGE_NOW
-                else (
-                    "throttled",
-                    "freq_capped",
-                )
-            )
+            flags = payload.get("throttled") or {}
+            keys = ("under_voltage",) if self.metric == UNDER_VOLTAGE_NOW else THROTTLE_KEYS
             on = [key for key in keys if flags.get(key) is True]
-            return Reading(1.0 if on else 0.0, ", ".join(on) or str(flags.get("raw", "")))
-        value = metric_value(metric(self.metric), payload)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return None
-        return Reading(float(value))
+            return Reading(value, ", ".join(on) or str(flags.get("raw", "")))
+        return Reading(value)
 
     def breached(self, value: float, firing: bool) -> bool:
         """Whether `value` keeps (firing) or puts (not firing) the rule in the firing state."""
@@ -130,17 +157,21 @@ class Rule:
         return False
 
 
-def _fullest_disk(payload: Mapping[str, Any]) -> Reading | None:
+def _fullest_disk(payload: Mapping[str, Any]) -> tuple[float | None, str]:
+    """The highest percent in use among the mounts, and that mount."""
     disks = payload.get("disks")
-    best: Reading | None = None
-    for disk in disks if isinstance(disks, list) else ():
-        percent = disk.get("percent") if isinstance(disk, dict) else None
-        if isinstance(percent, bool) or not isinstance(percent, int | float):
+    best: float | None = None
+    mount = ""
+    for disk in disks if disks.__class__ is list else ():
+        percent = disk.get("percent") if disk.__class__ is dict else None
+        if percent.__class__ is not float and percent.__class__ is not int:
             continue
-        if best is None or percent > best.value:
-            best = Reading(float(percent), str(disk.get("mount", "")))
-    return best
+        if best is None or percent > best:
+            best, mount = float(percent), str(disk.get("mount", ""))
+    return best, mount
 
+
+_PLAIN_KEYS: Final = frozenset(m.key for m in METRICS if m.in_payload)
 
 NUMERIC_METRICS: Final = tuple(
     m.key for m in METRICS if m.json_type.split("|")[0] in ("number", "integer")

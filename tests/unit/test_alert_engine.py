@@ -65,6 +65,11 @@ class Rig:
             facts.status, facts.last_heard, facts.interval_s = state, self.now, INTERVAL_S
         return self._take(self.engine.node_event(node, self.now))
 
+    def details(self, node: str, **details: Any) -> Changes:
+        with self.state.lock:
+            self.state.node(node).last_heard = self.now
+        return self._take(self.engine.details(node, details, self.now))
+
     def advance(self, seconds: float) -> Changes:
         self.now += seconds
         return self._take(self.engine.due(self.now))
@@ -330,3 +335,27 @@ def test_forget_drops_alerts_silently() -> None:
     assert ("pi-01", "temperature") in changes.deletes
     assert not changes.events
     assert rig.engine.firing() == []
+
+
+def test_a_new_boot_time_after_a_reconnect_is_one_reboot() -> None:
+    rig = Rig()
+    rig.status("pi-01", "online")
+    rig.details("pi-01", boot_time=T0 - 5000)
+    rig.sample("pi-01", uptime_s=5000.0)
+    rig.status("pi-01", "offline")
+    rig.advance(30)
+    rig.status("pi-01", "online")
+    rig.details("pi-01", boot_time=T0 + 25)
+    rig.sample("pi-01", uptime_s=5.0)  # the same restart, seen again: not a second one
+    assert rig.sent == [title("pi-01", "rebooted", "firing")]
+
+
+def test_a_boot_time_moved_by_ntp_without_a_reconnect_is_no_reboot() -> None:
+    rig = Rig()
+    rig.status("pi-01", "online")
+    rig.details("pi-01", boot_time=T0 - 86400 * 30)  # fake-hwclock's idea of the time
+    rig.sample("pi-01", uptime_s=40.0)
+    rig.advance(60)
+    rig.details("pi-01", boot_time=T0 - 40)  # NTP stepped the clock: same boot
+    rig.sample("pi-01", uptime_s=100.0)
+    assert rig.sent == []
