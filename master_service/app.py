@@ -112,6 +112,7 @@ class MasterService:
             observer_errors=self.ctx.observer_errors,
             link_base=dashboard_url(settings),
             healthy=lambda: self.health().ok,
+            connected=self.listener.connected.is_set,
             clock=clock,
         )
         self.observers.append(self.alerting.observer)

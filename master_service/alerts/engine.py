@@ -53,6 +53,7 @@ BOOT_TIME_SHIFT_S: Final = 60.0  # boot_time read twice in one boot can differ b
 REBOOT_TOLERANCE_S: Final = 5.0  # uptime may read a little lower from one sample to the next
 GAP_SETTLE_MIN_S: Final = 10.0  # a late (spooled) envelope may still fill a gap meanwhile
 STALE_MARGIN_S: Final = 0.05
+BLIND_RECHECK_S: Final = 1.0  # while the master has no broker, look again this often
 
 CLUSTER_RULE_DEF: Final = Rule(name=CLUSTER_RULE, kind=Kind.OFFLINE, severity=Severity.CRITICAL)
 
@@ -64,6 +65,7 @@ class Timer(Enum):
     GAP = "gap"  # a seq gap has had time to fill
     FLAP = "flap"  # a flapping rule may have settled
     SILENCE = "silence"  # a silence ends
+    RECONCILE = "reconcile"  # at start: send what restored alerts still owe
 
 
 @dataclass(slots=True)
@@ -103,6 +105,7 @@ class AlertEngine:
         link_base: str,
         alerts: Iterable[Alert] = (),
         silences: Iterable[Silence] = (),
+        blind: Callable[[], bool] = lambda: False,
     ) -> None:
         self._lock = threading.RLock()
         self._state = state
@@ -114,6 +117,11 @@ class AlertEngine:
         self._rebooted = self._rules.get(Builtin.REBOOTED)
         self._data_loss = self._rules.get(Builtin.DATA_LOSS)
         self.started = clock()
+        # While the master itself hears nothing (no broker), silence says nothing of the nodes:
+        # no node is taken for down then, and `for` counts again from when it hears again.
+        self._blind = blind
+        self._was_blind = False
+        self._sight_since = self.started
         self._alerts: dict[tuple[str, str], Alert] = {(a.node, a.rule): a for a in alerts}
         self._pending: dict[tuple[str, str], tuple[float, Reading]] = {}
         self._watch: dict[str, Watch] = {}
@@ -127,6 +135,8 @@ class AlertEngine:
             self._schedule(silence.ends, Timer.SILENCE, "", str(silence.id))
         for alert in self._alerts.values():
             self._watch_of(alert.node).active.add(alert.rule)
+        if self._alerts:
+            self._schedule(self.started, Timer.RECONCILE, "")
         with state.lock:
             known = [node for n in state.node_ids() if (node := state.get(n)) is not None]
         for node in known:
@@ -220,6 +230,11 @@ class AlertEngine:
                     self._gap_timer(node, now, changes)
                 elif kind is Timer.FLAP:
                     self._flap_timer(node, extra, now, changes)
+                elif kind is Timer.RECONCILE:
+                    for alert in list(self._alerts.values()):
+                        rule = self._rule_named(alert.rule)
+                        if rule is not None:
+                            self._owe(rule, alert, now, changes)
                 else:
                     self._silence_ended(int(extra), now, changes)
         return changes
@@ -276,6 +291,15 @@ class AlertEngine:
     # -- liveness ---------------------------------------------------------------------------
 
     def _liveness(self, facts: NodeState, watch: Watch, now: float, changes: Changes) -> None:
+        if self._blind():
+            self._was_blind = True
+            if watch.check_at is None or watch.check_at <= now:
+                watch.check_at = now + BLIND_RECHECK_S
+                self._schedule(watch.check_at, Timer.LIVENESS, facts.node)
+            return
+        if self._was_blind:
+            self._was_blind = False
+            self._sight_since = now
         status = facts.effective_status(now, self._state.stale_factor)
         if status is NodeStatus.ONLINE:
             if watch.down_since is not None:
@@ -295,8 +319,8 @@ class AlertEngine:
                 began = facts.last_heard + self._stale_after(facts)
             else:
                 began = now
-            # Nothing before this master started counts: it could not have heard the node.
-            watch.down_since = min(now, max(began, self.started))
+            # Nothing before this master heard the broker counts: it could not hear the node.
+            watch.down_since = min(now, max(began, self._sight_since))
         rule = self._offline
         if rule is None or not rule.applies_to(facts.node):
             return

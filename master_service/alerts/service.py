@@ -74,6 +74,7 @@ class Alerting:
         observer_errors: ObserverErrors,
         link_base: str,
         healthy: Callable[[], bool],
+        connected: Callable[[], bool] = lambda: True,
         clock: Callable[[], float] = time.time,
     ) -> Alerting:
         """Build every part (no I/O: the database was read into `restored`)."""
@@ -84,6 +85,7 @@ class Alerting:
             link_base=settings.dashboard_url or link_base,
             alerts=restored.alerts,
             silences=restored.silences,
+            blind=lambda: not connected(),
         )
         delivery = (
             Delivery(settings, store.path, ingestor.write, clock) if settings.channels else None

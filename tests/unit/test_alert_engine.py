@@ -359,3 +359,35 @@ def test_a_boot_time_moved_by_ntp_without_a_reconnect_is_no_reboot() -> None:
     rig.details("pi-01", boot_time=T0 - 40)  # NTP stepped the clock: same boot
     rig.sample("pi-01", uptime_s=100.0)
     assert rig.sent == []
+
+
+def test_nothing_is_offline_while_the_master_itself_has_no_broker() -> None:
+    rig = Rig()
+    blind = False
+    rig.engine = AlertEngine(
+        rig.rules, rig.state, lambda: rig.now, link_base="http://head:8080/",
+        blind=lambda: blind,
+    )  # fmt: skip
+    rig.every_second(5, pi_01={})
+    blind = True  # the broker went away: the master hears no node
+    for _ in range(120):
+        rig.advance(1)
+    assert rig.sent == []
+    blind = False  # back; the node's queued samples are still on their way
+    for _ in range(59):
+        rig.advance(1)
+    assert rig.sent == []  # `for` counts from when the master hears again
+    for _ in range(3):
+        rig.advance(1)
+    assert rig.sent == [title("pi-01", "node_offline", "firing")]
+
+
+def test_a_resolve_owed_before_a_restart_is_sent_after_it() -> None:
+    rig = Rig(rules=(replace(BUILTIN_RULES["temperature"], for_s=0.0),))
+    rig.sample("pi-01", temperature_celsius=90.0)
+    rig.engine.add_silence(Silence(1, "pi-01", None, rig.now, rig.now + 60))
+    rig.sample("pi-01", temperature_celsius=40.0)  # resolved, muted: still owed
+    rig.restart()  # silences are not carried by this rig: the restart ends the mute
+    rig.advance(0)
+    assert rig.sent == [title("pi-01", "temperature", "firing"),
+                        title("pi-01", "temperature", "resolved")]  # fmt: skip
