@@ -8,17 +8,14 @@ ingest thread.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import ClassVar, TypeVar
 
 import pytest
 
@@ -32,6 +29,7 @@ from master_service.ingest.handlers import Context
 from master_service.ingest.ingestor import Ingestor
 from master_service.state import ClusterState
 from master_service.storage.store import Store
+from tests.support.receiver import WAIT_S, Receiver
 from tests.support.waiting import wait_until
 
 T = TypeVar("T")
@@ -48,103 +46,6 @@ def fast(settings: AlertSettings, store: Store, clock: Callable[[], float] = tim
         backoff_max_s=0.2,
         jitter=0.0,
     )
-
-
-WAIT_S = 15.0
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    """One request the receiver answered."""
-
-    method: str
-    path: str
-    status: int
-    payload: dict[str, Any]
-
-
-class Receiver:
-    """A webhook endpoint on 127.0.0.1: records requests, refuses paths the test marks down."""
-
-    def __init__(self) -> None:
-        self.changed = threading.Condition()
-        self.requests: list[Request] = []
-        self._down: dict[str, int] = {}  # path: requests still to refuse (-1: until told)
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", "0"))
-                receiver.answer(self, "POST", json.loads(self.rfile.read(length) or b"{}"))
-
-            def do_GET(self) -> None:
-                receiver.answer(self, "GET", {})
-
-            def log_message(self, format: str, *args: Any) -> None:
-                """Quiet: the test's output is the assertions."""
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self.thread.start()
-
-    def url(self, path: str) -> str:
-        """An Apprise URL posting JSON to this path."""
-        return f"json://127.0.0.1:{self.port}/{path}"
-
-    def down(self, path: str, requests: int = -1) -> None:
-        """Answer 500 on this path: for that many requests, or until `up`."""
-        with self.changed:
-            self._down[path] = requests
-
-    def up(self, path: str) -> None:
-        """Answer 200 on this path again."""
-        with self.changed:
-            self._down.pop(path, None)
-
-    def answer(self, handler: BaseHTTPRequestHandler, method: str, payload: Any) -> None:
-        """Record the request and answer it as configured."""
-        path = handler.path.lstrip("/")
-        with self.changed:
-            left = self._down.get(path, 0)
-            if left > 0:
-                self._down[path] = left - 1
-            status = 500 if left else 200
-            self.requests.append(Request(method, path, status, payload))
-            self.changed.notify_all()
-        handler.send_response(status)
-        handler.send_header("Content-Length", "0")
-        handler.end_headers()
-
-    def accepted(self, path: str) -> list[str]:
-        """Titles of the notifications this path accepted, in order."""
-        with self.changed:
-            return [
-                r.payload["title"]
-                for r in self.requests
-                if r.path == path and r.status == 200 and r.method == "POST"
-            ]
-
-    def count(self, path: str, status: int | None = None, method: str = "POST") -> int:
-        """Requests on this path (with that answer)."""
-        with self.changed:
-            return sum(
-                1
-                for r in self.requests
-                if r.path == path and r.method == method and status in (None, r.status)
-            )
-
-    def wait(self, condition: Callable[[], bool], what: str) -> None:
-        """Wait until a request makes `condition` true (woken by each request, no polling)."""
-        with self.changed:
-            assert self.changed.wait_for(condition, WAIT_S), f"timed out waiting for {what}"
-
-    def close(self) -> None:
-        """Stop serving."""
-        self.server.shutdown()
-        self.server.server_close()
 
 
 class SimpleWriter:

@@ -34,6 +34,7 @@ from tests.support.watcher import Watcher
 pytestmark = pytest.mark.integration
 
 OFFLINE_FOR = "2s"
+HOOK = "hook"
 
 
 def title(node: str, rule: str, word: str) -> str:
@@ -51,7 +52,7 @@ def alert_config(receiver: Receiver, extra: str = "") -> str:
     """A master config: the receiver as the one channel, short `for`s, a `for = 0` rule."""
     return f"""
 [alerts]
-channels = ["{receiver.url()}"]
+channels = ["{receiver.url(HOOK)}"]
 
 [alerts.builtin.node_offline]
 for = "{OFFLINE_FOR}"
@@ -164,21 +165,21 @@ def test_a_killed_node_fires_once_after_for_and_resolves_once_when_back(site: Si
                    message="the node online")  # fmt: skip
         node.stop(signal.SIGKILL)  # the broker sends its will after 1.5 x keepalive
         killed_at = time.monotonic()
-        site.receiver.wait_delivered(title(node_id, "node_offline", "firing"))
+        site.receiver.wait_accepted(HOOK, title(node_id, "node_offline", "firing"))
         assert time.monotonic() - killed_at >= 2.0  # not before `for`
         assert site.firing() == {(node_id, "node_offline")}
         node = start_node(
             site.broker.url, site.workdir, node_id, "--prefix", site.prefix, "--keepalive", "1"
         )
-        site.receiver.wait_delivered(title(node_id, "node_offline", "resolved"))
+        site.receiver.wait_accepted(HOOK, title(node_id, "node_offline", "resolved"))
         wait_until(lambda: not site.firing() and site.outbox_empty(), 10, message="all quiet")
     finally:
         node.stop()
-    assert site.receiver.delivered() == [
+    assert site.receiver.accepted(HOOK) == [
         title(node_id, "node_offline", "firing"),
         title(node_id, "node_offline", "resolved"),
     ]
-    body = site.receiver.requests()[0].body
+    body = site.receiver.requests[0].payload
     assert f"#/node/{node_id}" in body["message"]
     assert body["type"] == "failure"  # node_offline is critical
 
@@ -187,15 +188,15 @@ def test_alerts_are_held_while_a_node_is_offline_and_re_evaluated_when_back(site
     start_alerting_master(site)
     site.send("held-01", "status", {"state": "online"})
     site.metrics("held-01", cpu_percent=90.0)
-    site.receiver.wait_delivered(title("held-01", "busy", "firing"))
+    site.receiver.wait_accepted(HOOK, title("held-01", "busy", "firing"))
     site.send("held-01", "status", {"state": "offline"})
-    site.receiver.wait_delivered(title("held-01", "node_offline", "firing"))
+    site.receiver.wait_accepted(HOOK, title("held-01", "node_offline", "firing"))
     assert site.firing() == {("held-01", "busy"), ("held-01", "node_offline")}
     site.send("held-01", "status", {"state": "online"})
     site.metrics("held-01", cpu_percent=5.0)
-    site.receiver.wait_delivered(title("held-01", "busy", "resolved"))
+    site.receiver.wait_accepted(HOOK, title("held-01", "busy", "resolved"))
     wait_until(lambda: not site.firing() and site.outbox_empty(), 10, message="all quiet")
-    assert site.receiver.delivered() == [
+    assert site.receiver.accepted(HOOK) == [
         title("held-01", "busy", "firing"),
         title("held-01", "node_offline", "firing"),
         title("held-01", "node_offline", "resolved"),
@@ -209,9 +210,9 @@ def test_a_flapping_rule_sends_one_notice_then_stays_quiet(site: Site) -> None:
     for _ in range(7):
         site.metrics("flap-01", cpu_percent=90.0)
         site.metrics("flap-01", cpu_percent=5.0)
-    site.receiver.wait_delivered(title("flap-01", "busy", "flapping"))
+    site.receiver.wait_accepted(HOOK, title("flap-01", "busy", "flapping"))
     wait_until(site.outbox_empty, 10, message="the outbox drained")
-    delivered = site.receiver.delivered()
+    delivered = site.receiver.accepted(HOOK)
     assert delivered.count(title("flap-01", "busy", "firing")) == 4
     assert delivered.count(title("flap-01", "busy", "resolved")) == 4
     assert delivered.count(title("flap-01", "busy", "flapping")) == 1
@@ -224,13 +225,11 @@ def test_a_channel_that_answers_500_for_a_while_gets_the_message_exactly_once(
     site: Site,
 ) -> None:
     start_alerting_master(site)
-    site.receiver.down()
+    site.receiver.down(HOOK)
     site.send("down-01", "status", {"state": "online"})
     site.metrics("down-01", cpu_percent=90.0)
     wanted = title("down-01", "busy", "firing")
-    site.receiver.wait_for(
-        lambda: any(r.title == wanted for r in site.receiver.requests()), "a refused attempt"
-    )
+    site.receiver.wait(lambda: site.receiver.count(HOOK, status=500) >= 1, "a refused attempt")
     assert site.master is not None
     stats = site.master.get("/api/alerts")["delivery"]
     assert stats["pending"] == 1
@@ -238,30 +237,28 @@ def test_a_channel_that_answers_500_for_a_while_gets_the_message_exactly_once(
     metrics = urllib_text(site.master.api + "/metrics")
     assert 'picluster_alert_firing{node="down-01",rule="busy",severity="critical"} 1.0' in metrics
     assert "picluster_alert_notifications_failed_total" in metrics
-    site.receiver.up()
-    site.receiver.wait_delivered(wanted, timeout_s=30)
+    site.receiver.up(HOOK)
+    site.receiver.wait_accepted(HOOK, wanted, timeout_s=30)
     wait_until(site.outbox_empty, 10, message="the outbox drained")
-    assert site.receiver.delivered() == [wanted]
+    assert site.receiver.accepted(HOOK) == [wanted]
 
 
 def test_a_master_killed_before_delivery_sends_once_after_restart(site: Site) -> None:
     master = start_alerting_master(site)
-    site.receiver.down()
+    site.receiver.down(HOOK)
     site.send("crash-01", "status", {"state": "online"})
     site.metrics("crash-01", cpu_percent=90.0)
     wanted = title("crash-01", "busy", "firing")
-    site.receiver.wait_for(
-        lambda: any(r.title == wanted for r in site.receiver.requests()), "a refused attempt"
-    )
+    site.receiver.wait(lambda: site.receiver.count(HOOK, status=500) >= 1, "a refused attempt")
     master.stop(signal.SIGKILL)
-    site.receiver.up()
+    site.receiver.up(HOOK)
     start_alerting_master(site)
-    site.receiver.wait_delivered(wanted)
+    site.receiver.wait_accepted(HOOK, wanted)
     site.metrics("crash-01", cpu_percent=95.0)  # still busy: no second firing
     site.metrics("crash-01", cpu_percent=5.0)
-    site.receiver.wait_delivered(title("crash-01", "busy", "resolved"))
+    site.receiver.wait_accepted(HOOK, title("crash-01", "busy", "resolved"))
     wait_until(site.outbox_empty, 10, message="the outbox drained")
-    assert site.receiver.delivered() == [wanted, title("crash-01", "busy", "resolved")]
+    assert site.receiver.accepted(HOOK) == [wanted, title("crash-01", "busy", "resolved")]
 
 
 def test_a_silence_mutes_and_keeps_state_and_unsilence_sends_what_it_held(site: Site) -> None:
@@ -284,9 +281,9 @@ def test_a_silence_mutes_and_keeps_state_and_unsilence_sends_what_it_held(site: 
                             text=True, check=True)  # fmt: skip
     assert "quiet-*" in listed.stdout
     assert "maintenance" in listed.stdout
-    assert site.receiver.delivered() == []
+    assert site.receiver.accepted(HOOK) == []
     subprocess.run([*cli, "unsilence", str(silence["id"]), "--api", master.api], check=True)
-    site.receiver.wait_delivered(title("quiet-01", "busy", "firing"))
+    site.receiver.wait_accepted(HOOK, title("quiet-01", "busy", "firing"))
     assert master.get("/api/alerts/silences")["silences"] == []
 
 
@@ -315,22 +312,22 @@ def test_the_heartbeat_is_fetched_while_the_master_is_healthy(
 ) -> None:
     config = tmp_path / "master.toml"
     config.write_text(
-        f'[alerts]\nheartbeat_url = "{receiver.url("/ping", "http")}"\nheartbeat_interval = "1s"\n'
+        f'[alerts]\nheartbeat_url = "{receiver.http_url("ping")}"\nheartbeat_interval = "1s"\n'
     )
     site = Site(broker, tmp_path, receiver, config)
     try:
         start_alerting_master(site)
-        receiver.wait_for(lambda: len(receiver.requests("GET")) >= 2, "two heartbeats")
-        assert {r.path for r in receiver.requests("GET")} == {"/ping"}
+        receiver.wait(lambda: receiver.count("ping", method="GET") >= 2, "two heartbeats")
+        assert {r.path for r in receiver.requests} == {"ping"}
     finally:
         site.close()
 
 
 def test_alerts_test_reports_each_channel(site: Site, tmp_path: Path) -> None:
     closed = Receiver()
-    dead_url = closed.url()
+    dead_url = closed.url(HOOK)
     closed.close()  # nothing listens there any more
-    site.config.write_text(f'[alerts]\nchannels = ["{site.receiver.url()}", "{dead_url}"]\n')
+    site.config.write_text(f'[alerts]\nchannels = ["{site.receiver.url(HOOK)}", "{dead_url}"]\n')
     master = start_alerting_master(site)
     result = subprocess.run(
         [sys.executable, "-m", "master_service", "alerts", "test", "--api", master.api],
@@ -340,7 +337,7 @@ def test_alerts_test_reports_each_channel(site: Site, tmp_path: Path) -> None:
     lines = result.stdout.splitlines()
     assert "accepted" in lines[1]
     assert "REFUSED" in lines[2]
-    assert site.receiver.delivered() == ["[picluster] test notification"]
+    assert site.receiver.accepted(HOOK) == ["[picluster] test notification"]
     only = subprocess.run(
         [sys.executable, "-m", "master_service", "alerts", "test", "--channel", "0",
          "--api", master.api],

@@ -1,4 +1,8 @@
-"""A real HTTP receiver for notifications: Apprise's `json://` posts here; it can play down."""
+"""A real HTTP receiver for notifications: Apprise's `json://` posts here; paths can play down.
+
+Each path answers 200, or 500 while a test marks it down (for a number of requests, or until
+told). Waits are woken by each request, not by polling.
+"""
 
 from __future__ import annotations
 
@@ -9,98 +13,112 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from tests.support.waiting import wait_until
+WAIT_S = 15.0
 
 
-@dataclass(frozen=True)
-class Received:
-    """One request as it arrived, and what the receiver answered."""
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One request the receiver answered."""
 
     method: str
     path: str
-    body: dict[str, Any]
     status: int
-
-    @property
-    def title(self) -> str:
-        """The notification's title (Apprise json:// sends `title`, `message`, `type`)."""
-        return str(self.body.get("title", ""))
+    payload: dict[str, Any]
 
 
 class Receiver:
-    """Records every request; answers 200, or 500 while `down`."""
+    """A webhook endpoint on 127.0.0.1: records requests, refuses paths the test marks down."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._requests: list[Received] = []
-        self._failing = False
+        self.changed = threading.Condition()
+        self.requests: list[Request] = []
+        self._down: dict[str, int] = {}  # path: requests still to refuse (-1: until told)
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length)
-                try:
-                    body = json.loads(raw) if raw else {}
-                except ValueError:
-                    body = {"raw": raw.decode(errors="replace")}
-                receiver._answer(self, "POST", body)
+                length = int(self.headers.get("Content-Length", "0"))
+                receiver.answer(self, "POST", json.loads(self.rfile.read(length) or b"{}"))
 
             def do_GET(self) -> None:
-                receiver._answer(self, "GET", {})
+                receiver.answer(self, "GET", {})
 
             def log_message(self, format: str, *args: Any) -> None:
-                pass
+                """Quiet: the test's output is the assertions."""
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self.thread.start()
 
-    @property
-    def port(self) -> int:
-        """The port it listens on (127.0.0.1)."""
-        return int(self._server.server_address[1])
+    def url(self, path: str) -> str:
+        """An Apprise URL posting JSON to this path."""
+        return f"json://127.0.0.1:{self.port}/{path}"
 
-    def url(self, path: str = "/hook", scheme: str = "json") -> str:
-        """An Apprise URL (json://) or plain URL (http://) to this receiver."""
-        return f"{scheme}://127.0.0.1:{self.port}{path}"
+    def down(self, path: str, requests: int = -1) -> None:
+        """Answer 500 on this path: for that many requests, or until `up`."""
+        with self.changed:
+            self._down[path] = requests
 
-    def down(self) -> None:
-        """Answer 500 from now on."""
-        with self._lock:
-            self._failing = True
+    def up(self, path: str) -> None:
+        """Answer 200 on this path again."""
+        with self.changed:
+            self._down.pop(path, None)
 
-    def up(self) -> None:
-        """Answer 200 from now on."""
-        with self._lock:
-            self._failing = False
-
-    def _answer(self, handler: BaseHTTPRequestHandler, method: str, body: dict[str, Any]) -> None:
-        with self._lock:
-            status = 500 if self._failing else 200
-            self._requests.append(Received(method, handler.path, body, status))
+    def answer(self, handler: BaseHTTPRequestHandler, method: str, payload: Any) -> None:
+        """Record the request and answer it as configured."""
+        path = handler.path.lstrip("/")
+        with self.changed:
+            left = self._down.get(path, 0)
+            if left > 0:
+                self._down[path] = left - 1
+            status = 500 if left else 200
+            self.requests.append(Request(method, path, status, payload))
+            self.changed.notify_all()
         handler.send_response(status)
         handler.send_header("Content-Length", "0")
         handler.end_headers()
 
-    def requests(self, method: str = "POST") -> list[Received]:
-        """Every request of that method so far, in arrival order."""
-        with self._lock:
-            return [r for r in self._requests if r.method == method]
+    def accepted(self, path: str) -> list[str]:
+        """Titles of the notifications this path accepted, in order."""
+        with self.changed:
+            return [
+                r.payload["title"]
+                for r in self.requests
+                if r.path == path and r.status == 200 and r.method == "POST"
+            ]
 
-    def delivered(self) -> list[str]:
-        """Titles of the notifications accepted (answered 200), in order."""
-        return [r.title for r in self.requests() if r.status == 200]
+    def count(self, path: str, status: int | None = None, method: str = "POST") -> int:
+        """Requests on this path (with that answer)."""
+        with self.changed:
+            return sum(
+                1
+                for r in self.requests
+                if r.path == path and r.method == method and status in (None, r.status)
+            )
 
-    def wait_for(self, condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-        """Wait until `condition()` holds (re-checked as requests arrive)."""
-        wait_until(condition, timeout_s, 0.05, what)
-
-    def wait_delivered(self, title: str, count: int = 1, timeout_s: float = 30.0) -> None:
-        """Wait until `title` was accepted `count` times."""
-        self.wait_for(lambda: self.delivered().count(title) >= count, repr(title), timeout_s)
+    def wait(self, condition: Callable[[], bool], what: str) -> None:
+        """Wait until a request makes `condition` true (woken by each request, no polling)."""
+        with self.changed:
+            assert self.changed.wait_for(condition, WAIT_S), f"timed out waiting for {what}"
 
     def close(self) -> None:
         """Stop serving."""
-        self._server.shutdown()
-        self._server.server_close()
+        self.server.shutdown()
+        self.server.server_close()
+
+    def http_url(self, path: str) -> str:
+        """A plain http:// URL of this path (a heartbeat's)."""
+        return f"http://127.0.0.1:{self.port}/{path}"
+
+    def wait_accepted(
+        self, path: str, title: str, count: int = 1, timeout_s: float = WAIT_S
+    ) -> None:
+        """Wait until this path accepted `title` `count` times."""
+        with self.changed:
+            done = self.changed.wait_for(
+                lambda: self.accepted(path).count(title) >= count, timeout_s
+            )
+        assert done, f"timed out waiting for {title!r} on /{path}"
