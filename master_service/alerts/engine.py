@@ -302,7 +302,11 @@ class AlertEngine:
             self._sight_since = now
         status = facts.effective_status(now, self._state.stale_factor)
         if status is NodeStatus.ONLINE:
-            if watch.down_since is not None:
+            offline = self._offline
+            # Also when this engine never saw it down: a node_offline restored at start.
+            if watch.down_since is not None or (
+                offline is not None and offline.name in watch.active
+            ):
                 watch.down_since = None
                 self._node_up(facts.node, now, changes)
             # Wake when the node would turn stale; one pending timer per node is enough,
@@ -321,6 +325,12 @@ class AlertEngine:
                 began = now
             # Nothing before this master heard the broker counts: it could not hear the node.
             watch.down_since = min(now, max(began, self._sight_since))
+            # A condition that was waiting out its `for` starts again once the node is back:
+            # the outage says nothing about whether it held meanwhile.
+            for key in [key for key in self._pending if key[0] == facts.node]:
+                del self._pending[key]
+                if key not in self._alerts:
+                    watch.active.discard(key[1])
         rule = self._offline
         if rule is None or not rule.applies_to(facts.node):
             return
@@ -503,7 +513,10 @@ class AlertEngine:
         rule = self._rebooted
         if not born or rule is None or not rule.applies_to(node):
             return
-        watch.last_uptime = None  # the next sample's low uptime is this same restart
+        if watch.last_uptime is not None:
+            # Uptime decides for a node that reports it: an NTP step just before a reconnect
+            # moves boot_time too, but never takes uptime back.
+            return
         text = f"{node} restarted: booted at {messages.stamp(raw)} (was {messages.stamp(before)})"
         self._one_shot(rule, node, float(raw), text, now, changes)
 
@@ -567,6 +580,8 @@ class AlertEngine:
             )
             alert.updated = now
         changes.nodes_changed.add(node)
+        if node in self._watch:
+            self._watch[node].active.add(rule.name)
         self._count_firing(rule, node, now, changes)
         sent = self._reconcile(rule, alert, now, changes)
         self._event(
@@ -710,14 +725,18 @@ class AlertEngine:
         flaps = self._flaps.get((node, rule))
         if flaps is not None and flaps.flapping:
             return True
-        if self._silenced(node, rule, now):
+        return self._silenced(node, rule, now) or self._covered(node, rule, now)
+
+    def _covered(self, node: str, rule: str, now: float) -> bool:
+        """A node_offline the cluster alert speaks for (while it fires, and a `for` after)."""
+        if self._offline is None or rule != self._offline.name:
+            return False
+        if now < self._cluster_grace_until:
+            # Looked at again when the grace ends: what is still down is named then.
+            self._schedule(self._cluster_grace_until, Timer.LIVENESS, node)
             return True
-        if self._offline is not None and rule == self._offline.name:
-            if now < self._cluster_grace_until:
-                return True
-            cluster = self._alerts.get((CLUSTER_NODE, CLUSTER_RULE))
-            return cluster is not None and cluster.state is AlertState.FIRING
-        return False
+        cluster = self._alerts.get((CLUSTER_NODE, CLUSTER_RULE))
+        return cluster is not None and cluster.state is AlertState.FIRING
 
     def _silenced(self, node: str, rule: str, now: float) -> bool:
         return any(s.covers(node, rule, now) for s in self._silences.values())
@@ -726,6 +745,7 @@ class AlertEngine:
         silence = self._silences.pop(silence_id, None)
         if silence is None:
             return
+        changes.silences_ended.append(silence_id)
         # Whatever the silence held back is owed now (unless another mute still holds).
         for alert in list(self._alerts.values()):
             if silence.rule in (None, alert.rule) and fnmatch.fnmatchcase(alert.node, silence.node):
@@ -752,7 +772,7 @@ class AlertEngine:
             f"{format_duration(FLAP_WINDOW_S)}; quiet until it settles"
         )
         sent = None
-        if not self._silenced(node, rule.name, now):
+        if not self._silenced(node, rule.name, now) and not self._covered(node, rule.name, now):
             sent = self._compose(
                 rule, node, EventKind.FLAPPING, rule.severity, text, flaps.firings[0], now
             )

@@ -115,9 +115,13 @@ class Changes:
     events: list[Event] = field(default_factory=list)
     notifications: list[Notification] = field(default_factory=list)  # not tied to an event
     nodes_changed: set[str] = field(default_factory=set)  # whose firing set changed
+    silences_ended: list[int] = field(default_factory=list)  # to drop from the table
 
     def __bool__(self) -> bool:
-        return bool(self.upserts or self.deletes or self.events or self.notifications)
+        return bool(
+            self.upserts or self.deletes or self.events or self.notifications
+            or self.silences_ended
+        )  # fmt: skip
 
     def put(self, alert: Alert) -> None:
         """Store (or update) this row."""

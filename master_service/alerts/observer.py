@@ -18,11 +18,11 @@ from concurrent.futures import Future
 from cluster_protocol import MASTER_NODE_ID, Envelope, encode_envelope
 from cluster_protocol.payloads import MachineDetails, MetricsPayload
 from cluster_protocol.topics import master_topic
+from master_service.alerts import records
 from master_service.alerts.engine import AlertEngine
 from master_service.alerts.model import Changes
 from master_service.alerts.settings import Channel
 from master_service.ingest.observers import Notice, Observer, ObserverErrors, notify
-from master_service.storage import alert_log
 from master_service.storage.command_log import Writer
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class AlertObserver(Observer):
             return None
         now = self._clock()
         channels = self._channels
-        future = self._write(lambda store: alert_log.save(store, changes, channels, now))
+        future = self._write(lambda store: records.save(store, changes, channels, now))
         future.add_done_callback(lambda done: self._committed(done, changes))
         return future
 

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from master_service.alerts import records
 from master_service.alerts.delivery import ChannelCounters, Delivery, TestResult, send_test
 from master_service.alerts.engine import AlertEngine
 from master_service.alerts.heartbeat import Heartbeat
@@ -19,7 +20,6 @@ from master_service.alerts.timer import AlertTimer
 from master_service.ingest.ingestor import Ingestor
 from master_service.ingest.observers import Observer, ObserverErrors
 from master_service.state import ClusterState
-from master_service.storage import alert_log
 from master_service.storage.store import Store
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class Restored:
     def load(cls, store: Store, now: float) -> Restored:
         """Read the alert rows and the silences still running."""
         connection = store.connection
-        return cls(alert_log.load_alerts(connection), alert_log.load_silences(connection, now))
+        return cls(records.load_alerts(connection), records.load_silences(connection, now))
 
 
 @dataclass(slots=True)
@@ -53,7 +53,7 @@ class Alerting:
     engine: AlertEngine
     observer: AlertObserver
     ingestor: Ingestor
-    reader: alert_log.AlertReader
+    reader: records.AlertReader
     clock: Callable[[], float] = time.time
     delivery: Delivery | None = None
     heartbeat: Heartbeat | None = None
@@ -116,7 +116,7 @@ class Alerting:
             engine=engine,
             observer=observer,
             ingestor=ingestor,
-            reader=alert_log.AlertReader(store),
+            reader=records.AlertReader(store),
             clock=clock,
             delivery=delivery,
             heartbeat=heartbeat,
@@ -180,7 +180,7 @@ class Alerting:
             raise SilenceError("a silence must last more than 0 seconds")
         now = self.clock()
         future = self.ingestor.write(
-            lambda store: alert_log.insert_silence(store, node, rule, now, now + for_s, comment)
+            lambda store: records.insert_silence(store, node, rule, now, now + for_s, comment)
         )
         silence = future.result(timeout=WRITE_TIMEOUT_S)
         self.engine.add_silence(silence)
@@ -190,9 +190,16 @@ class Alerting:
     def unsilence(self, silence_id: int) -> bool:
         """End a silence now; what it held back is sent. False when there was none."""
         existed = self.ingestor.write(
-            lambda store: alert_log.delete_silence(store, silence_id)
+            lambda store: records.delete_silence(store, silence_id)
         ).result(timeout=WRITE_TIMEOUT_S)
-        self.observer.apply(self.engine.remove_silence(silence_id, self.clock()))
+        # On the ingest thread, like every other engine change, so the writes it causes
+        # queue in the order the engine made them.
+        now = self.clock()
+
+        def end_in_writer(_store: Store) -> None:
+            self.observer.apply(self.engine.remove_silence(silence_id, now))
+
+        self.ingestor.call_in_writer(end_in_writer)
         return existed
 
     def test(self, index: int | None) -> list[TestResult]:

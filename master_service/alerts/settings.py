@@ -26,10 +26,11 @@ from master_service.alerts.rules import (
 
 DEFAULT_HEARTBEAT_INTERVAL_S: Final = 60.0
 DEFAULT_MAX_AGE_S: Final = 24 * 3600.0
-# Apprise schemes whose host part names a server (never a token): shown in labels.
+# Apprise schemes whose host part names a server (never a token): shown in labels. Not
+# ntfy: `ntfy://<topic>` puts the topic, its only secret, where the host would be.
 SERVER_SCHEMES: Final = frozenset(
-    {"json", "jsons", "form", "forms", "xml", "xmls", "ntfy", "ntfys", "gotify", "gotifys",
-     "mailto", "mailtos", "matrix", "matrixs", "mqtt", "mqtts", "hassio", "hassios"}
+    {"json", "jsons", "form", "forms", "xml", "xmls", "gotify", "gotifys", "mailto", "mailtos",
+     "matrix", "matrixs", "mqtt", "mqtts", "hassio", "hassios"}
 )  # fmt: skip
 RULE_NAME: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 

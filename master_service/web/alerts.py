@@ -19,6 +19,7 @@ from master_service.web.ports import MasterPort
 # A node id, or a glob of them (`rack1-*`): the characters of node ids plus * ? [ ].
 NODE_GLOB_PATTERN: Final = r"^[a-z0-9_*?\[\]-]{1,63}$"
 # Whatever the pattern lets through is within MAX_SILENCE_S (9999.999 days at most).
+NODE_OR_CLUSTER_PATTERN: Final = r"^[a-z0-9_][a-z0-9_-]{0,62}$"
 MAX_SILENCE_S: Final = 10_000 * 86400.0
 DURATION_PATTERN: Final = r"^ *[1-9][0-9]{0,3}(\.[0-9]{1,3})? *[smhd] *$"
 
@@ -155,7 +156,9 @@ def alerts_router(port: MasterPort) -> APIRouter:
     @router.get("/api/alerts/history", response_model=HistoryBody, responses=error_responses(422))
     def history(
         limit: int = Query(100, ge=1, le=1000, description="events to return"),
-        node: str | None = Query(None, pattern=NODE_GLOB_PATTERN, description="one node only"),
+        node: str | None = Query(
+            None, pattern=NODE_OR_CLUSTER_PATTERN, description="one node (or _cluster) only"
+        ),
     ) -> dict[str, Any]:
         """What happened, newest first: firing, resolved, one-shots, flapping."""
         return {"events": alerting.history(limit, node)}

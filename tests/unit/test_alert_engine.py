@@ -391,3 +391,60 @@ def test_a_resolve_owed_before_a_restart_is_sent_after_it() -> None:
     rig.advance(0)
     assert rig.sent == [title("pi-01", "temperature", "firing"),
                         title("pi-01", "temperature", "resolved")]  # fmt: skip
+
+
+def test_a_node_offline_restored_at_start_resolves_when_the_node_is_heard() -> None:
+    rig = Rig()
+    rig.status("pi-01", "online")
+    rig.status("pi-01", "offline")
+    rig.advance(61)
+    assert rig.sent == [title("pi-01", "node_offline", "firing")]
+    with rig.state.lock:  # the node came back while the master was down
+        rig.state.node("pi-01").status = "online"
+    rig.restart()
+    rig.sample("pi-01")  # heard before any timer of the new engine ran
+    assert rig.sent[-1] == title("pi-01", "node_offline", "resolved")
+    assert rig.engine.firing() == []
+
+
+def test_a_node_that_goes_down_during_the_grace_after_a_cluster_alert_is_named() -> None:
+    rig = Rig()
+    nodes = [f"pi-0{i}" for i in range(1, 6)]
+    for node in nodes:
+        rig.status(node, "online")
+    for node in nodes[:3]:
+        rig.status(node, "offline")
+    rig.every_second(61, pi_04={}, pi_05={})
+    rig.status("pi-04", "offline")  # its `for` runs out within the grace below
+    rig.every_second(10, pi_05={})
+    for node in nodes[:3]:
+        rig.status(node, "online")  # the cluster alert resolves; a grace of `for` follows
+    rig.every_second(120, pi_01={}, pi_02={}, pi_03={}, pi_05={})
+    assert rig.sent == [title(CLUSTER_NODE, CLUSTER_RULE, "firing"),
+                        title(CLUSTER_NODE, CLUSTER_RULE, "resolved"),
+                        title("pi-04", "node_offline", "firing")]  # fmt: skip
+
+
+def test_a_wait_for_for_does_not_survive_an_outage() -> None:
+    rig = Rig()
+    rig.every_second(100, pi_01={"temperature_celsius": 85.0})
+    rig.status("pi-01", "offline")
+    rig.advance(61)
+    rig.status("pi-01", "online")
+    rig.sample("pi-01", temperature_celsius=85.0)  # hot again: the 2 minutes start again
+    assert title("pi-01", "temperature", "firing") not in rig.sent
+    rig.every_second(121, pi_01={"temperature_celsius": 85.0})
+    assert rig.sent[-1] == title("pi-01", "temperature", "firing")
+
+
+def test_an_ntp_step_then_a_reconnect_is_no_reboot() -> None:
+    rig = Rig()
+    rig.status("pi-01", "online")
+    rig.details("pi-01", boot_time=T0 - 86400 * 30)
+    rig.sample("pi-01", uptime_s=40.0)
+    rig.advance(10)
+    rig.status("pi-01", "offline")
+    rig.status("pi-01", "online")  # reconnected after the clock step
+    rig.details("pi-01", boot_time=T0 - 40)
+    rig.sample("pi-01", uptime_s=52.0)
+    assert rig.sent == []

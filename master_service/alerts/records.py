@@ -25,6 +25,7 @@ _ALERT_COLUMNS: Final = (
 _HISTORY_COLUMNS: Final = (
     "id, at, node, rule, severity, event, value, threshold, since, message, notified"
 )
+ENDED_SILENCES_KEPT_S: Final = 7 * 86400.0
 HISTORY_KEEP: Final = 10_000  # events kept; older ones are dropped as new ones come
 
 
@@ -97,6 +98,11 @@ def save(store: Store, changes: Changes, channels: Sequence[Channel], now: float
             "DELETE FROM alert_history WHERE id <= (SELECT MAX(id) FROM alert_history) - ?",
             (HISTORY_KEEP,),
         )
+    if changes.silences_ended:
+        # Ended ones stay a while (DELETE of one that just ended is not "no such silence").
+        connection.execute(
+            "DELETE FROM alert_silences WHERE ends < ?", (now - ENDED_SILENCES_KEPT_S,)
+        )
     added = 0
     for event in changes.events:
         if event.notification is not None:
@@ -122,11 +128,6 @@ def delete_silence(store: Store, silence_id: int) -> bool:
     """Remove a silence (a write task); True when it existed."""
     cursor = store.connection.execute("DELETE FROM alert_silences WHERE id = ?", (silence_id,))
     return cursor.rowcount == 1
-
-
-def prune_silences(store: Store, now: float) -> None:
-    """Drop silences that have ended (a write task)."""
-    store.connection.execute("DELETE FROM alert_silences WHERE ends <= ?", (now,))
 
 
 class AlertReader:
