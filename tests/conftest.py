@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from pytest_mqtt.model import MqttSettings
 
+from master_service.storage.store import Store
 from tests.support.broker import MosquittoBroker
 from tests.support.watcher import Watcher
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PI_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures" / "raspberry-pi"
 TEST_FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
@@ -23,6 +23,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "integration" in item.path.parts:
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """A master database in a temporary directory, migrated to the current schema."""
+    opened = Store(str(tmp_path / "master.db"))
+    yield opened
+    opened.close()
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,6 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from pathlib import Path
 from typing import ClassVar, TypeVar
 
 import pytest
@@ -92,14 +91,6 @@ def receiver() -> Iterator[Receiver]:
     receiver = Receiver()
     yield receiver
     receiver.close()
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    """A database migrated to the current schema."""
-    store = Store(str(tmp_path / "master.db"))
-    yield store
-    store.close()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -34,14 +33,6 @@ CHANNELS = (OPS, PAGER, PLAIN)
 def note(title: str = "node-01 is offline", tags: tuple[str, ...] = ()) -> Notification:
     """A notification as the engine makes one."""
     return Notification(title, f"{title}: body", NotifyType.FAILURE, tags)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    """A database migrated to the current schema."""
-    store = Store(str(tmp_path / "master.db"))
-    yield store
-    store.close()
 
 
 @pytest.fixture
