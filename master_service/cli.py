@@ -17,6 +17,7 @@ from typing import Any
 
 from cluster_protocol.commands import CommandName
 from cluster_protocol.config import SettingsError
+from master_service import nodes_cli
 from master_service.alerts import cli as alerts_cli
 from master_service.api_client import DEFAULT_API, ApiError, api_call, detail_of
 from master_service.control.placement import render_placement
@@ -77,6 +78,7 @@ def _add_control_parsers(commands: Any) -> None:
     forget.add_argument("node", help="node id")
     forget.add_argument("--api", help=api_help)
     alerts_cli.add_parser(commands, api_help)
+    nodes_cli.add_parser(commands, api_help)
 
 
 def parse_command_args(pairs: Sequence[str]) -> dict[str, Any]:
@@ -227,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "place": run_place,
         "forget": run_forget,
         "alerts": alerts_cli.run,
+        "nodes": nodes_cli.run,
     }.get(args.command)
     if control is not None:
         return control(args)
