@@ -98,7 +98,7 @@ def compose(
     if since is not None and kind in (EventKind.FIRING, EventKind.FLAPPING):
         lines.append(f"Since {stamp(since)} ({format_duration(max(0.0, now - since))} ago)")
     elif since is not None and kind is EventKind.RESOLVED:
-        lines.append(f"Fired at {stamp(since)}; resolved after {format_duration(now - since)}")
+        lines.append(f"Began {stamp(since)}; resolved after {format_duration(now - since)}")
     lines.append(f"Severity: {severity.value}")
     lines.append(node_link(link_base, node))
     return Notification(

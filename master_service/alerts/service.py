@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from master_service.alerts import records
 from master_service.alerts.delivery import ChannelCounters, Delivery, TestResult, send_test
@@ -25,10 +27,15 @@ from master_service.storage.store import Store
 logger = logging.getLogger(__name__)
 
 WRITE_TIMEOUT_S = 10.0
+T = TypeVar("T")
 
 
 class SilenceError(ValueError):
     """A silence request that cannot be honoured (unknown rule, bad duration)."""
+
+
+class StoreBusyError(RuntimeError):
+    """The database did not take the write in time (a full disk, a failing store)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,16 +189,16 @@ class Alerting:
         future = self.ingestor.write(
             lambda store: records.insert_silence(store, node, rule, now, now + for_s, comment)
         )
-        silence = future.result(timeout=WRITE_TIMEOUT_S)
+        silence = _committed(future)
         self.engine.add_silence(silence)
         logger.info("silenced %s (%s) for %.0f s", node, rule or "every rule", for_s)
         return silence
 
     def unsilence(self, silence_id: int) -> bool:
         """End a silence now; what it held back is sent. False when there was none."""
-        existed = self.ingestor.write(
-            lambda store: records.delete_silence(store, silence_id)
-        ).result(timeout=WRITE_TIMEOUT_S)
+        existed = _committed(
+            self.ingestor.write(lambda store: records.delete_silence(store, silence_id))
+        )
         # On the ingest thread, like every other engine change, so the writes it causes
         # queue in the order the engine made them.
         now = self.clock()
@@ -205,3 +212,13 @@ class Alerting:
     def test(self, index: int | None) -> list[TestResult]:
         """Send a test notification through each channel (or one); whether each accepted it."""
         return send_test(self.settings.channels, index)
+
+
+def _committed(future: Future[T]) -> T:
+    """The write's result once committed; StoreBusyError if that takes too long."""
+    try:
+        return future.result(timeout=WRITE_TIMEOUT_S)
+    except FutureTimeout as error:
+        raise StoreBusyError(
+            f"the database took no write for {WRITE_TIMEOUT_S:g} s (see /healthz)"
+        ) from error

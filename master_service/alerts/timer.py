@@ -15,7 +15,10 @@ from typing import Final
 
 logger = logging.getLogger(__name__)
 
-IDLE_WAIT_S: Final = 3600.0  # nothing scheduled: sleep until poked
+# The longest sleep, even with nothing scheduled: deadlines are wall-clock times, and a Pi
+# without a real-time clock steps its clock when NTP syncs; waking now and then lets the
+# engine notice a step (AlertEngine.due) instead of sleeping on a stale deadline.
+MAX_WAIT_S: Final = 30.0
 
 
 class AlertTimer(threading.Thread):
@@ -53,10 +56,12 @@ class AlertTimer(threading.Thread):
         """Sleep until the next deadline, hand the due timers over, wait for them to run."""
         while not self._stopping.is_set():
             due = self._next_due()
-            wait_s = IDLE_WAIT_S if due is None else max(0.0, due - self._clock())
+            wait_s = MAX_WAIT_S if due is None else min(MAX_WAIT_S, max(0.0, due - self._clock()))
             if wait_s > 0 and self._poked.wait(wait_s):
                 self._poked.clear()
                 continue
+            # A deadline came, or MAX_WAIT_S passed: either way the engine looks at its clock
+            # (a cheap call when nothing is due).
             if self._stopping.is_set():
                 return
             self._done.clear()

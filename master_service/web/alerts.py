@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from master_service.alerts.durations import parse_duration
-from master_service.alerts.service import SilenceError
+from master_service.alerts.service import SilenceError, StoreBusyError
 from master_service.web.control import token_check
 from master_service.web.errors import error_responses
 from master_service.web.ports import MasterPort
@@ -182,6 +182,8 @@ def alerts_router(port: MasterPort) -> APIRouter:
             silence = alerting.silence(body.node, rule, seconds, body.comment)
         except SilenceError as error:
             raise HTTPException(422, str(error)) from error
+        except StoreBusyError as error:
+            raise HTTPException(503, str(error)) from error
         return silence.to_api()
 
     # The body's model lists this master's rules; it is known only now, so the annotation is
@@ -192,7 +194,7 @@ def alerts_router(port: MasterPort) -> APIRouter:
         status_code=201,
         response_model=SilenceBody,
         dependencies=guarded,
-        responses=error_responses(400, *auth, 422),
+        responses=error_responses(400, *auth, 422, 503),
     )(add_silence)
 
     @router.delete(
@@ -200,11 +202,15 @@ def alerts_router(port: MasterPort) -> APIRouter:
         status_code=204,
         response_class=Response,
         dependencies=guarded,
-        responses=error_responses(*auth, 404, 422),
+        responses=error_responses(*auth, 404, 422, 503),
     )
     def remove_silence(silence_id: int = Path(ge=1, le=2**62)) -> Response:
         """End a silence now; notifications it held back are sent."""
-        if not alerting.unsilence(silence_id):
+        try:
+            existed = alerting.unsilence(silence_id)
+        except StoreBusyError as error:
+            raise HTTPException(503, str(error)) from error
+        if not existed:
             raise HTTPException(404, f"no silence {silence_id}")
         return Response(status_code=204)
 

@@ -345,7 +345,10 @@ def test_stop_ends_a_waiting_thread_at_once(store: Store, receiver: Receiver) ->
     delivery = Delivery(AlertSettings(channels=channels), store.path, SimpleWriter(store))
     delivery.start()
     wait_until(lambda: delivery.stats()["pending"] == 0, message="the thread to run")
+    # Idle, it waits up to MAX_WAIT_S (60 s) for work; stop() must cut that wait short.
+    stopping = time.monotonic()
     delivery.stop()
+    assert time.monotonic() - stopping < 2.0
     assert not delivery.is_alive()
 
 
