@@ -23,7 +23,10 @@ DESCRIPTIONS: Final[dict[int, str]] = {
     409: "The node is offline: nothing would receive the command",
     413: "The command is larger than a message may be",
     422: "A parameter or the body is not valid; `detail` says which and what is allowed",
-    503: "The master cannot do it now: it is not connected to the broker, or its database takes no writes (`detail` says which)",
+    503: (
+        "The master cannot do it now: it is not connected to the broker, or its database "
+        "takes no writes (`detail` says which)"
+    ),
 }
 METHODS: Final = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE")
 # Where a validation error sits, in words: ("body", "count") -> "body field count".
