@@ -20,6 +20,7 @@ from cluster_protocol.config import SettingsError
 from master_service import nodes_cli
 from master_service.alerts import cli as alerts_cli
 from master_service.api_client import DEFAULT_API, ApiError, api_call, detail_of
+from master_service.control import fleet_cli
 from master_service.control.placement import render_placement
 from master_service.settings import build_parser, load_settings
 from master_service.status_table import render_table
@@ -37,7 +38,7 @@ def _err(text: str) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    """The command line: run, status, send, place, forget, alerts."""
+    """The command line: run, status, send, reboot, task, place, forget, alerts, nodes."""
     top = argparse.ArgumentParser(prog="cluster-master", description=__doc__)
     commands = top.add_subparsers(dest="command", required=True)
     # No abbreviations: `--password` must not quietly mean `--password-file`.
@@ -53,10 +54,18 @@ def parser() -> argparse.ArgumentParser:
 def _add_control_parsers(commands: Any) -> None:
     api_help = f"master API URL (env CLUSTER_API, default {DEFAULT_API})"
     send = commands.add_parser(
-        "send", help="send a command to a node and print its reply (token: CLUSTER_API_TOKEN)"
+        "send",
+        help="send a command to a node (or many) and print the reply (token: CLUSTER_API_TOKEN)",
+        usage="%(prog)s [NODE ...] COMMAND [--tag TAG | --all] [--arg KEY=VALUE] [--timeout S]",
     )
-    send.add_argument("node", help="node id")
-    send.add_argument("name", metavar="COMMAND", help=", ".join(CommandName))
+    send.add_argument(
+        "words",
+        nargs="+",
+        metavar="NODE... COMMAND",
+        help=f"node ids (none with --tag/--all), then the command: {', '.join(CommandName)}",
+    )
+    fleet_cli.add_selection(send)
+    send.add_argument("--json", action="store_true", help="many nodes: print the answer as JSON")
     send.add_argument(
         "--arg",
         action="append",
@@ -77,6 +86,7 @@ def _add_control_parsers(commands: Any) -> None:
     forget = commands.add_parser("forget", help="forget a node (state, history, commands)")
     forget.add_argument("node", help="node id")
     forget.add_argument("--api", help=api_help)
+    fleet_cli.add_parsers(commands, api_help)
     alerts_cli.add_parser(commands, api_help)
     nodes_cli.add_parser(commands, api_help)
 
@@ -96,13 +106,28 @@ def parse_command_args(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def run_send(args: argparse.Namespace) -> int:
-    """Send a command; exit 0 on an ok reply, 1 on an error reply, 3 on no reply, 4 refused."""
+    """Send a command; exit 0 on an ok reply, 1 on an error reply, 3 on no reply, 4 refused.
+
+    With several nodes, `--tag` or `--all` it is sent to each at once and a table printed:
+    exit 0 when every node answered ok, 1 when any did not.
+    """
     base = args.api or os.environ.get("CLUSTER_API") or DEFAULT_API
+    *nodes, args.name = args.words
     try:
         command_args = parse_command_args(args.arg)
     except ValueError as error:
         _err(str(error))
         return 2
+    problem = fleet_cli.check_selection(args, nodes)
+    if problem:
+        _err(problem)
+        return 2
+    if len(nodes) != 1:
+        selection = fleet_cli.selection_body(args, nodes)
+        return fleet_cli.run_fan_out(
+            base, args.name, command_args, selection, args.timeout, args.json
+        )
+    args.node = nodes[0]
     body = {"command": args.name, "args": command_args, "timeout_s": args.timeout}
     path = f"/api/nodes/{urllib.parse.quote(args.node, safe='')}/commands"
     try:
@@ -226,6 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_master(args)
     control = {
         "send": run_send,
+        "reboot": fleet_cli.run_reboot,
+        "task": lambda args: fleet_cli.run_task(args, parse_command_args),
         "place": run_place,
         "forget": run_forget,
         "alerts": alerts_cli.run,

@@ -1,16 +1,25 @@
-"""The HTTP API's control side: send commands, read their replies, place work, forget nodes."""
+"""The HTTP API's control side: send commands (to one node or many), read replies, place, forget."""
 
 from __future__ import annotations
 
 import hmac
 import re
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Security
 from fastapi.params import Depends
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from cluster_protocol.commands import COMMAND_NAME_PATTERN, CommandName
 from cluster_protocol.node_id import NODE_ID_PATTERN
@@ -19,6 +28,7 @@ from master_service.control.commands import (
     MAX_TIMEOUT_S,
     CommandRefusedError,
 )
+from master_service.control.fanout import fan_out, select_nodes
 from master_service.control.placement import (
     Candidate,
     Rejection,
@@ -36,6 +46,9 @@ from master_service.web.ports import MasterPort
 SIZE_PATTERN: Final = r"^ *[0-9]+(\.[0-9]+)? *([kKmMgGtT]i?)?[bB]? *$"
 SIZE_MAX_LENGTH: Final = 32  # longer digit strings overflow a float
 ARCH_PATTERN: Final = r"^[A-Za-z0-9_.+-]+$"
+# As cluster_protocol's tags: lower-case letters, digits, `_`, `.`, `-`.
+TAG_PATTERN: Final = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+MAX_FAN_OUT_NODES: Final = 1000
 NodeId = Annotated[
     str, Path(pattern=NODE_ID_PATTERN.pattern, description="node id, as the node publishes it")
 ]
@@ -96,6 +109,78 @@ class CommandRequest(BaseModel):
     )
     args: dict[str, Any] = Field(default_factory=dict, description="the command's arguments")
     timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0, le=MAX_TIMEOUT_S)
+
+
+def _one_selection_schema(schema: dict[str, Any]) -> None:
+    """Say in the schema that exactly one of nodes, tag, all is given, and none is null."""
+    schema["oneOf"] = [{"required": ["nodes"]}, {"required": ["tag"]}, {"required": ["all"]}]
+    for name in ("nodes", "tag", "all"):
+        schema["properties"][name].pop("default", None)  # a null default would be a lie
+
+
+class FanOutRequest(BaseModel):
+    """Body of `POST /api/commands`: one command, and the nodes as names, a tag, or all."""
+
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        json_schema_extra=_one_selection_schema,
+    )
+
+    command: str = Field(pattern=COMMAND_NAME_PATTERN.pattern, description=", ".join(CommandName))
+    args: dict[str, Any] = Field(default_factory=dict, description="the command's arguments")
+    timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0, le=MAX_TIMEOUT_S)
+    nodes: list[Annotated[str, Field(pattern=NODE_ID_PATTERN.pattern)]] = Field(
+        default=None,  # type: ignore[arg-type]  # absent, never null: see `not_null`
+        min_length=1,
+        max_length=MAX_FAN_OUT_NODES,
+        description="these nodes, by id",
+    )
+    tag: str = Field(
+        default=None,  # type: ignore[assignment]
+        pattern=TAG_PATTERN,
+        description="the nodes that carry this tag",
+    )
+    all: Literal[True] = Field(
+        default=None,  # type: ignore[arg-type]
+        description="every node the master knows",
+    )
+
+    @field_validator("nodes", "tag", "all", mode="before")
+    @classmethod
+    def not_null(cls, value: Any) -> Any:
+        """An explicit null is refused, as the schema says; leave the field out instead."""
+        if value is None:
+            raise ValueError("leave the field out rather than null")
+        return value
+
+    @model_validator(mode="after")
+    def one_selection(self) -> FanOutRequest:
+        """Exactly one of nodes, tag, all."""
+        given = [name for name in ("nodes", "tag", "all") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of nodes, tag, all (got {given or 'none'})")
+        return self
+
+
+class FanOutRowBody(BaseModel):
+    """One node's outcome of a command sent to many."""
+
+    node: str
+    ok: bool = Field(description="the node answered ok")
+    status: str = Field(description="ok, error (the node's error reply), timeout or refused")
+    result: Any = Field(None, description="what the node returned")
+    error: str | None = Field(description="the node's error, or why nothing was sent or heard")
+    id: str | None = Field(description="the command's id; null when it was not sent")
+    duration_s: float = Field(description="from sending to the answer, seconds")
+
+
+class FanOutBody(BaseModel):
+    """`POST /api/commands`: a row per chosen node, in order (names as given, else by id)."""
+
+    command: str
+    ok: bool = Field(description="every node answered ok (false when no node was chosen)")
+    results: list[FanOutRowBody]
 
 
 class PlacementRequest(BaseModel):
@@ -197,6 +282,31 @@ def control_router(port: MasterPort) -> APIRouter:
             raise HTTPException(error.status, str(error)) from error
         status = 504 if record.status in ("pending", "timeout") else 200
         return JSONResponse(record.to_dict(), status)
+
+    @router.post(
+        "/api/commands",
+        dependencies=guarded,
+        response_model=FanOutBody,
+        responses=error_responses(400, *auth_errors, 422),
+    )
+    def send_many(body: FanOutRequest) -> dict[str, Any]:
+        """Send one command to many nodes at once and wait for every answer (or its timeout).
+
+        Each node is sent the command as `POST /api/nodes/{node}/commands` would: an unknown or
+        offline node gets a `refused` row at once, a silent one a `timeout` row.
+        """
+        chosen = select_nodes(
+            port.state.views(),
+            nodes=body.nodes,
+            tag=body.tag,
+            everyone=body.all is True,
+        )
+        rows = fan_out(port.commands.send, chosen, body.command, body.args, body.timeout_s)
+        return {
+            "command": body.command,
+            "ok": bool(rows) and all(row.ok for row in rows),
+            "results": [row.to_dict() for row in rows],
+        }
 
     @router.get(
         "/api/nodes/{node}/commands",

@@ -1,0 +1,336 @@
+"""Commands to many nodes and rolling reboots, over a real Mosquitto with real processes.
+
+`cluster-master run` and several `cluster-node run`s. The nodes' reboot action is
+`sh -c 'kill $PPID'`: the shell's parent is the agent, which stops as it would for a reboot
+(it says "offline" and exits), and a supervisor here starts it again, as systemd's
+`Restart=always` would. A node whose supervisor is told not to restart it never comes back.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.broker import MosquittoBroker
+from tests.support.processes import RunningMaster, Service, start_master, start_node
+from tests.support.waiting import wait_until
+
+PY = sys.executable
+KEEPALIVE_S = "2"
+INTERVAL_S = 0.5
+
+NODE_CONFIG = """
+allow_reboot = true
+reboot_command = ["sh", "-c", "kill $PPID"]
+
+[tasks.hello]
+command = ["{py}", "-c", "print('hello from the task')"]
+"""
+
+
+class Supervised:
+    """A node process that is started again whenever it exits, while `restart` is set."""
+
+    def __init__(self, start: Callable[[], Service]) -> None:
+        self._start = start
+        self.restart = True
+        self.service = start()
+        self.starts = 1
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    @property
+    def pid(self) -> int:
+        """The running process's id."""
+        return self.service.process.pid
+
+    def _watch(self) -> None:
+        while not self._stopped.is_set():
+            self.service.process.wait()
+            if self._stopped.is_set() or not self.restart:
+                return
+            self.service = self._start()
+            self.starts += 1
+
+    def start_again(self) -> None:
+        """Start it after the supervisor gave up on it, and supervise it again."""
+        self.restart = True
+        self.service = self._start()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop it for good."""
+        self._stopped.set()
+        self.service.stop()
+        self._thread.join(10)
+
+
+@dataclass
+class Fleet:
+    master: RunningMaster
+    prefix: str
+    nodes: dict[str, Supervised] = field(default_factory=dict)
+
+    def cli(self, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PY, "-m", "master_service", *args, "--api", self.master.api],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env={k: v for k, v in os.environ.items() if k != "CLUSTER_API_TOKEN"},
+        )
+
+    def post(self, path: str, body: Any) -> tuple[int, Any]:
+        request = urllib.request.Request(
+            self.master.api + path,
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as error:
+            with error:
+                return error.code, json.load(error)
+
+    def state(self, node: str) -> str | None:
+        view = self.master.node(node)
+        return view["state"] if view else None
+
+    def commands(self, node: str) -> list[str]:
+        return [c["command"] for c in self.master.get(f"/api/nodes/{node}/commands")["commands"]]
+
+    def wait_online(self, nodes: Sequence[str]) -> None:
+        def ready() -> bool:
+            views = [self.master.node(node) for node in nodes]
+            return all(v and v["state"] == "online" and v["metrics"] for v in views)
+
+        wait_until(ready, 30, 0.1, f"{list(nodes)} online with metrics")
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            node.stop()
+        self.master.stop()
+
+
+def make_fleet(broker: MosquittoBroker, workdir: Path, names: Sequence[str]) -> Fleet:
+    prefix = f"fleet{uuid.uuid4().hex[:8]}"
+    config = workdir / "node.toml"
+    workdir.mkdir(parents=True, exist_ok=True)
+    config.write_text(NODE_CONFIG.format(py=PY))
+    master = start_master(
+        broker.url,
+        workdir / "master",
+        "--prefix",
+        prefix,
+        "--client-id",
+        f"m-{prefix}",
+        "--no-ha-discovery",
+    )
+    fleet = Fleet(master, prefix)
+    try:
+        for name in names:
+            node_id = f"{prefix}-{name}"
+
+            def start(node_id: str = node_id) -> Service:
+                return start_node(
+                    broker.url,
+                    workdir,
+                    node_id,
+                    "--prefix",
+                    prefix,
+                    "--keepalive",
+                    KEEPALIVE_S,
+                    "--config",
+                    str(config),
+                    interval=INTERVAL_S,
+                )
+
+            fleet.nodes[node_id] = Supervised(start)
+        fleet.wait_online(list(fleet.nodes))
+    except BaseException:
+        fleet.stop()
+        raise
+    return fleet
+
+
+@pytest.fixture
+def fleet_of(broker: MosquittoBroker, tmp_path: Path) -> Iterator[Callable[[int], Fleet]]:
+    started: list[Fleet] = []
+
+    def make(count: int) -> Fleet:
+        fleet = make_fleet(
+            broker, tmp_path / f"fleet{len(started)}", [f"{i:02d}" for i in range(1, count + 1)]
+        )
+        started.append(fleet)
+        return fleet
+
+    yield make
+    for fleet in started:
+        fleet.stop()
+
+
+def test_fan_out_with_one_node_offline_fails_its_row_and_the_exit_status(fleet_of):
+    fleet = fleet_of(3)
+    first, second, gone = fleet.nodes
+    fleet.nodes[gone].restart = False
+    fleet.nodes[gone].service.stop()
+    wait_until(lambda: fleet.state(gone) == "offline", 10, message=f"{gone} offline")
+
+    done = fleet.cli("send", first, second, gone, "ping")
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["NODE", "OK", "RESULT", "/", "ERROR", "TIME"]
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert set(rows) == {first, second, gone}
+    assert rows[first].split()[1] == "yes"
+    assert '"agent_version"' in rows[first]
+    assert rows[second].split()[1] == "yes"
+    assert rows[gone].split()[1] == "NO"
+    assert f"refused: node {gone!r} is offline" in rows[gone]
+    assert f"1 of 3 nodes did not answer ping ok: {gone}" in done.stderr
+
+    # --all and the API: the same rows; the offline node is answered at once, not waited for.
+    status, answer = fleet.post("/api/commands", {"command": "ping", "all": True, "timeout_s": 20})
+    assert status == 200
+    assert answer["ok"] is False
+    by_node = {row["node"]: row for row in answer["results"]}
+    assert [row["node"] for row in answer["results"]] == sorted(fleet.nodes)
+    assert by_node[first]["ok"]
+    assert by_node[first]["status"] == "ok"
+    assert by_node[gone]["status"] == "refused"
+    assert by_node[gone]["id"] is None
+    assert by_node[gone]["duration_s"] < 1.0
+
+    everyone = fleet.cli("send", "--all", "refresh")
+    assert everyone.returncode == 1
+    assert f"did not answer refresh ok: {gone}" in everyone.stderr
+
+    # Everyone online again: exit 0, one row each.
+    fleet.nodes[gone].start_again()
+    fleet.wait_online([gone])
+    healthy = fleet.cli("send", *fleet.nodes, "ping")
+    assert healthy.returncode == 0, healthy.stderr
+    assert len(healthy.stdout.splitlines()) == 4
+
+
+def test_fan_out_refuses_unknown_names_and_reports_an_empty_tag(fleet_of):
+    fleet = fleet_of(1)
+    (node,) = fleet.nodes
+    done = fleet.cli("send", node, "no-such-node", "ping")
+    assert done.returncode == 1
+    assert "refused: no node 'no-such-node' is known" in done.stdout
+    nothing = fleet.cli("send", "--tag", "rack-none", "ping")
+    assert nothing.returncode == 1
+    assert "no node matched tag 'rack-none'" in nothing.stderr
+    status, answer = fleet.post("/api/commands", {"command": "ping", "tag": "x", "all": True})
+    assert status == 422
+    assert "exactly one of nodes, tag, all" in answer["detail"]
+
+
+def test_task_on_many_nodes_and_rolling(fleet_of):
+    fleet = fleet_of(2)
+    done = fleet.cli("task", "hello", "--all")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("hello from the task") == 2
+    rolled = fleet.cli("task", "hello", "--all", "--rolling", "--timeout", "20")
+    assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+    a, b = fleet.nodes
+    out = rolled.stdout
+    # One wave at a time: the second node runs the task once the first is healthy again.
+    assert out.index(f"{a}: run answered ok") < out.index(f"{a}: back, sending metrics")
+    assert out.index(f"{a}: back, sending metrics") < out.index(f"{b}: run answered ok")
+    assert "done: 2 of 2 nodes" in out
+
+
+class SilenceWatch:
+    """Records, from another thread, which nodes had a "rolling reboot" silence at some point."""
+
+    def __init__(self, master: RunningMaster) -> None:
+        self.master = master
+        self.seen: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            for silence in self.master.get("/api/alerts/silences")["silences"]:
+                if silence["comment"] == "rolling reboot" and silence["rule"] is None:
+                    self.seen.add(silence["node"])
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def test_rolling_reboot_goes_node_by_node_and_silences_each_while_it_reboots(fleet_of):
+    fleet = fleet_of(3)
+    names = list(fleet.nodes)
+    pids = {node: fleet.nodes[node].pid for node in names}
+    silences = SilenceWatch(fleet.master)
+    try:
+        done = fleet.cli("reboot", *names, "--rolling", "--max-unavailable", "1", "--timeout", "30")
+    finally:
+        silences.stop()
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    for node in names:
+        assert fleet.nodes[node].starts == 2, f"{node} was not restarted once"
+        assert fleet.nodes[node].pid != pids[node]
+        for step in ("reboot accepted", "down", "online again", "back, sending metrics"):
+            assert f"{node}: {step}" in out, out
+    # Waves in order: a node is rebooted only once the one before is back.
+    for before, after in itertools.pairwise(names):
+        assert out.index(f"{before}: back, sending metrics") < out.index(
+            f"{after}: reboot accepted"
+        )
+    assert "done: 3 of 3 nodes" in out
+    assert silences.seen == set(names)
+    assert fleet.master.get("/api/alerts/silences")["silences"] == []  # each ended once back
+
+
+def test_a_node_that_does_not_come_back_stops_the_roll_and_the_rest_is_left_alone(fleet_of):
+    fleet = fleet_of(3)
+    first, dead, spared = fleet.nodes
+    fleet.nodes[dead].restart = False  # its "reboot" never ends
+    spared_pid = fleet.nodes[spared].pid
+    done = fleet.cli("reboot", "--all", "--rolling", "--timeout", "8")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"{first}: back, sending metrics" in done.stdout
+    assert f"{dead}: reboot accepted" in done.stdout
+    assert f"roll stopped at {dead}: did not come back within 8 s (now offline)" in done.stderr
+    assert f"1 of 3 nodes done; left alone: {spared}" in done.stderr
+    assert fleet.nodes[spared].pid == spared_pid
+    assert fleet.nodes[spared].starts == 1
+    assert "reboot" not in fleet.commands(spared)
+    # The dead node's silence is gone, so its alerts speak again.
+    assert fleet.master.get("/api/alerts/silences")["silences"] == []
+
+
+def test_a_roll_does_not_start_while_a_chosen_node_is_offline(fleet_of):
+    fleet = fleet_of(2)
+    up, gone = fleet.nodes
+    fleet.nodes[gone].restart = False
+    fleet.nodes[gone].service.stop()
+    wait_until(lambda: fleet.state(gone) == "offline", 10, message=f"{gone} offline")
+    done = fleet.cli("reboot", up, gone, "--rolling")
+    assert done.returncode == 1
+    assert f"not online: {gone} (offline)" in done.stderr
+    assert "reboot" not in fleet.commands(up)
