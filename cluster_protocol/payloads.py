@@ -38,6 +38,7 @@ class MachineDetails(TypedDict, total=False):
     interval_s: float
     commands: list[str]
     tasks: list[str]
+    tags: list[str]  # the node's own tags (its `tags` setting)
 
 
 class Disk(TypedDict):

@@ -42,6 +42,7 @@ MACHINE_DETAILS_FIELDS: Final[Mapping[str, str]] = {
     "interval_s": "number",
     "commands": "array",  # the commands this node accepts (reboot/shutdown only when enabled)
     "tasks": "array",  # names of the `run` tasks its config defines
+    "tags": "array",  # the node's own tags (strings; the master ignores invalid ones)
 }
 """Keys of a `machine_details` payload."""
 

@@ -7,7 +7,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 import uvicorn
@@ -28,6 +28,7 @@ from master_service.ingest.observers import Notice, Observer, notify
 from master_service.settings import MasterSettings
 from master_service.state import ClusterState, NodeState
 from master_service.storage.command_log import CommandLog
+from master_service.storage.node_tags import NodeTags, delete_node_tags, load_node_tags
 from master_service.storage.retention import RetentionJob
 from master_service.storage.store import Store
 from master_service.web.alert_metrics import AlertCollector
@@ -49,10 +50,11 @@ def build(settings: MasterSettings, clock: Callable[[], float] = time.time) -> M
     try:
         nodes = list(store.load_nodes())
         restored = Restored.load(store, clock())
+        master_tags = load_node_tags(store)
     except BaseException:
         store.close()
         raise
-    return MasterService(settings, store, nodes, clock, restored)
+    return MasterService(settings, store, nodes, clock, restored, master_tags)
 
 
 def dashboard_url(settings: MasterSettings) -> str:
@@ -75,12 +77,14 @@ class MasterService:
         nodes: Iterable[NodeState] = (),
         clock: Callable[[], float] = time.time,
         restored: Restored | None = None,
+        master_tags: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
         self.store = store
         self.state = ClusterState(clock, settings.stale_factor)
         self.state.restore(iter(nodes))
+        self.state.load_master_tags(master_tags or {})  # before the alert engine reads them
         self.counters = IngestCounters()
         self.observers: list[Observer] = []
         self.ctx = Context(self.state, self.counters, settings.prefix, self.observers)
@@ -96,6 +100,7 @@ class MasterService:
             clock,
         )
         self.observers.append(self.commands)
+        self.node_tags = NodeTags(self.ingestor.write, self.state)
         self.home_assistant: HomeAssistantObserver | None = None
         self._announce_home_assistant: Callable[[], None] = lambda: None
         if settings.ha_discovery:
@@ -194,6 +199,7 @@ class MasterService:
 
         def forget_in_writer(store: Store) -> None:
             store.delete_node(node)
+            delete_node_tags(store, node)
             store.commit()
             # Observers' own writes (the command log) go with the next flush.
             notify(self.observers, [Notice("node_forgotten", node)], self.ctx.observer_errors)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final, TypedDict, cast
@@ -12,6 +12,7 @@ import orjson
 
 from cluster_protocol.payloads import ClusterSummary, MachineDetails, MetricsPayload
 from cluster_protocol.settings import DEFAULT_INTERVAL_S
+from cluster_protocol.tags import valid_tags
 
 MAX_TRACKED_MISSING: Final = 10_000  # seqs still hoped for per node; beyond that only counted
 
@@ -58,6 +59,9 @@ class NodeView(TypedDict):
     metrics: MetricsPayload | None
     metrics_ts: float | None
     counters: NodeCounters
+    tags: list[str]  # own and master-side, sorted
+    own_tags: list[str]  # from the node's machine details
+    master_tags: list[str]  # set on the master (`cluster-master nodes tag`)
 
 
 class RawNodeView(TypedDict):
@@ -72,6 +76,9 @@ class RawNodeView(TypedDict):
     metrics: bytes | None
     metrics_ts: float | None
     counters: NodeCounters
+    tags: list[str]
+    own_tags: list[str]
+    master_tags: list[str]
 
 
 def _encode(value: MachineDetails | MetricsPayload | None) -> bytes | None:
@@ -118,6 +125,8 @@ class NodeState:
     seq_gaps: int
     messages: int
     interval_s: float  # from the details, kept apart so staleness checks need no decoding
+    own_tags: tuple[str, ...]  # from the details too, for the same reason (sorted, valid)
+    master_tags: tuple[str, ...]  # set on the master; kept in the node_tags table, not here
 
     def __init__(
         self,
@@ -138,8 +147,10 @@ class NodeState:
         duplicates: int = 0,
         seq_gaps: int = 0,
         messages: int = 0,
+        master_tags: Iterable[str] = (),
     ) -> None:
         self.node = node
+        self.master_tags = tuple(sorted(set(master_tags)))
         self.status = status  # last state the node (or its will) announced
         self.status_ts = status_ts
         self.state_since = state_since
@@ -168,6 +179,16 @@ class NodeState:
     def details(self, value: MachineDetails | None) -> None:
         self.details_json = _encode(value)
         self.interval_s = _interval(value)
+        self.own_tags = valid_tags(value.get("tags")) if value else ()
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        """The node's own and master-side tags, sorted, each once."""
+        if not self.master_tags:
+            return self.own_tags
+        if not self.own_tags:
+            return self.master_tags
+        return tuple(sorted({*self.own_tags, *self.master_tags}))
 
     @property
     def metrics(self) -> MetricsPayload | None:
@@ -316,6 +337,9 @@ class NodeState:
                 "last_seq": self.last_seq,
                 "messages": self.messages,
             },
+            "tags": list(self.tags),
+            "own_tags": list(self.own_tags),
+            "master_tags": list(self.master_tags),
         }
 
 
@@ -336,13 +360,41 @@ class ClusterState:
         self.lock = threading.RLock()
         self._nodes: dict[str, NodeState] = {}
         self.dirty: set[str] = set()
+        # Master-side tags by node, also of nodes not heard yet (tagged before they connect).
+        self._master_tags: dict[str, tuple[str, ...]] = {}
 
     def node(self, node_id: str) -> NodeState:
         """The state of a node, created on first sight (call with the lock held)."""
         state = self._nodes.get(node_id)
         if state is None:
-            state = self._nodes[node_id] = NodeState(node=node_id)
+            state = self._nodes[node_id] = NodeState(
+                node=node_id, master_tags=self._master_tags.get(node_id, ())
+            )
         return state
+
+    def load_master_tags(self, tags: Mapping[str, Iterable[str]]) -> None:
+        """Set every node's master-side tags (as stored), replacing what was known."""
+        with self.lock:
+            self._master_tags = {node: tuple(sorted(set(t))) for node, t in tags.items() if t}
+            for node_id, state in self._nodes.items():
+                state.master_tags = self._master_tags.get(node_id, ())
+
+    def set_master_tags(self, node_id: str, tags: Iterable[str]) -> None:
+        """Replace one node's master-side tags (known or not yet heard of)."""
+        settled = tuple(sorted(set(tags)))
+        with self.lock:
+            if settled:
+                self._master_tags[node_id] = settled
+            else:
+                self._master_tags.pop(node_id, None)
+            state = self._nodes.get(node_id)
+            if state is not None:
+                state.master_tags = settled
+
+    def master_tags(self, node_id: str) -> tuple[str, ...]:
+        """One node's master-side tags, sorted (the node need not be known yet)."""
+        with self.lock:
+            return self._master_tags.get(node_id, ())
 
     def get(self, node_id: str) -> NodeState | None:
         """A node's state, or None when it was never heard of."""
@@ -352,12 +404,14 @@ class ClusterState:
         """Load states saved by a previous run."""
         with self.lock:
             for state in states:
+                state.master_tags = self._master_tags.get(state.node, state.master_tags)
                 self._nodes[state.node] = state
 
     def forget(self, node_id: str) -> bool:
         """Drop a node; True when it was known."""
         with self.lock:
             self.dirty.discard(node_id)
+            self._master_tags.pop(node_id, None)
             return self._nodes.pop(node_id, None) is not None
 
     def node_ids(self) -> list[str]:

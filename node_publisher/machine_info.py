@@ -6,6 +6,7 @@ import ipaddress
 import logging
 import platform
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -62,9 +63,14 @@ class MachineInfo:
     """Builds `machine_details`; reads the truly static parts once."""
 
     def __init__(
-        self, ps: PsutilLike, interval_s: float, paths: MachinePaths | None = None
+        self,
+        ps: PsutilLike,
+        interval_s: float,
+        paths: MachinePaths | None = None,
+        tags: Sequence[str] = (),
     ) -> None:
         self._ps = ps
+        self._tags = list(tags)  # the node's own tags (settings), checked there
         self._paths = paths or MachinePaths()
         self._interval_s = interval_s
         self._os = read_os_name(self._paths.os_release)
@@ -98,6 +104,7 @@ class MachineInfo:
             ip_addresses=ip_addresses(ps),
             agent_version=__version__,
             interval_s=self._interval_s,
+            tags=list(self._tags),
         )
 
 

@@ -39,7 +39,7 @@ class Sampler:
             temperature_sensor=settings.temperature_sensor,
             throttle=pi.ThrottleReader(settings.vcgencmd),
         )
-        self._machine = MachineInfo(ps, settings.interval, machine_paths)
+        self._machine = MachineInfo(ps, settings.interval, machine_paths, tags=settings.tags)
         self._interval = settings.interval  # changed at run time by the set_interval command
         self._extra_details = dict(extra_details or {})
         self._lock = threading.Lock()  # the sample loop and the refresh command share ctx

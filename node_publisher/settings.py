@@ -20,6 +20,7 @@ from cluster_protocol.settings import (
     DEFAULT_INTERVAL_S,
     setting,
 )
+from cluster_protocol.tags import split_tags, tag_problem
 from node_publisher.tasks import TaskSpec, parse_tasks
 
 DEFAULT_SPOOL_MAX: Final = 8640  # a day of metrics at the default interval
@@ -56,6 +57,11 @@ def default_node_id(environ: Mapping[str, str]) -> str:
         raise SettingsError(
             "node_id", f"cannot derive one from hostname {hostname!r} ({error}); set --node-id"
         ) from error
+
+
+def _tags_check(tags: tuple[str, ...]) -> str | None:
+    """Every tag valid (`rack1`, `poe`): each is safe as one topic level."""
+    return next((problem for tag in tags if (problem := tag_problem(tag))), None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,6 +116,13 @@ class PublisherSettings(BrokerClientSettings):
         check=rules.not_empty,
         metavar="ARGV",
     )
+    tags: tuple[str, ...] = setting(
+        (),
+        help="this node's tags, sent in its machine details (comma-separated; --tag repeats)",
+        check=_tags_check,
+        normalize=split_tags,
+        metavar="TAGS",
+    )
     tasks: Mapping[str, TaskSpec] = setting(
         default_factory=dict,
         help="[tasks.<name>] tables: what the `run` command may start",
@@ -143,6 +156,10 @@ class PublisherSettings(BrokerClientSettings):
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     """Add `--config` and one `--field-name` flag per setting (all default to None)."""
     declared.add_arguments(parser, PublisherSettings)
+    # `--tag rack1 --tag poe` beside the declared `--tags rack1,poe`: both add up.
+    parser.add_argument(
+        "--tag", dest="tag", action="append", metavar="TAG", help="one tag (repeat for more)"
+    )
 
 
 def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> PublisherSettings:
@@ -155,4 +172,8 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> PublisherS
 
 def settings_from_flags(flags: Mapping[str, Any], environ: Mapping[str, str]) -> PublisherSettings:
     """Merge defaults < file < environment < flags (flags as parsed: strings or None)."""
+    repeated = flags.get("tag")
+    if repeated:
+        given = [flags["tags"]] if flags.get("tags") is not None else []
+        flags = {**flags, "tags": ",".join([*given, *repeated])}
     return declared.load(PublisherSettings, flags, environ)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
@@ -76,6 +76,7 @@ class Rule:
     for_s: float = 0.0
     severity: Severity = Severity.WARNING
     nodes: tuple[str, ...] = ()  # name globs; empty: every node
+    tags: tuple[str, ...] = ()  # node tags: the rule watches nodes with any; empty: every node
     channel_tags: tuple[str, ...] = ()  # Apprise tags to notify; empty: every channel
     enabled: bool = True
     builtin: bool = False
@@ -106,8 +107,15 @@ class Rule:
         """The limit that makes the rule fire."""
         return self.above if self.above is not None else self.below
 
-    def applies_to(self, node: str) -> bool:
-        """True when the rule watches this node."""
+    def applies_to(self, node: str, tags: Collection[str] = ()) -> bool:
+        """True when the rule watches this node: its name matches and it has any of the tags.
+
+        Args:
+            node: the node id, matched against the `nodes` globs.
+            tags: the node's tags (own and master-side), matched against `tags`.
+        """
+        if self.tags and not any(tag in tags for tag in self.tags):
+            return False
         return not self.nodes or any(fnmatch.fnmatchcase(node, glob) for glob in self.nodes)
 
     def value_of(self, payload: Mapping[str, Any]) -> float | None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from cluster_protocol.config import SettingsError
+from cluster_protocol.tags import tag_problem
 from master_service.alerts.durations import parse_duration
 from master_service.alerts.rules import (
     BUILTIN_RULES,
@@ -45,7 +46,7 @@ _TOP_KEYS: Final = frozenset(
         "rules",
     }
 )
-_COMMON_KEYS: Final = frozenset({"enabled", "for", "severity", "nodes", "notify"})
+_COMMON_KEYS: Final = frozenset({"enabled", "for", "severity", "nodes", "tags", "notify"})
 _LIMIT_KEYS: Final = frozenset({"above", "below", "clear_above", "clear_below"})
 _CUSTOM_KEYS: Final = _COMMON_KEYS | _LIMIT_KEYS | {"name", "metric"}
 
@@ -173,6 +174,16 @@ def _strings(where: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _node_tags(where: str, value: Any) -> tuple[str, ...]:
+    """A rule's `tags` selector: node tags, each valid (a rule applies to nodes with any)."""
+    tags = _strings(where, value)
+    for tag in tags:
+        problem = tag_problem(tag)
+        if problem:
+            raise SettingsError(where, problem)
+    return tags
+
+
 def _duration(where: str, raw: Any) -> float | None:
     if raw is None:
         return None
@@ -225,6 +236,7 @@ def _common(where: str, rule: Rule, table: Mapping[str, Any]) -> Rule:
     if severity not in tuple(Severity):
         raise SettingsError(f"{where}.severity", f"must be warning or critical, got {severity!r}")
     nodes = _strings(f"{where}.nodes", table["nodes"]) if "nodes" in table else rule.nodes
+    tags = _node_tags(f"{where}.tags", table["tags"]) if "tags" in table else rule.tags
     notify = (
         _strings(f"{where}.notify", table["notify"]) if "notify" in table else rule.channel_tags
     )
@@ -234,6 +246,7 @@ def _common(where: str, rule: Rule, table: Mapping[str, Any]) -> Rule:
         for_s=rule.for_s if for_s is None else for_s,
         severity=Severity(severity),
         nodes=nodes,
+        tags=tags,
         channel_tags=notify,
     )
 

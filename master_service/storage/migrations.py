@@ -125,6 +125,12 @@ _ALERTS_STATEMENTS: Final = (
     " comment TEXT NOT NULL)",
 )
 
+# Master-side node tags (`cluster-master nodes tag`); a node's own tags come in its details.
+_NODE_TAGS_STATEMENTS: Final = (
+    "CREATE TABLE node_tags (node TEXT NOT NULL, tag TEXT NOT NULL,"
+    " PRIMARY KEY (node, tag)) WITHOUT ROWID",
+)
+
 # Statements of a version other than its new history columns (which come from the metric
 # table). A change that is not a new metric column (an index, a new table) goes here, keyed
 # by the next version number.
@@ -132,6 +138,7 @@ _STATEMENTS: Final[Mapping[int, Sequence[str]]] = {
     1: _v1_statements(),
     2: _COMMANDS_STATEMENTS,
     3: _ALERTS_STATEMENTS,
+    4: _NODE_TAGS_STATEMENTS,
 }
 
 

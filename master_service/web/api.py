@@ -21,6 +21,7 @@ from master_service.web.control import NodeId, control_router
 from master_service.web.errors import error_responses, install_error_handlers
 from master_service.web.ports import MasterPort
 from master_service.web.prometheus import metrics_router
+from master_service.web.tags import tags_router
 
 logger = logging.getLogger(__name__)
 
@@ -77,10 +78,19 @@ def create_app(port: MasterPort) -> FastAPI:
         health = port.health()
         return JSONResponse(health.to_dict(), 200 if health.ok else 503)
 
-    @app.get("/api/nodes", tags=["nodes"])
-    def list_nodes() -> dict[str, Any]:
-        """Every known node with its state, details, latest metrics and counters."""
-        return {"nodes": port.state.views(), "generated_at": time.time()}
+    @app.get("/api/nodes", tags=["nodes"], responses=error_responses(422))
+    def list_nodes(
+        tag: Annotated[
+            list[str],
+            Query(description="only nodes with this tag (own or master-side); repeat: all of them"),
+        ] = [],  # noqa: B006 - FastAPI copies a default, it never mutates it
+    ) -> dict[str, Any]:
+        """Every known node with its state, details, latest metrics, counters and tags."""
+        views = port.state.views()
+        if tag:
+            wanted = set(tag)
+            views = [view for view in views if wanted.issubset(view["tags"])]
+        return {"nodes": views, "generated_at": time.time()}
 
     @app.get("/api/nodes/{node}", tags=["nodes"], responses=error_responses(404, 422))
     def get_node(node: NodeId) -> dict[str, Any]:
@@ -155,6 +165,7 @@ def create_app(port: MasterPort) -> FastAPI:
         }
 
     app.include_router(control_router(port))
+    app.include_router(tags_router(port))
     app.include_router(alerts_router(port))
 
     if (STATIC_DIR / "index.html").is_file():

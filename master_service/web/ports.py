@@ -60,6 +60,22 @@ class CommandPort(Protocol):
         ...
 
 
+class TagPort(Protocol):
+    """Master-side node tags (master_service.storage.node_tags)."""
+
+    def add(self, node: str, tag: str) -> bool:
+        """Tag a node once stored; False when it had the tag already."""
+        ...
+
+    def remove(self, node: str, tag: str) -> bool:
+        """Remove a master-side tag once stored; False when the node did not have it."""
+        ...
+
+    def tags(self, node: str) -> tuple[str, ...]:
+        """A node's master-side tags, sorted."""
+        ...
+
+
 class WebSettings(Protocol):
     """The settings the HTTP layer reads: where history lives, how long raw samples stay, token."""
 
@@ -146,6 +162,11 @@ class MasterPort(Protocol):
     @property
     def commands(self) -> CommandPort:
         """Commands to nodes."""
+        ...
+
+    @property
+    def node_tags(self) -> TagPort:
+        """Master-side node tags."""
         ...
 
     @property

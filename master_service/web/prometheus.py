@@ -110,6 +110,11 @@ def node_families(views: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
     up = GaugeMetricFamily(
         f"{PREFIX}_node_up", "1 when the node is online, else 0", labels=["node"]
     )
+    info = GaugeMetricFamily(
+        f"{PREFIX}_node_info",
+        "Always 1; the node's tags between commas in `tags` (,poe,rack1,), empty with none",
+        labels=["node", "tags"],
+    )
     state = GaugeMetricFamily(
         f"{PREFIX}_node_state",
         "1 for the node's current state (online, stale, offline, unknown)",
@@ -143,6 +148,7 @@ def node_families(views: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
     for view in views:
         node = str(view["node"])
         up.add_metric([node], 1.0 if view["state"] == NodeStatus.ONLINE else 0.0)
+        info.add_metric([node, tags_label(view.get("tags") or ())], 1.0)
         for status in NodeStatus:
             state.add_metric([node, status.value], 1.0 if view["state"] == status else 0.0)
         if (last_seen := _number(view.get("last_seen"))) is not None:
@@ -157,8 +163,17 @@ def node_families(views: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
         gaps.add_metric([node], float(counters.get("seq_gaps") or 0))
         received.add_metric([node], float(counters.get("received") or 0))
         duplicates.add_metric([node], float(counters.get("duplicates") or 0))
-    yield from (up, state, seen, *(family for family, _ in exported.values()), disk, gaps)
+    yield from (up, info, state, seen, *(family for family, _ in exported.values()), disk, gaps)
     yield from (received, duplicates)
+
+
+def tags_label(tags: Iterable[str]) -> str:
+    """The `tags` label: sorted, each between commas (`,poe,rack1,`); empty with none.
+
+    Commas on both ends let one regex pick a tag wherever it sits: `tags=~".*,rack1,.*"`.
+    """
+    ordered = sorted(tags)
+    return "," + ",".join(ordered) + "," if ordered else ""
 
 
 def scaled(value: float, scale: float) -> float:

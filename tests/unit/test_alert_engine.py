@@ -448,3 +448,64 @@ def test_an_ntp_step_then_a_reconnect_is_no_reboot() -> None:
     rig.details("pi-01", boot_time=T0 - 40)
     rig.sample("pi-01", uptime_s=52.0)
     assert rig.sent == []
+
+
+# -- the `tags` selector --------------------------------------------------------------------
+
+HOT_RACK1 = Rule(name="hot_rack1", metric="temperature_celsius", above=70.0, tags=("rack1",))
+
+
+def tag_rig(*rules: Rule) -> Rig:
+    return Rig(rules=(*BUILTIN_RULES.values(), *rules))
+
+
+def test_a_rule_with_tags_watches_only_nodes_with_any_of_them() -> None:
+    rig = tag_rig(replace(HOT_RACK1, tags=("rack1", "gpu")))
+    with rig.state.lock:
+        rig.state.node("pi-01").details = {"tags": ["rack1"]}  # type: ignore[assignment]
+        rig.state.node("pi-02").details = {"tags": ["rack2"]}  # type: ignore[assignment]
+    rig.state.set_master_tags("pi-03", ["gpu"])  # master-side, before it is heard
+    for node in ("pi-01", "pi-02", "pi-03"):
+        rig.sample(node, temperature_celsius=75.0)
+    assert sorted(rig.sent) == [
+        title("pi-01", "hot_rack1", "firing"),
+        title("pi-03", "hot_rack1", "firing"),
+    ]
+
+
+def test_a_built_in_rule_with_tags_leaves_other_nodes_alone() -> None:
+    offline = replace(BUILTIN_RULES["node_offline"], tags=("poe",))
+    rig = Rig(rules=(offline,))
+    rig.state.set_master_tags("pi-01", ["poe"])
+    for node in ("pi-01", "pi-02", "pi-03", "pi-04", "pi-05"):
+        rig.status(node, "online")
+    rig.status("pi-01", "offline")
+    rig.status("pi-02", "offline")  # two of five: no cluster alert
+    rig.every_second(61, pi_03={}, pi_04={}, pi_05={})
+    assert rig.sent == [title("pi-01", "node_offline", "firing")]
+
+
+def test_tagging_a_node_on_the_master_brings_it_under_the_rule_at_its_next_sample() -> None:
+    rig = tag_rig(HOT_RACK1)
+    rig.sample("pi-01", temperature_celsius=75.0)
+    assert rig.sent == []  # rules chosen (and cached) for a node without tags
+    rig.state.set_master_tags("pi-01", ["rack1"])
+    rig.sample("pi-01", temperature_celsius=75.0)
+    assert rig.sent == [title("pi-01", "hot_rack1", "firing")]
+
+
+def test_a_tag_gone_from_the_details_ends_a_wait_for_for() -> None:
+    rig = tag_rig(replace(HOT_RACK1, for_s=60.0))
+    with rig.state.lock:
+        rig.state.node("pi-01").details = {"tags": ["rack1"]}  # type: ignore[assignment]
+    rig.every_second(30, pi_01={"temperature_celsius": 75.0})
+    with rig.state.lock:
+        rig.state.node("pi-01").details = {"tags": []}  # type: ignore[assignment]
+    rig.every_second(60, pi_01={"temperature_celsius": 75.0})
+    assert rig.sent == []
+    with rig.state.lock:
+        rig.state.node("pi-01").details = {"tags": ["rack1"]}  # type: ignore[assignment]
+    rig.every_second(30, pi_01={"temperature_celsius": 75.0})
+    assert rig.sent == []  # the wait starts again: 30 s of 60
+    rig.every_second(31, pi_01={"temperature_celsius": 75.0})
+    assert rig.sent == [title("pi-01", "hot_rack1", "firing")]

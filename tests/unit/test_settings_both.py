@@ -49,6 +49,7 @@ FLAG_SAMPLES: dict[str, tuple[str, Any]] = {
     "allow_reboot": ("true", True),
     "allow_shutdown": ("yes", True),
     "reboot_command": ("sudo systemctl reboot", ("sudo", "systemctl", "reboot")),
+    "tags": ("rack1,poe", ("rack1", "poe")),
     "shutdown_command": ("/sbin/halt -p", ("/sbin/halt", "-p")),
     "db": ("/tmp/m.db", "/tmp/m.db"),
     "http": ("127.0.0.1:9090", "127.0.0.1:9090"),
