@@ -81,6 +81,7 @@ def _add_control_parsers(commands: Any) -> None:
     place.add_argument("--max-cpu-percent", type=float, help="at most this busy now (0-100)")
     place.add_argument("--arch", help="CPU architecture, e.g. aarch64 (arm64), x86_64 (amd64)")
     place.add_argument("--count", type=int, default=1, help="how many nodes are wanted")
+    place.add_argument("--tag", help="consider only the nodes that carry this tag")
     place.add_argument("--json", action="store_true", help="print the answer as JSON")
     place.add_argument("--api", help=api_help)
     forget = commands.add_parser("forget", help="forget a node (state, history, commands)")
@@ -162,6 +163,8 @@ def run_place(args: argparse.Namespace) -> int:
         "arch": args.arch,
         "count": args.count,
     }
+    if args.tag is not None:  # left out otherwise, so an older master still answers
+        body["tag"] = args.tag
     try:
         status, answer = api_call(base, "POST", "/api/placement", body)
     except ApiError as error:

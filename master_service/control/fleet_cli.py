@@ -11,8 +11,8 @@ from typing import Any, Final
 
 from master_service.alerts.durations import parse_duration
 from master_service.api_client import ApiError, api_base, api_call, detail_of
-from master_service.control.fanout import SelectionError, select_nodes
 from master_service.control.rolling import HttpRollApi, RollPlan, not_online, roll
+from master_service.control.selection import SelectionError, select_nodes
 
 DEFAULT_ROLL_TIMEOUT: Final = "5m"
 REBOOT_REPLY_TIMEOUT_S: Final = 30.0  # a node accepts a reboot at once; more is no answer

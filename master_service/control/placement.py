@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
+from master_service.control.selection import view_tags
 from master_service.control.units import GIB, format_size
 
 # Names for the same instruction set, so `--arch arm64` finds a Pi 4 that reports aarch64.
@@ -42,6 +43,7 @@ class Requirements:
     max_cpu_percent: float | None = None
     arch: str | None = None
     count: int = 1
+    tag: str | None = None  # only nodes that carry this tag are considered at all
 
     def __post_init__(self) -> None:
         # Strict types: `False` is not 0 %, and "50" is not a number.
@@ -67,6 +69,8 @@ class Requirements:
             raise RequirementError(f"count must be >= 1, got {self.count}")
         if self.arch is not None and not self.arch.strip():
             raise RequirementError("arch must not be empty")
+        if self.tag is not None and (not isinstance(self.tag, str) or not self.tag):
+            raise RequirementError(f"tag must be a non-empty text, got {self.tag!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,10 +198,15 @@ def evaluate(view: Mapping[str, Any], req: Requirements) -> Candidate | Rejectio
 
 
 def place(views: Iterable[Mapping[str, Any]], req: Requirements) -> Placement:
-    """Rank the nodes that fit (best first), keep the best `count`, explain every other node."""
+    """Rank the nodes that fit (best first), keep the best `count`, explain every other node.
+
+    With a `tag`, nodes without it are not candidates and are not listed either.
+    """
     fitting: list[Candidate] = []
     rejected: list[Rejection] = []
     for view in views:
+        if req.tag is not None and req.tag not in view_tags(view):
+            continue
         verdict = evaluate(view, req)
         if isinstance(verdict, Candidate):
             fitting.append(verdict)
@@ -212,7 +221,9 @@ def render_placement(data: Mapping[str, Any]) -> Sequence[str]:
     """Human-readable lines for the CLI, from the JSON form (`Placement.to_dict()`)."""
     count = int(data["requirements"]["count"])
     chosen, also_fit, rejected = data["chosen"], data["also_fit"], data["rejected"]
-    lines = [f"chosen ({len(chosen)} of {count} wanted):"]
+    tag = data["requirements"].get("tag")
+    within = f" among nodes tagged {tag}" if tag else ""
+    lines = [f"chosen ({len(chosen)} of {count} wanted{within}):"]
     lines += [f"  {c['node']}: {c['reason']}" for c in chosen] or ["  (none)"]
     if also_fit:
         lines.append("also fit:")

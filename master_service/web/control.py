@@ -28,7 +28,7 @@ from master_service.control.commands import (
     MAX_TIMEOUT_S,
     CommandRefusedError,
 )
-from master_service.control.fanout import fan_out, select_nodes
+from master_service.control.fanout import fan_out
 from master_service.control.placement import (
     Candidate,
     Rejection,
@@ -36,6 +36,7 @@ from master_service.control.placement import (
     Requirements,
     place,
 )
+from master_service.control.selection import select_nodes
 from master_service.control.units import parse_size
 from master_service.web.errors import error_responses
 from master_service.web.ports import MasterPort
@@ -197,6 +198,9 @@ class PlacementRequest(BaseModel):
         None, pattern=ARCH_PATTERN, max_length=32, description="aarch64, arm64, x86_64, ..."
     )
     count: Positive = 1
+    tag: str | None = Field(
+        None, pattern=TAG_PATTERN, description="consider only the nodes that carry this tag"
+    )
 
 
 class CommandRecordBody(BaseModel):
@@ -340,6 +344,7 @@ def control_router(port: MasterPort) -> APIRouter:
                 max_cpu_percent=body.max_cpu_percent,
                 arch=body.arch,
                 count=body.count,
+                tag=body.tag,
             )
         except RequirementError as error:
             raise HTTPException(422, str(error)) from error  # the schema refuses these first

@@ -230,7 +230,7 @@ def test_fan_out_with_one_node_offline_fails_its_row_and_the_exit_status(fleet_o
     assert len(healthy.stdout.splitlines()) == 4
 
 
-def test_fan_out_refuses_unknown_names_and_reports_an_empty_tag(fleet_of):
+def test_unknown_names_are_refused_rows_and_an_empty_tag_matches_nothing(fleet_of):
     fleet = fleet_of(1)
     (node,) = fleet.nodes
     done = fleet.cli("send", node, "no-such-node", "ping")
@@ -239,6 +239,12 @@ def test_fan_out_refuses_unknown_names_and_reports_an_empty_tag(fleet_of):
     nothing = fleet.cli("send", "--tag", "rack-none", "ping")
     assert nothing.returncode == 1
     assert "no node matched tag 'rack-none'" in nothing.stderr
+    placed = fleet.cli("place", "--tag", "rack-none")
+    assert placed.returncode == 1
+    assert placed.stdout.splitlines() == [
+        "chosen (0 of 1 wanted among nodes tagged rack-none):",
+        "  (none)",
+    ]
     status, answer = fleet.post("/api/commands", {"command": "ping", "tag": "x", "all": True})
     assert status == 422
     assert "exactly one of nodes, tag, all" in answer["detail"]

@@ -10,9 +10,12 @@ from typing import Any
 import pytest
 
 from master_service.control.commands import CommandRefusedError
-from master_service.control.fanout import SelectionError, fan_out, select_nodes, view_tags
+from master_service.control.fanout import fan_out
 from master_service.control.fleet_cli import fan_out_table, parse_timeout
+from master_service.control.placement import Requirements, place, render_placement
 from master_service.control.rolling import RollPlan, roll, waves
+from master_service.control.selection import SelectionError, select_nodes, view_tags
+from master_service.control.units import GIB
 from master_service.storage.command_log import CommandRecord
 
 VIEWS = [
@@ -172,3 +175,25 @@ def test_a_node_down_before_its_turn_stops_the_roll_without_touching_its_wave():
     assert outcome.done == []
     assert master.rebooted == []  # "a" shares the wave with "b": not sent either
     assert outcome.untouched == ["a", "c", "d"]
+
+
+def test_placement_with_a_tag_considers_only_the_tagged_nodes():
+    def node(name: str, free_gib: float, tags: list[str] | None) -> dict[str, Any]:
+        found: dict[str, Any] = {
+            "node": name,
+            "state": "online",
+            "details": {"cpu_cores": 4, "arch": "aarch64"},
+            "metrics": {"memory_available_bytes": int(free_gib * GIB), "cpu_percent": 10.0},
+        }
+        if tags is not None:
+            found["tags"] = tags
+        return found
+
+    views = [node("big", 7, ["gpu"]), node("small", 1, ["rack1"]), node("old", 5, None)]
+    answer = place(views, Requirements(min_ram_bytes=2 * GIB, tag="rack1")).to_dict()
+    assert answer["chosen"] == []
+    assert [r["node"] for r in answer["rejected"]] == ["small"]  # the others are not listed
+    lines = render_placement(answer)
+    assert lines[0] == "chosen (0 of 1 wanted among nodes tagged rack1):"
+    anywhere = place(views, Requirements(min_ram_bytes=2 * GIB))
+    assert [c.node for c in anywhere.chosen] == ["big"]
