@@ -33,6 +33,7 @@ const app = {
   failures: 0,
   alerts: null,          // GET /api/alerts; null while the master has none to give (404, error)
   alertsError: null,     // why not, for the Alerts page
+  tagFilter: [],         // the overview shows nodes having all of these (from "#/?tag=...")
 };
 
 const serverNow = () => Date.now() / 1000 + app.clockOffset;
@@ -185,6 +186,18 @@ function modelLine(details) {
   return parts.filter(Boolean).join(" · ");
 }
 
+/** A node's tags as chips; master-side ones marked (they are set with `cluster-master nodes tag`). */
+function fillTags(list, view) {
+  const master = new Set(view.master_tags || []);
+  const own = new Set(view.own_tags || []);
+  const rows = (view.tags || []).map((t) => [t, master.has(t) && !own.has(t)]);
+  list.hidden = rows.length === 0;
+  fillList(list, rows, (tag, onMaster) => h("li", {
+    class: onMaster ? "tag master" : "tag",
+    title: onMaster ? "Tag set on the master" : "Tag from the node's configuration",
+  }, tag));
+}
+
 function setBar(el, pct) {
   el.style.width = `${Number.isFinite(pct) ? Math.min(100, Math.max(0, pct)) : 0}%`;
   el.classList.toggle("high", pct >= 90);
@@ -226,6 +239,7 @@ function buildCard(id) {
   const card = h("article", { class: "card", "data-node": id },
     h("header", {}, h("h3", {}, link), h("span", { class: "state" })),
     h("p", { class: "model" }),
+    h("ul", { class: "tags", "aria-label": "Tags", hidden: "" }),
     h("a", { class: "alert-badge", href: "#/alerts", hidden: "" }),
     h("span", { class: "badge", hidden: "" }),
     h("dl", { class: "metrics" }, ...cells),
@@ -239,6 +253,7 @@ function updateCard(card, v) {
   card.dataset.state = v.state;
   setState($(".state", card), v);
   $(".model", card).textContent = modelLine(v.details);
+  fillTags($(".tags", card), v);
   setThrottleBadge($(".badge", card), m);
   setAlertBadge($(".alert-badge", card), alertsOf(v.node));
   for (const metric of app.catalog.cards) {
@@ -262,12 +277,43 @@ async function refreshSparkline(card, id) {
   }
 }
 
+/** The "#/?tag=a&tag=b" of an overview link showing the nodes with all those tags. */
+function tagFilterHash(tags) {
+  return tags.length ? `#/?${tags.map((t) => `tag=${encodeURIComponent(t)}`).join("&")}` : "#/";
+}
+
+/** One toggle per tag any node has; pressed ones are the filter (kept in the address). */
+function renderTagFilter() {
+  const all = new Set(app.tagFilter);
+  for (const v of app.nodes.values()) for (const t of v.tags || []) all.add(t);
+  const tags = [...all].sort();
+  $("#tag-filter").hidden = tags.length === 0;
+  $("#tag-clear").hidden = app.tagFilter.length === 0;
+  const rows = tags.map((t) => [t, app.tagFilter.includes(t)]);
+  fillList($("#tag-buttons"), rows, (tag, pressed) => {
+    const button = h("button", { type: "button", class: "tag", "aria-pressed": String(pressed), "data-tag": tag }, tag);
+    button.addEventListener("click", () => {
+      const next = pressed ? app.tagFilter.filter((t) => t !== tag) : [...app.tagFilter, tag];
+      location.hash = tagFilterHash(next.sort());
+    });
+    return button;
+  });
+}
+
 function renderNodes() {
   const grid = $("#nodes");
-  const ids = [...app.nodes.keys()].sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
-  $("#empty").hidden = ids.length > 0;
+  renderTagFilter();
+  const wanted = app.tagFilter;
+  const all = [...app.nodes.keys()];
+  const ids = all
+    .filter((id) => wanted.every((t) => (app.nodes.get(id).tags || []).includes(t)))
+    .sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
+  $("#empty").hidden = all.length > 0;
+  $("#filtered-empty").hidden = ids.length > 0 || all.length === 0;
+  $("#filtered-empty").textContent = `No node has the tag${wanted.length > 1 ? "s" : ""} ${wanted.join(" and ")}.`;
   const existing = new Map([...grid.children].map((c) => [c.dataset.node, c]));
-  for (const [id, card] of existing) if (!app.nodes.has(id)) card.remove();
+  const shown = new Set(ids);
+  for (const [id, card] of existing) if (!shown.has(id)) card.remove();
   ids.forEach((id, i) => {
     let card = existing.get(id);
     if (!card) card = buildCard(id);
@@ -299,6 +345,7 @@ function renderNodePage() {
   setThrottleBadge($("#node-throttle"), m);
   setAlertBadge($("#node-alerts"), alertsOf(page.id));
   $("#node-model").textContent = modelLine(v.details);
+  fillTags($("#node-tags"), v);
   const now = [
     ...app.catalog.shown.map((metric) => [metric.dashboard.label, formatOf(metric).text(valueOf(m, metric))]),
     ["Last seen", v.last_seen ? fmt.ago(serverNow() - v.last_seen) : "never"],
@@ -621,6 +668,8 @@ function route() {
   const alerts = location.hash === "#/alerts";
   const match = location.hash.match(/^#\/node\/([^/]+)(?:\/(1h|24h|7d))?$/);
   const id = match ? decodeURIComponent(match[1]) : null;
+  const query = location.hash.match(/^#\/\?(.*)$/);
+  app.tagFilter = query ? [...new URLSearchParams(query[1]).getAll("tag")].filter(Boolean).sort() : [];
   const win = WINDOWS[match?.[2] || "1h"];
   $("#overview-view").hidden = !!id || alerts;
   $("#node-view").hidden = !id;
@@ -656,6 +705,7 @@ function render() {
 }
 
 window.addEventListener("hashchange", route);
+$("#tag-clear").addEventListener("click", () => { location.hash = "#/"; });
 setInterval(tickUpdated, 1000);
 route();
 poll();
