@@ -165,7 +165,7 @@ class AlertEngine:
             if watch.down_since is None:  # a node that is down has its alerts held
                 self._reboot(node, watch, payload, now, changes)
                 active = watch.active
-                for rule in self._rules_for(facts, watch):
+                for rule in self._rules_for(facts, watch, now, changes):
                     # Inlined steady path: most samples of most rules end at this check.
                     key = rule.payload_key
                     if key is not None:
@@ -436,21 +436,32 @@ class AlertEngine:
 
     # -- thresholds, reboots, gaps ----------------------------------------------------------
 
-    def _rules_for(self, facts: NodeState, watch: Watch) -> tuple[Rule, ...]:
+    def _rules_for(
+        self, facts: NodeState, watch: Watch, now: float, changes: Changes
+    ) -> tuple[Rule, ...]:
         tags = facts.tags
         if watch.rules is None or watch.rules_tags != tags:
             # First sample, or the node's tags changed (its details or `nodes tag`): choose
-            # again. A condition of a rule that no longer applies stops waiting out its `for`.
+            # again. A rule that no longer applies stops waiting out its `for`, and its alert
+            # resolves: nothing would evaluate it for this node any more.
             node = facts.node
             rules = tuple(rule for rule in self._thresholds if rule.applies_to(node, tags))
             if watch.rules is not None:
-                for dropped in {r.name for r in watch.rules} - {r.name for r in rules}:
-                    if self._pending.pop((node, dropped), None) and (node, dropped) not in (
-                        self._alerts
-                    ):
-                        watch.active.discard(dropped)
+                for rule in set(watch.rules) - set(rules):
+                    self._leave(rule, node, watch, now, changes)
             watch.rules, watch.rules_tags = rules, tags
         return watch.rules
+
+    def _leave(self, rule: Rule, node: str, watch: Watch, now: float, changes: Changes) -> None:
+        """A threshold rule stopped applying to a node (its tags changed)."""
+        key = (node, rule.name)
+        self._pending.pop(key, None)
+        alert = self._alerts.get(key)
+        if alert is None:
+            watch.active.discard(rule.name)
+        elif alert.state is AlertState.FIRING:
+            text = f"{node} no longer has the rule's tags ({', '.join(rule.tags)})"
+            self._resolve(rule, alert, alert.value, text, now, changes)
 
     def _tags_of(self, node: str) -> tuple[str, ...]:
         facts = self._state.get(node)

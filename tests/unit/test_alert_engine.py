@@ -509,3 +509,19 @@ def test_a_tag_gone_from_the_details_ends_a_wait_for_for() -> None:
     assert rig.sent == []  # the wait starts again: 30 s of 60
     rig.every_second(31, pi_01={"temperature_celsius": 75.0})
     assert rig.sent == [title("pi-01", "hot_rack1", "firing")]
+
+
+def test_a_firing_alert_resolves_when_its_node_leaves_the_rules_tags() -> None:
+    rig = tag_rig(HOT_RACK1)
+    rig.state.set_master_tags("pi-01", ["rack1"])
+    rig.sample("pi-01", temperature_celsius=75.0)
+    assert rig.sent == [title("pi-01", "hot_rack1", "firing")]
+    rig.state.set_master_tags("pi-01", [])  # `cluster-master nodes untag pi-01 rack1`
+    rig.sample("pi-01", temperature_celsius=75.0)
+    assert rig.sent == [
+        title("pi-01", "hot_rack1", "firing"),
+        title("pi-01", "hot_rack1", "resolved"),
+    ]
+    assert rig.engine.firing() == []
+    rig.every_second(5, pi_01={"temperature_celsius": 75.0})
+    assert len(rig.sent) == 2  # not watched there any more
