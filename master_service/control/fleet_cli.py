@@ -255,6 +255,9 @@ def run_roll(base: str, args: argparse.Namespace, plan: RollPlan) -> int:
     except ApiError as error:
         _err(str(error))
         return 4
+    except KeyboardInterrupt:  # the wave's silences were ended on the way out
+        _err("roll interrupted; nothing more is sent (a node of the current wave may be down)")
+        return 130
     if outcome.ok:
         report(f"done: {len(outcome.done)} of {len(nodes)} nodes")
         return 0

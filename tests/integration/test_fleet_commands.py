@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -340,3 +341,30 @@ def test_a_roll_does_not_start_while_a_chosen_node_is_offline(fleet_of):
     assert done.returncode == 1
     assert f"not online: {gone} (offline)" in done.stderr
     assert "reboot" not in fleet.commands(up)
+
+
+def test_ctrl_c_stops_a_roll_and_ends_its_silence(fleet_of, tmp_path):
+    fleet = fleet_of(2)
+    stuck, spared = fleet.nodes
+    fleet.nodes[stuck].restart = False
+    output = tmp_path / "roll.out"
+    argv = [PY, "-m", "master_service", "reboot", "--all", "--rolling", "--timeout", "60"]
+    with output.open("w") as sink:
+        rolling = subprocess.Popen(
+            [*argv, "--api", fleet.master.api],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={k: v for k, v in os.environ.items() if k != "CLUSTER_API_TOKEN"},
+        )
+    try:
+        wait_until(lambda: f"{stuck}: down" in output.read_text(), 20, message=f"{stuck} down")
+        assert [s["node"] for s in fleet.master.get("/api/alerts/silences")["silences"]] == [stuck]
+        rolling.send_signal(signal.SIGINT)
+        assert rolling.wait(20) == 130
+    finally:
+        if rolling.poll() is None:
+            rolling.kill()
+    assert "roll interrupted; nothing more is sent" in output.read_text()
+    assert fleet.master.get("/api/alerts/silences")["silences"] == []
+    assert "reboot" not in fleet.commands(spared)
