@@ -18,7 +18,7 @@ from master_service.control.selection import SelectionError, select_nodes, view_
 from master_service.control.units import GIB
 from master_service.storage.command_log import CommandRecord
 
-VIEWS = [
+VIEWS: list[dict[str, Any]] = [
     {"node": "pi-02", "tags": ["rack1", "poe"]},
     {"node": "pi-01", "tags": ["rack1"]},
     {"node": "pi-03"},  # a master without tags yet: no "tags" at all
