@@ -86,7 +86,6 @@ class _Watch:
     since0: Any  # `state_since` before the command: a new value means it went down or came up
     deadline: float
     started: float
-    silence: int | None
     down: bool = False
     up_metrics_ts: float | None = None  # metrics_ts when first seen back online
     up: bool = False
@@ -163,18 +162,14 @@ def _run_wave(
                 report(f"{node}: {outcome.failed[node]}")
                 continue
             report(f"{node}: {_accepted(plan)}")
-            since0 = before[node].get("state_since")
-            if not plan.reboots:  # a task: wait for a sample newer than the one before it
-                since0 = None
-            watches.append(
-                _Watch(node, since0, started + plan.timeout_s, started, silences.get(node))
-            )
-            if not plan.reboots:
-                watches[-1].down = watches[-1].up = True
-                watches[-1].up_metrics_ts = _metrics_ts(api.view(node))
-        _wait_back(api, watches, plan, report, outcome, clock, sleep, poll_s)
+            watch = _Watch(node, before[node].get("state_since"), started + plan.timeout_s, started)
+            if not plan.reboots:  # a task: only a sample newer than the one after it is needed
+                watch.down = watch.up = True
+                watch.up_metrics_ts = _metrics_ts(api.view(node))
+            watches.append(watch)
+        _wait_back(api, watches, plan, report, outcome, clock, sleep, poll_s, silences)
     finally:
-        for silence in silences.values():
+        for silence in silences.values():  # nodes that failed to accept, or an interruption
             if silence is not None:
                 _unsilence(api, silence, report)
 
@@ -188,7 +183,9 @@ def _wait_back(
     clock: Callable[[], float],
     sleep: Callable[[float], None],
     poll_s: float,
+    silences: dict[str, int | None],
 ) -> None:
+    """Poll the wave's nodes until each is back or out of time; end its silence either way."""
     waiting = list(watches)
     while waiting:
         for watch in list(waiting):
@@ -196,7 +193,6 @@ def _wait_back(
             if _advance(watch, view, plan, report):
                 outcome.done.append(watch.node)
                 report(f"{watch.node}: back, sending metrics ({clock() - watch.started:.1f} s)")
-                waiting.remove(watch)
             elif clock() > watch.deadline:
                 state = "unknown" if view is None else view.get("state")
                 what = "come back" if plan.reboots else "send metrics again"
@@ -204,7 +200,13 @@ def _wait_back(
                     f"did not {what} within {plan.timeout_s:g} s (now {state})"
                 )
                 report(f"{watch.node}: {outcome.failed[watch.node]}")
-                waiting.remove(watch)
+            else:
+                continue
+            waiting.remove(watch)
+            # Back: its alerts count again. Failed: they should be heard, not held back.
+            silence = silences.pop(watch.node, None)
+            if silence is not None:
+                _unsilence(api, silence, report)
         if waiting:
             sleep(poll_s)
 

@@ -197,3 +197,24 @@ def test_placement_with_a_tag_considers_only_the_tagged_nodes():
     assert lines[0] == "chosen (0 of 1 wanted among nodes tagged rack1):"
     anywhere = place(views, Requirements(min_ram_bytes=2 * GIB))
     assert [c.node for c in anywhere.chosen] == ["big"]
+
+
+def test_each_node_is_unsilenced_when_it_is_back_not_when_its_wave_ends():
+    before = _view("online", 1.0, 1.0)
+    back = [_view("offline", 2.0, 1.0), _view("online", 3.0, 2.0), _view("online", 3.0, 3.0)]
+    master = FakeMaster({"quick": [before, *back], "slow": [before, before, before, *back]})
+    events: list[str] = []
+    original = master.unsilence
+
+    def unsilence(silence_id: int) -> None:
+        events.append(f"unsilenced {master.silenced[silence_id]}")
+        original(silence_id)
+
+    master.unsilence = unsilence  # type: ignore[method-assign]
+    plan = RollPlan("reboot", {}, 2, 10.0, 5.0)
+    outcome = roll(master, ["quick", "slow"], plan, events.append, sleep=lambda _: None)
+    assert outcome.done == ["quick", "slow"]
+    quick_back = next(i for i, e in enumerate(events) if e.startswith("quick: back"))
+    slow_back = next(i for i, e in enumerate(events) if e.startswith("slow: back"))
+    assert quick_back < events.index("unsilenced quick") < slow_back
+    assert events.index("unsilenced slow") > slow_back
