@@ -368,3 +368,38 @@ def test_ctrl_c_stops_a_roll_and_ends_its_silence(fleet_of, tmp_path):
     assert "roll interrupted; nothing more is sent" in output.read_text()
     assert fleet.master.get("/api/alerts/silences")["silences"] == []
     assert "reboot" not in fleet.commands(spared)
+
+
+def tag(fleet: Fleet, node: str, name: str) -> None:
+    """A master-side tag, as `cluster-master nodes tag` sets it."""
+    request = urllib.request.Request(
+        f"{fleet.master.api}/api/nodes/{node}/tags/{name}", method="PUT"
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 204
+
+
+def test_by_tag_send_place_and_a_rolling_reboot_touch_only_the_tagged_nodes(fleet_of):
+    fleet = fleet_of(3)
+    first, other, tagged = fleet.nodes
+    for node in (first, tagged):
+        tag(fleet, node, "rack1")
+    wait_until(
+        lambda: all(
+            "rack1" in (fleet.master.node(n) or {}).get("tags", []) for n in (first, tagged)
+        ),
+        10,
+        message="the tags in the node views",
+    )
+    done = fleet.cli("send", "--tag", "rack1", "ping")
+    assert done.returncode == 0, done.stderr
+    assert [line.split()[0] for line in done.stdout.splitlines()[1:]] == [first, tagged]
+    placed = fleet.cli("place", "--tag", "rack1", "--count", "2")
+    assert placed.returncode == 0, placed.stdout
+    assert other not in placed.stdout
+    other_pid = fleet.nodes[other].pid
+    rolled = fleet.cli("reboot", "--tag", "rack1", "--rolling", "--timeout", "30")
+    assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+    assert "rolling reboot over 2 nodes, 1 at a time" in rolled.stdout
+    assert [fleet.nodes[n].starts for n in (first, other, tagged)] == [2, 1, 2]
+    assert fleet.nodes[other].pid == other_pid
