@@ -54,6 +54,7 @@ REBOOT_TOLERANCE_S: Final = 5.0  # uptime may read a little lower from one sampl
 GAP_SETTLE_MIN_S: Final = 10.0  # a late (spooled) envelope may still fill a gap meanwhile
 STALE_MARGIN_S: Final = 0.05
 BLIND_RECHECK_S: Final = 1.0  # while the master has no broker, look again this often
+CLOCK_STEP_S: Final = 5.0  # wall and monotonic clocks apart by more: the clock was stepped
 
 CLUSTER_RULE_DEF: Final = Rule(name=CLUSTER_RULE, kind=Kind.OFFLINE, severity=Severity.CRITICAL)
 
@@ -107,6 +108,8 @@ class AlertEngine:
         alerts: Iterable[Alert] = (),
         silences: Iterable[Silence] = (),
         blind: Callable[[], bool] = lambda: False,
+        gaps_reported: Mapping[str, int] | None = None,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
         self._lock = threading.RLock()
         self._state = state
@@ -118,6 +121,9 @@ class AlertEngine:
         self._rebooted = self._rules.get(Builtin.REBOOTED)
         self._data_loss = self._rules.get(Builtin.DATA_LOSS)
         self.started = clock()
+        # Beside the wall clock, to notice it step (None: trust the wall clock, as in tests).
+        self._monotonic = monotonic or clock
+        self._last_tick = (self.started, self._monotonic())
         # While the master itself hears nothing (no broker), silence says nothing of the nodes:
         # no node is taken for down then, and `for` counts again from when it hears again.
         self._blind = blind
@@ -148,7 +154,11 @@ class AlertEngine:
             details = node.details
             boot_time = details.get("boot_time") if details is not None else None
             watch.boot_time = float(boot_time) if isinstance(boot_time, int | float) else None
-            watch.gaps_seen = node.seq_gaps
+            reported = (gaps_reported or {}).get(node.node)
+            watch.gaps_seen = node.seq_gaps if reported is None else reported
+            if node.seq_gaps > watch.gaps_seen:  # seen before a restart, never reported
+                watch.gap_check_at = self.started + GAP_SETTLE_MIN_S
+                self._schedule(watch.gap_check_at, Timer.GAP, node.node)
             self._schedule(self.started, Timer.LIVENESS, node.node)
 
     # -- events ---------------------------------------------------------------------------
@@ -171,14 +181,18 @@ class AlertEngine:
                     if key is not None:
                         value = payload.get(key)
                         if value.__class__ is not float and value.__class__ is not int:
-                            continue  # absent, null (no sensor), or a bool
+                            if rule.name in active:  # absent, null (no sensor), or a bool
+                                self._no_value(rule, node, watch)
+                            continue
                     else:
                         value = rule.value_of(payload)
                         if value is None:
+                            if rule.name in active:
+                                self._no_value(rule, node, watch)
                             continue
                     if value > rule.hi or value < rule.lo or rule.name in active:
                         self._threshold(rule, node, watch, payload, now, changes)
-            self._gaps(facts, watch, now)
+            self._gaps(facts, watch, now, changes)
         return changes
 
     def node_event(self, node: str, now: float) -> Changes:
@@ -191,7 +205,7 @@ class AlertEngine:
                 if facts.status == NodeStatus.ONLINE:
                     watch.born = True
                 self._liveness(facts, watch, now, changes)
-                self._gaps(facts, watch, now)
+                self._gaps(facts, watch, now, changes)
         return changes
 
     def details(self, node: str, details: Mapping[str, Any], now: float) -> Changes:
@@ -203,12 +217,13 @@ class AlertEngine:
                 watch = self._watch_of(node)
                 self._liveness(facts, watch, now, changes)
                 self._boot_time(node, watch, details.get("boot_time"), now, changes)
-                self._gaps(facts, watch, now)
+                self._gaps(facts, watch, now, changes)
         return changes
 
-    def forget(self, node: str) -> Changes:
+    def forget(self, node: str, now: float | None = None) -> Changes:
         """A node was forgotten: its alerts go without a word."""
         changes = Changes()
+        now = self._clock() if now is None else now
         with self._lock:
             self._watch.pop(node, None)
             for key in [key for key in self._alerts if key[0] == node]:
@@ -216,13 +231,18 @@ class AlertEngine:
                 changes.drop(*key)
             for key in [key for key in self._pending if key[0] == node]:
                 del self._pending[key]
+            for key in [key for key in self._flaps if key[0] == node]:
+                del self._flaps[key]
             changes.nodes_changed.add(node)
+            changes.gaps_reported[node] = None
+            self._cluster_check(now, changes)
         return changes
 
     def due(self, now: float) -> Changes:
         """Run every timer due by `now` (the timer thread calls this through the ingest)."""
         changes = Changes()
         with self._lock:
+            self._notice_clock_step(now)
             while self._timers and self._timers[0][0] <= now:
                 _, _, kind, node, extra = heapq.heappop(self._timers)
                 if kind is Timer.LIVENESS:
@@ -232,13 +252,35 @@ class AlertEngine:
                 elif kind is Timer.FLAP:
                     self._flap_timer(node, extra, now, changes)
                 elif kind is Timer.RECONCILE:
-                    for alert in list(self._alerts.values()):
-                        rule = self._rule_named(alert.rule)
-                        if rule is not None:
-                            self._owe(rule, alert, now, changes)
+                    self._reconcile_restored(now, changes)
                 else:
                     self._silence_ended(int(extra), now, changes)
         return changes
+
+    def _notice_clock_step(self, now: float) -> None:
+        """The wall clock stepped (NTP on a Pi without a real-time clock): follow it.
+
+        Deadlines move with the step, and `for` counts again from now: a step forward would
+        otherwise make every node look silent for its size, a step back delay every deadline.
+        """
+        mono = self._monotonic()
+        last_wall, last_mono = self._last_tick
+        self._last_tick = (now, mono)
+        step = (now - last_wall) - (mono - last_mono)
+        if abs(step) <= CLOCK_STEP_S:
+            return
+        logger.warning("the clock stepped by %+.0f s; alert deadlines follow it", step)
+        self._timers = [(due + step, *rest) for due, *rest in self._timers]  # type: ignore[misc]
+        heapq.heapify(self._timers)
+        self._sight_since = now
+        for watch in self._watch.values():
+            if watch.down_since is not None:
+                watch.down_since = max(watch.down_since, now)
+            watch.check_at = None
+            if watch.gap_check_at is not None:
+                watch.gap_check_at += step
+        for node in list(self._watch):
+            self._schedule(now, Timer.LIVENESS, node)
 
     def next_due(self) -> float | None:
         """When `due` should next be called; None when nothing is scheduled."""
@@ -311,8 +353,10 @@ class AlertEngine:
                 watch.down_since = None
                 self._node_up(facts.node, now, changes)
             # Wake when the node would turn stale; one pending timer per node is enough,
-            # since the timer re-reads `last_heard` and schedules the next one.
-            if watch.check_at is None or watch.check_at <= now:
+            # since the timer re-reads `last_heard` and schedules the next one. (A check
+            # further ahead than a stale period is left over from before a clock step.)
+            check_at = watch.check_at
+            if check_at is None or check_at <= now or check_at > now + self._stale_after(facts) + 1:
                 self._arm_liveness(facts, watch)
             return
         if status is NodeStatus.UNKNOWN and facts.last_heard is None:
@@ -371,6 +415,7 @@ class AlertEngine:
         if alert is not None and alert.state is AlertState.FIRING:
             return
         assert watch.down_since is not None
+        self._mark_down(now)  # every node down by now counts, not only those looked at so far
         self._cluster_check(now, changes)  # first, so that a cluster alert covers this one
         if facts.status == NodeStatus.OFFLINE:
             detail = "offline (it said so, or the broker delivered its will)"
@@ -378,6 +423,21 @@ class AlertEngine:
             heard = facts.last_heard if facts.last_heard is not None else now
             detail = f"stale: nothing heard for {format_duration(now - heard)}"
         self._fire(rule, facts.node, None, detail, watch.down_since, now, changes)
+
+    def _mark_down(self, now: float) -> None:
+        """Note every node that is down by now (without deciding its alert yet)."""
+        for node, watch in self._watch.items():
+            if watch.down_since is not None:
+                continue
+            facts = self._state.get(node)
+            if facts is None or facts.last_heard is None:
+                continue
+            status = facts.effective_status(now, self._state.stale_factor)
+            if status is not NodeStatus.ONLINE:
+                began = facts.last_heard + self._stale_after(facts)
+                if status is NodeStatus.OFFLINE and facts.state_since is not None:
+                    began = facts.state_since
+                watch.down_since = min(now, max(began, self._sight_since))
 
     def _node_up(self, node: str, now: float, changes: Changes) -> None:
         if self._offline is not None:
@@ -389,7 +449,13 @@ class AlertEngine:
     def _cluster_check(self, now: float, changes: Changes) -> None:
         """One alert when more than half the nodes went down within a minute."""
         total = len(self._state.node_ids())
-        downs = sorted(w.down_since for w in self._watch.values() if w.down_since is not None)
+        # Down for `for` already: a blip (a broker restart, a clock step) is no cluster outage.
+        held = self._offline.for_s if self._offline is not None else 0.0
+        downs = sorted(
+            w.down_since
+            for w in self._watch.values()
+            if w.down_since is not None and w.down_since + held <= now
+        )
         key = (CLUSTER_NODE, CLUSTER_RULE)
         alert = self._alerts.get(key)
         firing = alert is not None and alert.state is AlertState.FIRING
@@ -502,6 +568,15 @@ class AlertEngine:
             text = messages.reading_text(rule, reading, firing=False)
             self._resolve(rule, alert, reading.value, text, now, changes)
 
+    def _no_value(self, rule: Rule, node: str, watch: Watch) -> None:
+        """A sample without the rule's value: a wait for `for` starts again when it returns.
+
+        A firing alert stays firing: a sensor that stopped answering is no recovery.
+        """
+        waited = self._pending.pop((node, rule.name), None)
+        if waited is not None and (node, rule.name) not in self._alerts:
+            watch.active.discard(rule.name)
+
     def _reboot(
         self, node: str, watch: Watch, payload: Mapping[str, Any], now: float, changes: Changes
     ) -> None:
@@ -547,12 +622,16 @@ class AlertEngine:
         text = f"{node} restarted: booted at {messages.stamp(raw)} (was {messages.stamp(before)})"
         self._one_shot(rule, node, float(raw), text, now, changes)
 
-    def _gaps(self, facts: NodeState, watch: Watch, now: float) -> None:
+    def _gaps(self, facts: NodeState, watch: Watch, now: float, changes: Changes) -> None:
         if facts.seq_gaps < watch.gaps_seen:
             watch.gaps_seen = facts.seq_gaps  # late envelopes filled them
+            changes.gaps_reported[facts.node] = facts.seq_gaps
         elif facts.seq_gaps > watch.gaps_seen and watch.gap_check_at is None:
             watch.gap_check_at = now + max(GAP_SETTLE_MIN_S, 2 * facts.interval_s)
             self._schedule(watch.gap_check_at, Timer.GAP, facts.node)
+            # Stored now (the seq counters are stored with this batch too), so a restart
+            # during the wait still knows these gaps are news.
+            changes.gaps_reported[facts.node] = watch.gaps_seen
 
     def _gap_timer(self, node: str, now: float, changes: Changes) -> None:
         facts = self._state.get(node)
@@ -562,6 +641,7 @@ class AlertEngine:
         watch.gap_check_at = None
         lost = facts.seq_gaps - watch.gaps_seen
         watch.gaps_seen = facts.seq_gaps
+        changes.gaps_reported[node] = facts.seq_gaps  # stored with the event: never twice
         rule = self._data_loss
         if lost <= 0 or rule is None or not rule.applies_to(node, facts.tags):
             return
@@ -624,7 +704,9 @@ class AlertEngine:
         now: float,
         changes: Changes,
     ) -> None:
-        alert.state, alert.value, alert.updated = AlertState.OK, value, now
+        # The row's detail now says why it resolved: a resolve owed until after a mute (or a
+        # restart) is told in these words.
+        alert.state, alert.value, alert.updated, alert.detail = AlertState.OK, value, now, text
         changes.nodes_changed.add(alert.node)
         watch = self._watch.get(alert.node)
         if watch is not None:
@@ -685,7 +767,7 @@ class AlertEngine:
                 alert.node,
                 EventKind.RESOLVED,
                 alert.severity,
-                f"{alert.detail}: resolved",
+                alert.detail,
                 alert.since,
                 now,
             )
@@ -779,6 +861,20 @@ class AlertEngine:
                 rule = self._rule_named(alert.rule)
                 if rule is not None:
                     self._owe(rule, alert, now, changes)
+
+    def _reconcile_restored(self, now: float, changes: Changes) -> None:
+        """At start: send what restored alerts owe; resolve those of rules no longer set."""
+        for alert in list(self._alerts.values()):
+            rule = self._rule_named(alert.rule)
+            if rule is not None:
+                self._owe(rule, alert, now, changes)
+                continue
+            # The rule was removed or turned off: nothing will ever resolve it otherwise.
+            gone = Rule(name=alert.rule, severity=alert.severity)
+            if alert.state is AlertState.FIRING:
+                self._resolve(gone, alert, None, "no longer a configured rule", now, changes)
+            else:
+                self._owe(gone, alert, now, changes)
 
     def _rule_named(self, name: str) -> Rule | None:
         return CLUSTER_RULE_DEF if name == CLUSTER_RULE else self._rules.get(name)

@@ -116,11 +116,12 @@ class Changes:
     notifications: list[Notification] = field(default_factory=list)  # not tied to an event
     nodes_changed: set[str] = field(default_factory=set)  # whose firing set changed
     silences_ended: list[int] = field(default_factory=list)  # to drop from the table
+    gaps_reported: dict[str, int | None] = field(default_factory=dict)  # None: forget it
 
     def __bool__(self) -> bool:
         return bool(
             self.upserts or self.deletes or self.events or self.notifications
-            or self.silences_ended
+            or self.silences_ended or self.gaps_reported
         )  # fmt: skip
 
     def put(self, alert: Alert) -> None:

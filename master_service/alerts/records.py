@@ -26,7 +26,12 @@ _HISTORY_COLUMNS: Final = (
     "id, at, node, rule, severity, event, value, threshold, since, message, notified"
 )
 ENDED_SILENCES_KEPT_S: Final = 7 * 86400.0
-HISTORY_KEEP: Final = 10_000  # events kept; older ones are dropped as new ones come
+HISTORY_KEEP: Final = 10_000
+# history_meta keys: per node, the seq gaps already reported by `data_loss` (so a restart in
+# the middle of the wait neither forgets nor repeats one).
+GAPS_REPORTED: Final = (
+    "alerts.gaps_reported."  # events kept; older ones are dropped as new ones come
+)
 
 
 def load_alerts(connection: sqlite3.Connection) -> list[Alert]:
@@ -58,6 +63,14 @@ def load_alerts(connection: sqlite3.Connection) -> list[Alert]:
             updated,
         ) in rows
     ]
+
+
+def load_gaps_reported(connection: sqlite3.Connection) -> dict[str, int]:
+    """Per node, the seq gaps `data_loss` has reported."""
+    rows = connection.execute(
+        "SELECT key, value FROM history_meta WHERE key LIKE ?", (GAPS_REPORTED + "%",)
+    ).fetchall()
+    return {key[len(GAPS_REPORTED) :]: int(value) for key, value in rows}
 
 
 def load_silences(connection: sqlite3.Connection, now: float) -> list[Silence]:
@@ -103,6 +116,14 @@ def save(store: Store, changes: Changes, channels: Sequence[Channel], now: float
         connection.execute(
             "DELETE FROM alert_silences WHERE ends < ?", (now - ENDED_SILENCES_KEPT_S,)
         )
+    for node, count in changes.gaps_reported.items():
+        key = GAPS_REPORTED + node
+        if count is None:
+            connection.execute("DELETE FROM history_meta WHERE key = ?", (key,))
+        else:
+            connection.execute(
+                "INSERT OR REPLACE INTO history_meta (key, value) VALUES (?, ?)", (key, count)
+            )
     added = 0
     for event in changes.events:
         if event.notification is not None:

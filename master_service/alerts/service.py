@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -44,12 +44,17 @@ class Restored:
 
     alerts: Sequence[Alert] = ()
     silences: Sequence[Silence] = ()
+    gaps_reported: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
     def load(cls, store: Store, now: float) -> Restored:
         """Read the alert rows and the silences still running."""
         connection = store.connection
-        return cls(records.load_alerts(connection), records.load_silences(connection, now))
+        return cls(
+            records.load_alerts(connection),
+            records.load_silences(connection, now),
+            records.load_gaps_reported(connection),
+        )
 
 
 @dataclass(slots=True)
@@ -92,7 +97,9 @@ class Alerting:
             link_base=settings.dashboard_url or link_base,
             alerts=restored.alerts,
             silences=restored.silences,
+            gaps_reported=restored.gaps_reported,
             blind=lambda: not connected(),
+            monotonic=time.monotonic,
         )
         delivery = (
             Delivery(settings, store.path, ingestor.write, clock) if settings.channels else None
