@@ -20,20 +20,24 @@ Sets up the head node:
     with a generated password stored under /etc/picluster (root only, except the master's);
   - picluster with the master extra in /opt/picluster/venv, /etc/picluster/master.toml and
     picluster-master.service, enabled and started.
-Running it again changes nothing; with more --node options it adds those users.
+Running it again changes nothing; with more --node options it adds those users (and reloads
+Mosquitto), with --http it changes only that key in master.toml: the settings not given again,
+the api_token and hand edits included, are kept.
 Then, on each node:  sudo deploy/install-node.sh --broker mqtt://HEAD --password-file FILE
 with FILE a copy of /etc/picluster/nodes/ID.password from this machine.
 
 Options:
   --node ID             add a broker user for this node (repeat, or --nodes a,b,c)
   --nodes LIST          comma-separated node ids
-  --http HOST:PORT      where the API and dashboard listen (default 127.0.0.1:8080; any other
-                        address gets a generated api_token in master.toml)
+  --http HOST:PORT      where the API and dashboard listen (first install: 127.0.0.1:8080;
+                        later: what master.toml says). Any other address than loopback gets
+                        a generated api_token in master.toml, kept from then on
   --no-homeassistant    no broker user for Home Assistant
   --source DIR|WHEEL    picluster checkout or wheel to install (default: $REPO_DIR)
   --python PYTHON       Python $MIN_PYTHON+ to build the venv with (default: python3)
   --prefix DIR          install under DIR instead of / (no apt, no user, no systemctl; tests)
-  --no-systemd          do not install or start the systemd units
+  --no-systemd          do not install or start the systemd units (start the master yourself,
+                        as the picluster user)
   --uninstall           stop and remove everything this script installed (not the
                         mosquitto package itself)
   -h, --help            show this help
@@ -46,7 +50,8 @@ SOURCE="$REPO_DIR"
 USE_SYSTEMD=true
 UNINSTALL=false
 NODES=()
-HTTP="127.0.0.1:8080"
+HTTP=""
+readonly DEFAULT_HTTP="127.0.0.1:8080"
 HOME_ASSISTANT=true
 CHANGED=false
 
@@ -69,6 +74,7 @@ while [[ $# -gt 0 ]]; do
 done
 [[ "$PREFIX" == "/" ]] && PREFIX=""
 set_paths
+set_systemctl
 MOSQ_DIR="$PREFIX/etc/mosquitto"
 MOSQ_CONF="$MOSQ_DIR/mosquitto.conf"
 MOSQ_PASSWD="$MOSQ_DIR/passwd"
@@ -79,8 +85,6 @@ MASTER_PASSWORD="$ETC_DIR/master.password"
 HA_PASSWORD="$ETC_DIR/homeassistant.password"
 NODE_PASSWORDS="$ETC_DIR/nodes"
 UNIT="$UNIT_DIR/picluster-master.service"
-
-systemctl_real() { real_system && [[ "$USE_SYSTEMD" == true ]]; }
 
 require_mosquitto() {
     if command -v mosquitto_passwd >/dev/null 2>&1 &&
@@ -133,20 +137,21 @@ ensure_broker_user() {
     if ! grep -q "^$name:" "$MOSQ_PASSWD" 2>/dev/null; then
         say "adding the broker user $name"
         "$REPO_DIR/mosquitto/add-user.sh" "$name" --password-file "$MOSQ_PASSWD" <"$file" >/dev/null
-        PASSWD_CHANGED=true
+        BROKER_RELOAD=true
     fi
 }
 
+loopback() {
+    case "$1" in
+        127.0.0.1:* | localhost:* | "[::1]":*) return 0 ;;
+        *) return 1 ;;
+    esac
+}
+
+# The config of a first install.
 master_config() {
     local token_line='# api_token = "..." (required once http listens beyond this machine)'
-    case "$HTTP" in
-        127.0.0.1:* | localhost:* | "[::1]":*) ;;
-        *)
-            local token
-            token="$(sed -n 's/^api_token = "\(.*\)"$/\1/p' "$CONFIG" 2>/dev/null || true)"
-            token_line="api_token = \"${token:-$(new_password)}\""
-            ;;
-    esac
+    loopback "$HTTP" || token_line="api_token = \"$(new_password)\""
     cat <<TOML
 # picluster master, written by deploy/install-head.sh (re-run it to change these).
 # Keys: see deploy/master.toml.example. The broker password is in password_file.
@@ -160,10 +165,22 @@ log_level = "INFO"
 TOML
 }
 
+# The existing config with --http applied (and a token added if it now needs one), every
+# other line kept: a re-run to add a node must not move the dashboard or drop the token.
+updated_master_config() {
+    local http="${HTTP:-$(toml_get "$CONFIG" http)}" token=""
+    if ! loopback "$http" && [[ -z "$(toml_get "$CONFIG" api_token)" ]]; then
+        token="\"$(new_password)\""
+    fi
+    toml_set http "${HTTP:+\"$HTTP\"}" <"$CONFIG" | toml_set api_token "$token"
+}
+
 uninstall() {
     require_root_for_real_system
-    if real_system && command -v systemctl >/dev/null 2>&1 && [[ -f "$UNIT" ]]; then
-        systemctl disable --now picluster-master.service || warn "could not stop picluster-master"
+    local drive_systemd=false
+    [[ -n "$SYSTEMCTL" ]] && command -v "$SYSTEMCTL" >/dev/null 2>&1 && drive_systemd=true
+    if [[ "$drive_systemd" == true && -f "$UNIT" ]]; then
+        "$SYSTEMCTL" disable --now picluster-master.service || warn "could not stop picluster-master"
     fi
     rm -f "$UNIT" "$CONFIG" "$MASTER_PASSWORD" "$HA_PASSWORD"
     rm -rf "$NODE_PASSWORDS"
@@ -171,9 +188,9 @@ uninstall() {
     restore_original "$MOSQ_CONF"
     restore_original "$MOSQ_ACL"
     restore_original "$MOSQ_PASSWD"
-    if real_system && command -v systemctl >/dev/null 2>&1; then
-        systemctl daemon-reload || true
-        systemctl try-restart mosquitto.service || warn "could not restart mosquitto"
+    if [[ "$drive_systemd" == true ]]; then
+        "$SYSTEMCTL" daemon-reload || true
+        "$SYSTEMCTL" try-restart mosquitto.service || warn "could not restart mosquitto"
     fi
     if [[ -f "$ETC_DIR/node.toml" ]]; then
         say "the node agent is installed here too: keeping $VENV, $STATE_DIR and the user"
@@ -202,16 +219,17 @@ install() {
         [[ "$node" != picluster-master && "$node" != homeassistant ]] ||
             die "'$node' is a broker user of its own: choose another node id"
     done
-    [[ "$HTTP" =~ ^.+:[0-9]+$ ]] || die "--http must be HOST:PORT, e.g. 0.0.0.0:8080"
+    [[ -z "$HTTP" || "$HTTP" =~ ^.+:[0-9]+$ ]] || die "--http must be HOST:PORT, e.g. 0.0.0.0:8080"
     require_mosquitto
 
     ensure_service_user
     install_venv "master"
     ensure_state_dir
+    local master_changed=$CHANGED
 
     # Broker: config, ACL, users. Mosquitto reads passwd and acl as the 'mosquitto' user.
     local conf_changed=false
-    PASSWD_CHANGED=false
+    BROKER_RELOAD=false
     mkdir -p "$MOSQ_DIR"
     if ! real_system; then
         mkdir -p "$PREFIX/var/lib/mosquitto" "$PREFIX/var/log/mosquitto" "$PREFIX/run/mosquitto"
@@ -223,12 +241,15 @@ install() {
     fi
     CHANGED=false
     mosquitto_conf_text | put_file "$MOSQ_CONF" 0644
+    conf_changed=$CHANGED
+    CHANGED=false
     put_file "$MOSQ_ACL" 0644 <"$REPO_DIR/mosquitto/acl"
-    [[ "$CHANGED" == true ]] && conf_changed=true
+    BROKER_RELOAD=$CHANGED
     CHANGED=false
     # Only the master's password is readable by the service (0640 root:picluster); the
     # others (0600 root) are for the admin to hand over.
     ensure_broker_user picluster-master "$MASTER_PASSWORD" 0640
+    [[ "$CHANGED" == true ]] && master_changed=true
     if [[ "$HOME_ASSISTANT" == true ]]; then
         ensure_broker_user homeassistant "$HA_PASSWORD" 0600
     fi
@@ -239,33 +260,39 @@ install() {
     done
 
     CHANGED=false
-    master_config | put_file "$CONFIG" 0640
-    local master_changed=$CHANGED
+    if [[ -f "$CONFIG" ]]; then
+        updated_master_config | put_file "$CONFIG" 0640
+    else
+        HTTP="${HTTP:-$DEFAULT_HTTP}"
+        master_config | put_file "$CONFIG" 0640
+    fi
+    [[ "$CHANGED" == true ]] && master_changed=true
     CHANGED=false
     if [[ "$USE_SYSTEMD" == true ]]; then
         unit_text "$SCRIPT_DIR/picluster-master.service" | put_file "$UNIT" 0644
     fi
-    if systemctl_real; then
-        [[ "$CHANGED" == true ]] && systemctl daemon-reload
-        systemctl enable mosquitto.service picluster-master.service
+    local unit_changed=$CHANGED
+    if manages_services; then
+        [[ "$unit_changed" == true ]] && "$SYSTEMCTL" daemon-reload
+        # Mosquitto re-reads its password file and ACL on SIGHUP; its own config needs a restart.
+        local mosquitto=none master=none
         if [[ "$conf_changed" == true ]]; then
-            systemctl restart mosquitto.service
-        elif [[ "$PASSWD_CHANGED" == true ]]; then
-            systemctl reload-or-restart mosquitto.service
-        else
-            systemctl start mosquitto.service
+            mosquitto=restart
+        elif [[ "$BROKER_RELOAD" == true ]]; then
+            mosquitto=reload
         fi
-        if [[ "$CHANGED" == true || "$master_changed" == true ]]; then
-            systemctl restart picluster-master.service
-        else
-            systemctl start picluster-master.service
-        fi
+        [[ "$master_changed" == true || "$unit_changed" == true ]] && master=restart
+        apply_service mosquitto.service "$mosquitto"
+        apply_service picluster-master.service "$master"
+        [[ "$VENV_CHANGED" == true ]] &&
+            restart_sibling_if_running "$ETC_DIR/node.toml" picluster-node.service
         say "running: systemctl status mosquitto picluster-master"
     elif [[ "$USE_SYSTEMD" == false ]]; then
-        say "no systemd unit: start the master with $VENV/bin/cluster-master run --config $CONFIG"
+        say "no systemd unit: start the master as the picluster user, e.g."
+        say "  sudo -u $SERVICE_USER $VENV/bin/cluster-master run --config $CONFIG"
     fi
 
-    say "done. The dashboard: http://$HTTP/"
+    say "done. The dashboard: http://$(toml_get "$CONFIG" http)/"
     if [[ ${#NODES[@]} -gt 0 ]]; then
         say "node passwords are in $NODE_PASSWORDS/; on each node run, e.g.:"
         echo "    ssh $(hostname) sudo cat $NODE_PASSWORDS/${NODES[0]}.password > ${NODES[0]}.password"

@@ -14,8 +14,9 @@ Usage: sudo $(basename "$0") --broker mqtt://[NODE_ID@]HEAD[:PORT] [options]
 
 Installs picluster into a virtual environment under /opt/picluster, creates the system user
 'picluster', writes /etc/picluster/node.toml and /etc/picluster/node.password, and enables and
-starts picluster-node.service. Running it again with the same source changes nothing;
-running it with new options updates the config and restarts the service.
+starts picluster-node.service. Running it again with the same source and options changes
+nothing; with new options it changes only those keys in node.toml (the others, hand edits
+included, are kept) and restarts the service.
 
 The broker password is read from --password-file, else from standard input when it is not
 a terminal, else prompted. It is stored in /etc/picluster/node.password (root:picluster,
@@ -31,7 +32,8 @@ Options:
   --source DIR|WHEEL    picluster checkout or wheel to install (default: $(dirname "$SCRIPT_DIR"))
   --python PYTHON       Python $MIN_PYTHON+ to build the venv with (default: python3)
   --prefix DIR          install under DIR instead of / (no user, no systemctl; for tests)
-  --no-systemd          do not install or start the systemd unit
+  --no-systemd          do not install or start the systemd unit (start the agent yourself,
+                        as the picluster user: a run as root leaves a spool it cannot write)
   --uninstall           stop and remove everything this script installed
   -h, --help            show this help
 USAGE
@@ -69,22 +71,23 @@ while [[ $# -gt 0 ]]; do
 done
 [[ "$PREFIX" == "/" ]] && PREFIX=""
 set_paths
+set_systemctl
 CONFIG="$ETC_DIR/node.toml"
 PASSWORD_DEST="$ETC_DIR/node.password"
 UNIT="$UNIT_DIR/picluster-node.service"
 
-systemctl_real() { real_system && [[ "$USE_SYSTEMD" == true ]]; }
-
 uninstall() {
     require_root_for_real_system
-    if real_system && command -v systemctl >/dev/null 2>&1 && [[ -f "$UNIT" ]]; then
-        systemctl disable --now picluster-node.service || warn "could not stop picluster-node"
+    local drive_systemd=false
+    [[ -n "$SYSTEMCTL" ]] && command -v "$SYSTEMCTL" >/dev/null 2>&1 && drive_systemd=true
+    if [[ "$drive_systemd" == true && -f "$UNIT" ]]; then
+        "$SYSTEMCTL" disable --now picluster-node.service || warn "could not stop picluster-node"
     fi
-    local node_id=""
-    [[ -f "$CONFIG" ]] && node_id="$(sed -n 's/^node_id = "\(.*\)"$/\1/p' "$CONFIG")"
+    local node_id
+    node_id="$(toml_get "$CONFIG" node_id)"
     rm -f "$UNIT" "$CONFIG" "$PASSWORD_DEST" "$ETC_DIR/node-ca.crt"
-    if real_system && command -v systemctl >/dev/null 2>&1; then
-        systemctl daemon-reload || true
+    if [[ "$drive_systemd" == true ]]; then
+        "$SYSTEMCTL" daemon-reload || true
     fi
     if [[ -n "$node_id" ]]; then
         rm -f "$STATE_DIR/spool-$node_id.sqlite3"{,-wal,-shm,-journal}
@@ -102,6 +105,7 @@ uninstall() {
     say "picluster-node removed"
 }
 
+# The config of a first install.
 node_config() {
     local ca_line='# ca_file = "/etc/picluster/ca.crt"'
     [[ -n "$CA_FILE" ]] && ca_line="ca_file = \"$ETC_DIR/node-ca.crt\""
@@ -116,6 +120,14 @@ interval = ${INTERVAL:-10}
 state_dir = "$STATE_DIR"
 log_level = "INFO"
 TOML
+}
+
+# The existing config with the options given on this run applied, every other line kept.
+updated_node_config() {
+    toml_set node_id "\"$NODE_ID\"" <"$CONFIG" |
+        toml_set broker "${BROKER:+\"$BROKER\"}" |
+        toml_set interval "$INTERVAL" |
+        toml_set ca_file "${CA_FILE:+\"$ETC_DIR/node-ca.crt\"}"
 }
 
 # Check the broker URL and give it the node id as its user when it has none.
@@ -139,12 +151,9 @@ install() {
     require_python
     require_systemd
     check_source
-    if [[ -z "$NODE_ID" && -f "$CONFIG" ]]; then
-        NODE_ID="$(sed -n 's/^node_id = "\(.*\)"$/\1/p' "$CONFIG")"
-    fi
-    if [[ -z "$NODE_ID" ]]; then
-        NODE_ID="$(node_id_from_hostname)"
-    fi
+    local installed_id
+    installed_id="$(toml_get "$CONFIG" node_id)"
+    [[ -n "$NODE_ID" ]] || NODE_ID="${installed_id:-$(node_id_from_hostname)}"
     valid_node_id "$NODE_ID" ||
         die "node id '$NODE_ID' is not valid: lower-case letters, digits, '_' and '-', at most 63 (use --node-id)"
     [[ "$NODE_ID" != picluster-master && "$NODE_ID" != homeassistant ]] ||
@@ -159,10 +168,20 @@ install() {
         [[ -n "$BROKER" ]] || die "no broker: give --broker mqtt://HEAD (see --help)"
     fi
 
+    # A new node id is a new broker user (the URL's user) with a password of its own.
+    local new_id=false
+    if [[ -n "$installed_id" && "$NODE_ID" != "$installed_id" ]]; then
+        new_id=true
+        if [[ -z "$BROKER" ]]; then
+            BROKER="$(toml_get "$CONFIG" broker)"
+            BROKER="${BROKER/:\/\/$installed_id@/://}"
+        fi
+    fi
+
     # Everything is checked and asked for before anything is changed.
     [[ -n "$BROKER" ]] && normalise_broker
     local password=""
-    if [[ -n "$PASSWORD_FILE" || ! -f "$PASSWORD_DEST" ]]; then
+    if [[ -n "$PASSWORD_FILE" || ! -f "$PASSWORD_DEST" || "$new_id" == true ]]; then
         password="$(read_password "$PASSWORD_FILE" "$NODE_ID")"
     fi
 
@@ -175,30 +194,34 @@ install() {
     if [[ -n "$CA_FILE" ]]; then
         put_file "$ETC_DIR/node-ca.crt" 0644 <"$CA_FILE"
     fi
-    if [[ -n "$BROKER" ]]; then
-        node_config | put_file "$CONFIG" 0640
+    if [[ -f "$CONFIG" ]]; then
+        updated_node_config | put_file "$CONFIG" 0640
     else
-        say "keeping $CONFIG (give --broker to rewrite it)"
+        node_config | put_file "$CONFIG" 0640
     fi
+    # Everything above is read by the agent: a change needs a restart to take effect.
+    local agent_changed=$CHANGED
 
     if [[ "$USE_SYSTEMD" == true ]]; then
-        local earlier_changes=$CHANGED
         CHANGED=false
         unit_text "$SCRIPT_DIR/picluster-node.service" | put_file "$UNIT" 0644
-        if systemctl_real; then
-            [[ "$CHANGED" == true ]] && systemctl daemon-reload
-            systemctl enable picluster-node.service
-            if [[ "$CHANGED" == true || "$earlier_changes" == true ]]; then
-                systemctl restart picluster-node.service
+        local unit_changed=$CHANGED
+        if manages_services; then
+            [[ "$unit_changed" == true ]] && "$SYSTEMCTL" daemon-reload
+            if [[ "$agent_changed" == true || "$unit_changed" == true ]]; then
+                apply_service picluster-node.service restart
             else
-                systemctl start picluster-node.service
+                apply_service picluster-node.service none
             fi
+            [[ "$VENV_CHANGED" == true ]] &&
+                restart_sibling_if_running "$ETC_DIR/master.toml" picluster-master.service
             say "picluster-node is running: journalctl -u picluster-node -f"
         fi
     else
-        say "no systemd unit: start it with $VENV/bin/cluster-node run --config $CONFIG"
+        say "no systemd unit: start it as the picluster user, e.g."
+        say "  sudo -u $SERVICE_USER $VENV/bin/cluster-node run --config $CONFIG"
     fi
-    say "done: node '$NODE_ID' -> $(sed -n 's/^broker = "\(.*\)"$/\1/p' "$CONFIG")"
+    say "done: node '$NODE_ID' -> $(toml_get "$CONFIG" broker)"
 }
 
 if [[ "$UNINSTALL" == true ]]; then

@@ -4,6 +4,11 @@
 # Shared by deploy/install-node.sh and deploy/install-head.sh (sourced, not run).
 # Callers set: PREFIX ("" for the real system), PYTHON, SOURCE, USE_SYSTEMD (true/false).
 
+# `producer | put_file ...` must set CHANGED in this shell, not in a pipeline's subshell where
+# it would be lost (and the service never restarted). Scripts run without job control, so the
+# last command of a pipeline runs here; pipefail still reports a failing producer.
+shopt -s lastpipe
+
 readonly SERVICE_USER=picluster
 readonly NODE_ID_RE='^[a-z0-9][a-z0-9_-]{0,62}$'
 readonly MIN_PYTHON="3.11"
@@ -30,6 +35,53 @@ set_paths() {
 # The real system (root, accounts, systemctl) or a throwaway prefix (none of those).
 real_system() { [[ -z "$PREFIX" ]]; }
 
+# The systemctl to drive: the real one on the real system. A --prefix install drives none,
+# unless PICLUSTER_SYSTEMCTL names one (the tests' stand-in that records its calls).
+set_systemctl() {
+    SYSTEMCTL="${PICLUSTER_SYSTEMCTL:-}"
+    if [[ -z "$SYSTEMCTL" ]] && real_system; then
+        SYSTEMCTL=systemctl
+    fi
+}
+
+# True when this run installs units and tells systemd about them.
+manages_services() { [[ "$USE_SYSTEMD" == true && -n "$SYSTEMCTL" ]]; }
+
+# Make UNIT run what was just installed. HOW is "restart" (something it reads changed),
+# "reload" (only files it re-reads on SIGHUP changed) or "none". With "none" nothing happens
+# unless the unit is disabled or stopped: an unchanged re-run changes nothing.
+# Call "$SYSTEMCTL" daemon-reload first when a unit file changed.
+apply_service() {
+    local unit="$1" how="$2"
+    if ! "$SYSTEMCTL" is-enabled --quiet "$unit"; then
+        "$SYSTEMCTL" enable "$unit"
+    fi
+    case "$how" in
+        restart)
+            say "restarting $unit"
+            "$SYSTEMCTL" restart "$unit"
+            ;;
+        reload)
+            say "reloading $unit"
+            "$SYSTEMCTL" reload-or-restart "$unit"
+            ;;
+        *)
+            if ! "$SYSTEMCTL" is-active --quiet "$unit"; then
+                "$SYSTEMCTL" start "$unit"
+            fi
+            ;;
+    esac
+}
+
+# After the shared venv changed, restart the other picluster service if it runs here (it
+# runs the same code; try-restart leaves a stopped unit alone).
+restart_sibling_if_running() {
+    local config="$1" unit="$2"
+    if [[ -f "$config" ]]; then
+        "$SYSTEMCTL" try-restart "$unit"
+    fi
+}
+
 require_root_for_real_system() {
     if real_system && [[ $EUID -ne 0 ]]; then
         die "installing into the system needs root: run it with sudo (or use --prefix DIR)"
@@ -46,8 +98,8 @@ require_python() {
 }
 
 require_systemd() {
-    [[ "$USE_SYSTEMD" == true ]] || return 0
-    command -v systemctl >/dev/null 2>&1 ||
+    manages_services || return 0
+    command -v "$SYSTEMCTL" >/dev/null 2>&1 ||
         die "systemctl not found: this machine does not use systemd (use --no-systemd and start the service yourself)"
     if real_system && [[ ! -d /run/systemd/system ]]; then
         die "systemd is not running here (no /run/systemd/system): use --no-systemd"
@@ -90,7 +142,7 @@ check_source() {
 }
 
 # Create the venv and install picluster (with EXTRAS) unless the same source is there already.
-# Sets CHANGED=true when it installed something.
+# Sets CHANGED=true and VENV_CHANGED=true when it installed something.
 install_venv() {
     local extras="$1" fingerprint wanted stage target
     fingerprint="$(source_fingerprint)"
@@ -128,8 +180,10 @@ install_venv() {
         die "pip could not install picluster from $SOURCE (see above)"
     echo "$wanted" >"$MARKER"
     CHANGED=true
+    VENV_CHANGED=true
 }
 
+VENV_CHANGED=false
 STAGE_DIRS=()
 cleanup_stage() {
     local dir
@@ -181,6 +235,14 @@ ensure_state_dir() {
     if real_system; then
         chown "$SERVICE_USER:$SERVICE_USER" "$STATE_DIR"
         chmod 0750 "$STATE_DIR"
+        # A run as root (e.g. with --no-systemd) leaves files the service can read but not
+        # write, and the agent then refuses to start: give them back (CHANGED restarts it).
+        local stray
+        while IFS= read -r -d '' stray; do
+            say "giving $stray back to $SERVICE_USER (it belonged to another user)"
+            chown "$SERVICE_USER:$SERVICE_USER" "$stray"
+            CHANGED=true
+        done < <(find "$STATE_DIR" -mindepth 1 ! -user "$SERVICE_USER" -print0)
     fi
 }
 
@@ -203,6 +265,45 @@ prune_empty_dirs() {
             dir="$(dirname "$dir")"
         done
     done
+}
+
+# The value of the top-level KEY in the TOML file FILE (quotes removed); empty when absent.
+toml_get() {
+    local file="$1" key="$2"
+    [[ -f "$file" ]] || return 0
+    awk -v key="$key" '
+        /^[[:space:]]*\[/ { exit }
+        $0 ~ "^[[:space:]]*" key "[[:space:]]*=" {
+            sub("^[^=]*=[[:space:]]*", ""); sub("[[:space:]]+#.*$", ""); gsub("^\"|\"$", "")
+            print; exit
+        }' "$file"
+}
+
+# The TOML text on stdin with the top-level KEY set to VALUE (a TOML literal, e.g. "\"x\"" or
+# 5), on stdout. The key's line is replaced where it is, else a commented-out "# KEY = ..."
+# line, else the line goes after the last top-level one; all other lines are kept as they are,
+# so what an admin added by hand survives a re-run. An empty VALUE leaves the text as it is.
+toml_set() {
+    if [[ -z "$2" ]]; then
+        cat
+        return
+    fi
+    TOML_KEY="$1" TOML_LINE="$1 = $2" awk '
+        { lines[NR] = $0 }
+        !table && /^[[:space:]]*\[/ { table = NR }
+        !table && !active && $0 ~ "^[[:space:]]*" ENVIRON["TOML_KEY"] "[[:space:]]*=" { active = NR }
+        !table && !commented && $0 ~ "^[[:space:]]*#[[:space:]]*" ENVIRON["TOML_KEY"] "[[:space:]]*=" {
+            commented = NR
+        }
+        !table && $0 !~ /^[[:space:]]*$/ { last = NR }
+        END {
+            target = active ? active : commented
+            if (!target && !last) print ENVIRON["TOML_LINE"]
+            for (i = 1; i <= NR; i++) {
+                print (i == target ? ENVIRON["TOML_LINE"] : lines[i])
+                if (!target && i == last) print ENVIRON["TOML_LINE"]
+            }
+        }'
 }
 
 # Read a password: the first line of FILE, else stdin when it is not a terminal, else a prompt.

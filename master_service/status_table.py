@@ -39,9 +39,19 @@ def _number(value: Any, digits: int = 1) -> str:
     return f"{value:.{digits}f}" if isinstance(value, int | float) else "-"
 
 
+# States in which the last metrics describe the past, not the node now: shown as absent.
+NOT_CURRENT_STATES: Final = frozenset({"offline", "unknown"})
+
+
 def node_row(view: Mapping[str, Any], now: float) -> tuple[str, ...]:
-    """One table row for one node view from the API."""
+    """One table row for one node view from the API.
+
+    An offline node's last CPU, memory, temperature and uptime are left out ("-"): shown next to
+    the others they would read as current. LAST SEEN says how old they are.
+    """
     metrics = view.get("metrics") or {}
+    if view.get("state") in NOT_CURRENT_STATES:
+        metrics = {}
     return (
         str(view["node"]),
         str(view["state"]),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import pwd
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -23,6 +25,10 @@ CREATE TABLE IF NOT EXISTS meta (
     value INTEGER NOT NULL
 );
 """
+
+
+class SpoolNotWritableError(sqlite3.OperationalError):
+    """The spool exists but this process may only read it: nothing could ever be sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +56,18 @@ class Spool:
         self._db = sqlite3.connect(
             path, check_same_thread=False, isolation_level=None, timeout=10.0
         )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a power cut must not roll `seq` back, or the master would drop the next
-        # envelopes as duplicates of ones it already has.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a power cut must not roll `seq` back, or the master would drop the next
+            # envelopes as duplicates of ones it already has.
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            self._check_writable()
+        except sqlite3.OperationalError as error:
+            self._db.close()
+            if _is_readonly(error):
+                raise SpoolNotWritableError(_not_writable_message(path)) from error
+            raise
 
     def current_seq(self) -> int:
         """The last seq handed out (0 before the first), without advancing it."""
@@ -138,6 +151,17 @@ class Spool:
         with self._lock:
             self._db.close()
 
+    def _check_writable(self) -> None:
+        # SQLite opens a file this user can only read (one left by a run as root) read-only
+        # without a word, and then every append fails: find out now, so that the agent refuses
+        # to start instead of showing "online" with no metrics. The delete matches nothing and
+        # is rolled back, but it needs write access.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("DELETE FROM meta WHERE key = ''")
+        finally:
+            self._db.execute("ROLLBACK")
+
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
 
@@ -164,3 +188,36 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+def _is_readonly(error: sqlite3.Error) -> bool:
+    code = getattr(error, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF == sqlite3.SQLITE_READONLY
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _not_writable_message(path: Path) -> str:
+    """What is wrong with an unwritable spool, and the command that fixes it."""
+    me = os.geteuid()
+    owners = []
+    for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+        try:
+            uid = (path.parent / name).stat().st_uid
+        except OSError:
+            continue
+        if uid != me:
+            owners.append(f"{path.parent / name} belongs to {_user_name(uid)}")
+    whose = "; ".join(owners) or f"{path} is not writable"
+    user = _user_name(me)
+    return (
+        f"the spool {path} is read-only to {user}, the user this agent runs as ({whose}), so no "
+        f"metrics could be sent. A run as another user (e.g. as root after install-node.sh "
+        f"--no-systemd) leaves it so. Fix: sudo chown -R {user}: {path.parent} "
+        f"(re-running install-node.sh does it too), then start the agent again"
+    )

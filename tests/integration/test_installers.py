@@ -1,7 +1,10 @@
 """The installers run for real into a temporary prefix: idempotent, clean uninstall, refusals.
 
-With --prefix the scripts create no system user and call no systemctl, so these tests touch
-nothing outside tmp_path. pip installs picluster from this checkout (dependencies from PyPI).
+With --prefix the scripts create no system user and call no systemctl (unless
+PICLUSTER_SYSTEMCTL names one: here a stand-in that records its calls), so these tests touch
+nothing outside tmp_path. pip installs picluster from a copy of this checkout taken once per
+session (dependencies from PyPI), so edits to the tree during the run do not look like an
+upgrade.
 """
 
 from __future__ import annotations
@@ -27,9 +30,35 @@ SCRIPTS = [
     REPO_ROOT / "mosquitto" / "add-user.sh",
 ]
 INSTALL_TIMEOUT_S = 300
+SOURCE_PATHS = (
+    "pyproject.toml",
+    "README.md",
+    "cluster_protocol",
+    "node_publisher",
+    "master_service",
+)
+# What changes a service's state; is-active and is-enabled only ask.
+MUTATING = {"daemon-reload", "enable", "disable", "start", "stop", "restart", "reload",
+            "reload-or-restart", "try-restart"}  # fmt: skip
+# Records every call in $SYSTEMCTL_LOG and keeps which units are enabled and active in files,
+# so that is-active and is-enabled answer like systemd would after the earlier calls.
+SYSTEMCTL_STAND_IN = """#!/bin/sh
+echo "$*" >>"$SYSTEMCTL_LOG"
+state="$SYSTEMCTL_LOG.state"
+mkdir -p "$state"
+case "$1" in
+    is-active) test -e "$state/active-$3" ;;
+    is-enabled) test -e "$state/enabled-$3" ;;
+    enable) shift; for unit in "$@"; do touch "$state/enabled-$unit"; done ;;
+    start | restart | reload-or-restart) touch "$state/active-$2" ;;
+    *) exit 0 ;;
+esac
+"""
 
 
-def run(script: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+def run(
+    script: Path, *args: str, stdin: str = "", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run an installer; its output is kept for the assertion messages."""
     return subprocess.run(
         [str(script), *args],
@@ -38,7 +67,55 @@ def run(script: Path, *args: str, stdin: str = "") -> subprocess.CompletedProces
         text=True,
         check=False,
         timeout=INSTALL_TIMEOUT_S,
+        env=env,
     )
+
+
+def copy_source(dest: Path) -> Path:
+    """A copy of what the installers build from this checkout."""
+    dest.mkdir(exist_ok=True)
+    for name in SOURCE_PATHS:
+        path = REPO_ROOT / name
+        if path.is_dir():
+            shutil.copytree(path, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(path, dest / name)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The checkout as it was when the session started."""
+    return copy_source(tmp_path_factory.mktemp("source"))
+
+
+class Systemctl:
+    """A systemctl stand-in for the installers (via PICLUSTER_SYSTEMCTL) that records calls."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.log = workdir / "systemctl.log"
+        self.path = workdir / "bin" / "systemctl"
+        self.path.parent.mkdir()
+        self.path.write_text(SYSTEMCTL_STAND_IN)
+        self.path.chmod(0o755)
+        self.env = {
+            **os.environ,
+            "PATH": f"{self.path.parent}:{os.environ['PATH']}",
+            "PICLUSTER_SYSTEMCTL": "systemctl",
+            "SYSTEMCTL_LOG": str(self.log),
+        }
+
+    def take_changes(self) -> list[str]:
+        """The calls that changed something since the last take, oldest first."""
+        calls = self.log.read_text().splitlines() if self.log.exists() else []
+        self.log.write_text("")
+        return [call for call in calls if call.split()[0] in MUTATING]
+
+
+@pytest.fixture
+def systemctl(tmp_path: Path) -> Systemctl:
+    """A recording systemctl on PATH, driven by the installers even with --prefix."""
+    return Systemctl(tmp_path)
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
@@ -74,11 +151,13 @@ def test_help(script: Path) -> None:
         assert option in result.stdout
 
 
-def test_node_install_is_idempotent_and_uninstalls_without_a_trace(tmp_path: Path) -> None:
+def test_node_install_is_idempotent_and_uninstalls_without_a_trace(
+    tmp_path: Path, source: Path
+) -> None:
     prefix = tmp_path / "root"
     secret = tmp_path / "secret"
     secret.write_text("node-secret\n")
-    args = ["--prefix", str(prefix), "--no-systemd", "--node-id", "pi-01"]
+    args = ["--prefix", str(prefix), "--no-systemd", "--node-id", "pi-01", "--source", str(source)]
 
     ok(run(INSTALL_NODE, *args, "--broker", "mqtt://head.local", "--password-file", str(secret)))
     etc = prefix / "etc" / "picluster"
@@ -121,10 +200,11 @@ def test_node_install_is_idempotent_and_uninstalls_without_a_trace(tmp_path: Pat
 
 
 def test_head_install_makes_a_working_broker_and_uninstalls_cleanly(
-    tmp_path: Path, mosquitto_binary: str
+    tmp_path: Path, mosquitto_binary: str, source: Path
 ) -> None:
     prefix = tmp_path / "root"
     args = ["--prefix", str(prefix), "--node", "pi-01", "--nodes", "pi-02,pi-03"]
+    args += ["--source", str(source)]
     ok(run(INSTALL_HEAD, *args))
     etc = prefix / "etc" / "picluster"
     mosquitto_dir = prefix / "etc" / "mosquitto"
@@ -176,9 +256,15 @@ def test_head_install_makes_a_working_broker_and_uninstalls_cleanly(
     assert list(prefix.iterdir()) == []
 
 
-def test_head_and_node_on_one_machine_share_the_venv(tmp_path: Path) -> None:
+def test_head_and_node_on_one_machine_share_the_venv(tmp_path: Path, source: Path) -> None:
     prefix = tmp_path / "root"
-    ok(run(INSTALL_HEAD, "--prefix", str(prefix), "--no-systemd", "--node", "head-01"))
+    ok(
+        run(
+            INSTALL_HEAD,
+            *("--prefix", str(prefix), "--no-systemd", "--node", "head-01"),
+            *("--source", str(source)),
+        )
+    )
     node_password = prefix / "etc" / "picluster" / "nodes" / "head-01.password"
     node = ok(
         run(
@@ -192,6 +278,8 @@ def test_head_and_node_on_one_machine_share_the_venv(tmp_path: Path) -> None:
             "mqtt://127.0.0.1",
             "--password-file",
             str(node_password),
+            "--source",
+            str(source),
         )
     )
     assert "up to date" in node.stdout  # the master's venv serves the node
@@ -211,6 +299,7 @@ def test_head_and_node_on_one_machine_share_the_venv(tmp_path: Path) -> None:
         (["--node-id", "pi-01", "--broker", "http://h"], "pw\n", "must look like"),
         (["--node-id", "pi-01", "--broker", "mqtt://h"], "", "no password"),
         (["--node-id", "pi-01"], "pw\n", "no broker"),
+        (["--node-id", "pi-01", "--interval", "5"], "pw\n", "no broker"),
         (
             ["--node-id", "pi-01", "--broker", "mqtt://h", "--source", "/nonexistent"],
             "",
@@ -274,3 +363,148 @@ def test_real_system_install_needs_root(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "needs root" in result.stderr
+
+
+def test_node_reinstall_applies_each_change_and_restarts_only_the_agent(
+    tmp_path: Path, systemctl: Systemctl
+) -> None:
+    source = copy_source(tmp_path / "source")  # its own: this test upgrades it
+    prefix = tmp_path / "root"
+    etc = prefix / "etc" / "picluster"
+    unit = prefix / "etc" / "systemd" / "system" / "picluster-node.service"
+    secret = tmp_path / "secret"
+    secret.write_text("node-secret\n")
+    base = ["--prefix", str(prefix), "--node-id", "pi-01", "--source", str(source)]
+
+    def install(*args: str) -> list[str]:
+        ok(run(INSTALL_NODE, *base, *args, env=systemctl.env))
+        return systemctl.take_changes()
+
+    first = ["--broker", "mqtt://head.local", "--password-file", str(secret)]
+    assert install(*first) == [
+        "daemon-reload",
+        "enable picluster-node.service",
+        "restart picluster-node.service",
+    ]
+    before = snapshot(prefix)
+    assert install(*first) == []  # the same again: nothing restarted, nothing written
+    assert install() == []
+    assert snapshot(prefix) == before
+
+    # --interval alone (no --broker) is applied, and only that key changes.
+    config = (etc / "node.toml").read_text()
+    assert install("--interval", "5") == ["restart picluster-node.service"]
+    assert (etc / "node.toml").read_text() == config.replace("interval = 10", "interval = 5")
+
+    # A new broker keeps the interval and what the admin edited by hand.
+    hand_edited = (etc / "node.toml").read_text().replace('"INFO"', '"DEBUG"')
+    (etc / "node.toml").write_text(hand_edited)
+    assert install("--broker", "mqtt://head2.local:1884") == ["restart picluster-node.service"]
+    assert (etc / "node.toml").read_text() == hand_edited.replace(
+        "mqtt://pi-01@head.local", "mqtt://pi-01@head2.local:1884"
+    )
+
+    # A new password.
+    secret.write_text("new-secret\n")
+    assert install("--password-file", str(secret)) == ["restart picluster-node.service"]
+    assert (etc / "node.password").read_text() == "new-secret\n"
+
+    # A unit file that differs from the project's (an upgrade that changed it).
+    unit.write_text(unit.read_text().replace("RestartSec=5", "RestartSec=1"))
+    assert install() == ["daemon-reload", "restart picluster-node.service"]
+    assert "RestartSec=5" in unit.read_text()
+
+    # New code: reinstalled and restarted.
+    (source / "README.md").write_text((source / "README.md").read_text() + "\nupgraded\n")
+    assert install() == ["restart picluster-node.service"]
+    assert install() == []
+
+
+def test_node_reinstall_with_a_new_node_id_needs_its_password(tmp_path: Path, source: Path) -> None:
+    prefix = tmp_path / "root"
+    etc = prefix / "etc" / "picluster"
+    base = ["--prefix", str(prefix), "--no-systemd", "--source", str(source)]
+    ok(run(INSTALL_NODE, *base, "--node-id", "pi-01", "--broker", "mqtt://head", stdin="pw1\n"))
+
+    refused = run(INSTALL_NODE, *base, "--node-id", "pi-02")
+    assert refused.returncode != 0
+    assert "no password" in refused.stderr
+    assert 'node_id = "pi-01"' in (etc / "node.toml").read_text()
+
+    ok(run(INSTALL_NODE, *base, "--node-id", "pi-02", stdin="pw2\n"))
+    config = (etc / "node.toml").read_text()
+    assert 'node_id = "pi-02"' in config
+    assert 'broker = "mqtt://pi-02@head"' in config  # the broker user follows the node id
+    assert (etc / "node.password").read_text() == "pw2\n"
+
+
+def test_head_reinstall_keeps_settings_and_restarts_exactly_what_changed(
+    tmp_path: Path, systemctl: Systemctl, source: Path
+) -> None:
+    prefix = tmp_path / "root"
+    etc = prefix / "etc" / "picluster"
+    mosquitto_conf = prefix / "etc" / "mosquitto" / "mosquitto.conf"
+    unit = prefix / "etc" / "systemd" / "system" / "picluster-master.service"
+    base = ["--prefix", str(prefix), "--source", str(source)]
+
+    def install(*args: str) -> list[str]:
+        ok(run(INSTALL_HEAD, *base, *args, env=systemctl.env))
+        return systemctl.take_changes()
+
+    first = ["--nodes", "pi-01,pi-02", "--http", "0.0.0.0:8080"]
+    assert install(*first) == [
+        "daemon-reload",
+        "enable mosquitto.service",
+        "restart mosquitto.service",
+        "enable picluster-master.service",
+        "restart picluster-master.service",
+    ]
+    config = (etc / "master.toml").read_text()
+    assert 'http = "0.0.0.0:8080"' in config
+    token = next(line for line in config.splitlines() if line.startswith("api_token = "))
+    before = snapshot(prefix)
+    assert install(*first) == []
+    assert install() == []
+    assert snapshot(prefix) == before
+
+    # The documented way to add a node: the broker reloads its users, the master keeps its
+    # address and token and is left alone.
+    assert install("--node", "pi-05") == ["reload-or-restart mosquitto.service"]
+    assert (etc / "master.toml").read_text() == config
+    passwd = (prefix / "etc" / "mosquitto" / "passwd").read_text()
+    assert "\npi-05:" in passwd
+
+    # A new address: only that key changes, the token stays, only the master restarts.
+    assert install("--http", "0.0.0.0:9090") == ["restart picluster-master.service"]
+    assert (etc / "master.toml").read_text() == config.replace("0.0.0.0:8080", "0.0.0.0:9090")
+    assert token in (etc / "master.toml").read_text()
+
+    # mosquitto.conf alone differs from the project's: Mosquitto restarts, the master does not.
+    mosquitto_conf.write_text(mosquitto_conf.read_text() + "max_keepalive 60\n")
+    assert install() == ["restart mosquitto.service"]
+    assert "max_keepalive 60" not in mosquitto_conf.read_text()
+
+    # The master's unit file differs: systemd reloads it and the master restarts.
+    unit.write_text(unit.read_text().replace("RestartSec=5", "RestartSec=1"))
+    assert install() == ["daemon-reload", "restart picluster-master.service"]
+    assert install() == []
+
+
+def test_head_first_install_on_loopback_has_no_token_until_it_leaves_loopback(
+    tmp_path: Path, source: Path
+) -> None:
+    prefix = tmp_path / "root"
+    config = prefix / "etc" / "picluster" / "master.toml"
+    base = ["--prefix", str(prefix), "--no-systemd", "--source", str(source)]
+    ok(run(INSTALL_HEAD, *base))
+    assert 'http = "127.0.0.1:8080"' in config.read_text()
+    assert "\napi_token = " not in config.read_text()
+
+    ok(run(INSTALL_HEAD, *base, "--http", "0.0.0.0:8080"))
+    text = config.read_text()
+    assert 'http = "0.0.0.0:8080"' in text
+    token = next(line for line in text.splitlines() if line.startswith("api_token = "))
+    assert len(token) > len('api_token = ""') + 24
+
+    ok(run(INSTALL_HEAD, *base, "--node", "pi-05"))
+    assert config.read_text() == text

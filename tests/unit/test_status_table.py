@@ -37,6 +37,18 @@ def test_table_has_aligned_columns_and_a_row_per_node() -> None:
     ]
 
 
+def test_an_offline_node_shows_no_metrics_as_if_current() -> None:
+    last = {"cpu_percent": 97.0, "memory_percent": 88.0, "temperature_celsius": 70.0,
+            "uptime_s": 3600.0}  # fmt: skip
+    views = [view("pi-01", "online", NOW - 3, **last), view("pi-02", "offline", NOW - 600, **last)]
+
+    online, offline = render_table(views, now=NOW).splitlines()[1:]
+
+    assert online.split() == ["pi-01", "online", "3s", "ago", "97.0", "88.0", "70.0", "1h", "0m"]
+    assert offline.split() == ["pi-02", "offline", "10m", "ago", "-", "-", "-", "-"]
+    assert "97.0" not in offline
+
+
 def test_an_empty_cluster_says_so() -> None:
     assert render_table([], now=NOW).splitlines()[-1] == "(no nodes yet)"
 
