@@ -51,14 +51,11 @@ def handle_status(incoming: Incoming, ctx: Context) -> None:
     envelope = incoming.envelope
     node = ctx.state.node(envelope.node)
     state = envelope.payload["state"]
-    if not incoming.retained:
+    # An `offline` is usually the node's will, sent by the broker when the node was already
+    # gone: it says nothing about when the node was last heard (`last_seen`).
+    if not incoming.retained and state == NodeStatus.ONLINE:
         node.last_heard = incoming.received_at
-        if (
-            state == NodeStatus.ONLINE
-            and envelope.seq is not None
-            and node.last_seq is not None
-            and envelope.seq < node.last_seq
-        ):
+        if envelope.seq is not None and node.last_seq is not None and envelope.seq < node.last_seq:
             logger.info("node %s restarted its seq at %d; tracking again", node.node, envelope.seq)
             node.restart_seq(envelope.seq)
     if state != node.status:

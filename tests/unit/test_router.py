@@ -184,3 +184,13 @@ def test_a_failing_handler_is_logged_with_its_topic_counted_and_isolated(
 def test_handler_errors_re_raise_in_tests_unless_allowed(ctx: Context) -> None:
     with pytest.raises(RuntimeError, match="handler bug"):
         dispatch(message("message", seq=1, payload="boom"), ctx)
+
+
+def test_a_will_does_not_move_last_seen(ctx: Context) -> None:
+    dispatch(RawMessage("cluster/pi-01/metrics", message().payload, False, NOW - 60), ctx)
+    dispatch(RawMessage("cluster/pi-01/status", message("status", 2, {"state": "offline"}).payload,
+                        False, NOW), ctx)  # fmt: skip
+    view = ctx.state.view(NODE)
+    assert view is not None
+    assert view["state"] == "offline"
+    assert view["last_seen"] == NOW - 60  # when the node was last heard, not when its will came
