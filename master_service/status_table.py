@@ -6,7 +6,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-COLUMNS: Final = ("NODE", "STATE", "LAST SEEN", "CPU %", "MEM %", "TEMP °C", "UPTIME")
+COLUMNS: Final = ("NODE", "STATE", "LAST SEEN", "CPU %", "MEM %", "TEMP °C", "UPTIME", "TAGS")
 
 
 def ago(ts: float | None, now: float) -> str:
@@ -60,6 +60,7 @@ def node_row(view: Mapping[str, Any], now: float) -> tuple[str, ...]:
         _number(metrics.get("memory_percent")),
         _number(metrics.get("temperature_celsius")),
         duration(metrics.get("uptime_s")),
+        ",".join(str(tag) for tag in view.get("tags") or ()),
     )
 
 

@@ -22,7 +22,7 @@ def test_table_has_aligned_columns_and_a_row_per_node() -> None:
     lines = render_table(views, now=NOW).splitlines()
 
     assert lines[0].split() == ["NODE", "STATE", "LAST", "SEEN", "CPU", "%", "MEM", "%", "TEMP",
-                                "°C", "UPTIME"]  # fmt: skip
+                                "°C", "UPTIME", "TAGS"]  # fmt: skip
     assert [line.split()[0] for line in lines[1:]] == ["pi-01", "pi-long-name", "pi-03"]
     assert lines[1].split() == ["pi-01", "online", "3s", "ago", "12.3", "40.0", "51.3", "3d", "4h"]
     assert lines[2].split() == ["pi-long-name", "offline", "2h", "ago", "-", "-", "-", "-"]
@@ -61,3 +61,10 @@ def test_ago_and_duration_pick_a_readable_unit() -> None:
     assert [duration(s) for s in (None, 42, 312, 18720, 273600)] == [
         "-", "42s", "5m 12s", "5h 12m", "3d 4h",
     ]  # fmt: skip
+
+
+def test_the_tags_column_lists_a_nodes_tags() -> None:
+    tagged = {**view("pi-01", "online", NOW - 3, cpu_percent=5.0), "tags": ["gpu", "rack1"]}
+    row = render_table([tagged, view("pi-02", "online", NOW - 3)], now=NOW).splitlines()[1:]
+    assert row[0].split()[-1] == "gpu,rack1"
+    assert row[1].split()[-1] == "-"  # no tags: the row ends at UPTIME
