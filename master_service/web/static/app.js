@@ -5,6 +5,8 @@
 
 import * as fmt from "/static/format.js";
 import { drawSparkline, renderChart } from "/static/chart.js";
+import { $, fillWith, h } from "/static/dom.js";
+import { renderNodeActions, renderSendBox, setupActions } from "/static/actions.js";
 
 const POLL_MS = 2000;          // nodes + cluster; stale/offline must show within seconds
 const SPARK_MS = 30000;        // sparklines change slowly; no need to hit history every poll
@@ -13,16 +15,6 @@ const SPARK_STEP_S = 10;       // 90 points: a sparkline needs no more
 const CHART_POINTS = 300;
 const REQUEST_TIMEOUT_MS = 5000;
 const STATE_LABEL = { online: "Online", stale: "Stale", offline: "Offline", unknown: "Unknown" };
-
-const $ = (sel, root = document) => root.querySelector(sel);
-
-/** Create an element: h("span", {class: "x"}, "text", child). Text is never parsed as HTML. */
-function h(tag, attrs = {}, ...children) {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
-  el.append(...children);
-  return el;
-}
 
 const app = {
   catalog: null,         // the metrics the master knows: GET /api/catalog/metrics
@@ -303,6 +295,7 @@ function renderTagFilter() {
 function renderNodes() {
   const grid = $("#nodes");
   renderTagFilter();
+  renderSendBox(app.nodes, app.tagFilter);
   const wanted = app.tagFilter;
   const all = [...app.nodes.keys()];
   const ids = all
@@ -346,6 +339,7 @@ function renderNodePage() {
   setAlertBadge($("#node-alerts"), alertsOf(page.id));
   $("#node-model").textContent = modelLine(v.details);
   fillTags($("#node-tags"), v);
+  renderNodeActions(page.id, v);
   const now = [
     ...app.catalog.shown.map((metric) => [metric.dashboard.label, formatOf(metric).text(valueOf(m, metric))]),
     ["Last seen", v.last_seen ? fmt.ago(serverNow() - v.last_seen) : "never"],
@@ -489,14 +483,6 @@ function valueText(a) {
 function nodeLink(node) {
   if (node === CLUSTER_NODE) return h("a", { href: "#/alerts" }, "the cluster");
   return h("a", { href: `#/node/${encodeURIComponent(node)}` }, node);
-}
-
-/** Rebuild a container from data rows only when they changed (keeps focus and selection). */
-function fillWith(el, rows, make) {
-  const key = JSON.stringify(rows);
-  if (el._key === key) return;
-  el._key = key;
-  el.replaceChildren(...rows.map(make));
 }
 
 function setAlertBadge(el, alerts) {
@@ -704,6 +690,7 @@ function render() {
   tickUpdated();
 }
 
+setupActions({ serverNow, nodeLink });
 window.addEventListener("hashchange", route);
 $("#tag-clear").addEventListener("click", () => { location.hash = "#/"; });
 setInterval(tickUpdated, 1000);
