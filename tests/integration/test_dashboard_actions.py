@@ -255,9 +255,24 @@ def test_send_to_a_tag_lists_a_row_per_node_with_the_offline_one_failing(
     options = texts(page, "#send-command option")
     assert options == ["Refresh", "Ping", "Run hello", "Reboot"]
 
+    # A reboot of the tag asks first, naming the tag and its nodes; Cancel sends nothing.
     page.evaluate(
         "(() => { document.querySelector('#send-box').open = true;"
-        " document.querySelector('#send-command').value = 'ping';"
+        " document.querySelector('#send-command').value = 'reboot';"
+        " document.querySelector('#send-form').requestSubmit(); })()"
+    )
+    wait_until(lambda: dialog(page)["open"], 5, 0.05, "the confirmation open")
+    assert dialog(page)["title"] == "Reboot on every node tagged rack1?"
+    assert page.evaluate("document.querySelector('#confirm-text').textContent") == (
+        f"Nodes tagged rack1: {rack.a}, {rack.b}, {rack.c}."
+    )
+    click(page, "#confirm-cancel")
+    wait_until(lambda: not dialog(page)["open"], 5, 0.05, "the confirmation closed")
+    assert rack.commands(rack.a) == []
+    assert page.evaluate("document.querySelector('#send-result').hidden")
+
+    page.evaluate(
+        "(() => { document.querySelector('#send-command').value = 'ping';"
         " document.querySelector('#send-form').requestSubmit(); })()"
     )
     rows_js = (

@@ -244,7 +244,7 @@ function timeText(at, took) {
 
 // ---------------------------------------------------------------- overview: a tag's nodes
 
-const send = { filterKey: null, busy: false, names: [] };
+const send = { filterKey: null, busy: false, names: [], nodes: new Map(), tagFilter: [] };
 
 /** The tag's nodes, sorted as the API sorts them (by id). */
 const nodesOfTag = (nodes, tag) => [...nodes.values()].filter((v) => (v.tags || []).includes(tag))
@@ -260,6 +260,8 @@ function unionOfActions(views) {
 
 /** The overview's "send to a tag" box: its tag and command choices follow the nodes. */
 export function renderSendBox(nodes, tagFilter) {
+  send.nodes = nodes;
+  send.tagFilter = tagFilter;
   const tags = [...new Set([...nodes.values()].flatMap((v) => v.tags || []))].sort();
   $("#send-box").hidden = tags.length === 0;
   if (!tags.length) return;
@@ -296,6 +298,9 @@ function showSendResult(summary, rows, failed) {
     h("td", {}, ...detailOf({ error: r.error, result: r.result }, true)),
     h("td", { class: "nowrap" }, typeof r.duration_s === "number" ? `${r.duration_s.toFixed(2)} s` : fmt.DASH))));
 }
+
+// Another tag: its nodes and their commands at once, not at the next poll.
+$("#send-tag").addEventListener("change", () => renderSendBox(send.nodes, send.tagFilter));
 
 $("#send-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
