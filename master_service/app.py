@@ -15,6 +15,9 @@ import uvicorn
 from cluster_protocol import MASTER_NODE_ID, Envelope, encode_envelope
 from master_service.alerts.service import Alerting, Restored
 from master_service.control.commands import CommandService
+from master_service.enrollment.dynsec import DynsecClient, NodeClients
+from master_service.enrollment.service import Enrollment
+from master_service.enrollment.tokens import EnrollTokens
 from master_service.home_assistant.bridge import HomeAssistantObserver
 from master_service.home_assistant.discovery import CLUSTER_SUMMARY_TYPE, cluster_summary_topic
 from master_service.home_assistant.presses import ButtonPresses
@@ -101,6 +104,20 @@ class MasterService:
         )
         self.observers.append(self.commands)
         self.node_tags = NodeTags(self.ingestor.write, self.state)
+        # Enrollment: broker clients over the dynamic security plugin, as the master's user.
+        address = settings.broker_address
+        self.enrollment = Enrollment(
+            NodeClients(
+                DynsecClient(
+                    address, settings.ca_file, client_id_prefix=f"{settings.client_id}-ctl"
+                ),
+                settings.prefix,
+            ),
+            EnrollTokens(self.ingestor.write, clock),
+            self.forget,
+            broker_port=address.port,
+            broker_tls=address.tls,
+        )
         self.home_assistant: HomeAssistantObserver | None = None
         self._announce_home_assistant: Callable[[], None] = lambda: None
         if settings.ha_discovery:

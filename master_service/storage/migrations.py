@@ -131,6 +131,18 @@ _NODE_TAGS_STATEMENTS: Final = (
     " PRIMARY KEY (node, tag)) WITHOUT ROWID",
 )
 
+# One-time enrollment tokens (master_service/enrollment): only their SHA-256 is stored.
+_ENROLL_TOKENS_STATEMENTS: Final = (
+    "CREATE TABLE enroll_tokens ("
+    " token_hash TEXT PRIMARY KEY,"
+    " node TEXT NOT NULL,"
+    " created REAL NOT NULL,"
+    " expires REAL NOT NULL,"
+    " broker TEXT,"  # the broker URL given to the node; NULL: derived from the request
+    " used REAL)",  # when it was exchanged; NULL while unused
+    "CREATE INDEX enroll_tokens_node ON enroll_tokens (node)",
+)
+
 # Statements of a version other than its new history columns (which come from the metric
 # table). A change that is not a new metric column (an index, a new table) goes here, keyed
 # by the next version number.
@@ -139,6 +151,7 @@ _STATEMENTS: Final[Mapping[int, Sequence[str]]] = {
     2: _COMMANDS_STATEMENTS,
     3: _ALERTS_STATEMENTS,
     4: _NODE_TAGS_STATEMENTS,
+    5: _ENROLL_TOKENS_STATEMENTS,
 }
 
 

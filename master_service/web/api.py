@@ -18,6 +18,7 @@ from master_service.storage.store import HISTORY_METRICS
 from master_service.web.alerts import alerts_router
 from master_service.web.catalog import catalog_router
 from master_service.web.control import NodeId, control_router
+from master_service.web.enroll import enroll_router
 from master_service.web.errors import error_responses, install_error_handlers
 from master_service.web.ports import MasterPort
 from master_service.web.prometheus import metrics_router
@@ -166,6 +167,7 @@ def create_app(port: MasterPort) -> FastAPI:
 
     app.include_router(control_router(port))
     app.include_router(tags_router(port))
+    app.include_router(enroll_router(port))
     app.include_router(alerts_router(port))
 
     if (STATIC_DIR / "index.html").is_file():
