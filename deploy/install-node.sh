@@ -10,6 +10,7 @@ source "$SCRIPT_DIR/installer-lib.sh"
 usage() {
     cat <<USAGE
 Usage: sudo $(basename "$0") --broker mqtt://[NODE_ID@]HEAD[:PORT] [options]
+       sudo $(basename "$0") --enroll http://HEAD:8080 TOKEN [options]
        sudo $(basename "$0") --uninstall
 
 Installs picluster into a virtual environment under /opt/picluster, creates the system user
@@ -22,7 +23,12 @@ The broker password is read from --password-file, else from standard input when 
 a terminal, else prompted. It is stored in /etc/picluster/node.password (root:picluster,
 0640) and never appears on a command line. On a re-run the stored password is kept.
 
+With --enroll (what 'cluster-master nodes add NODE' prints), the node id, broker URL and
+password come from the master in exchange for the one-time TOKEN (POST /api/enroll): no
+password is typed, and none appears on a command line.
+
 Options:
+  --enroll URL TOKEN    enroll with the master at URL using a one-time token
   --broker URL          mqtt://[user@]host[:port] or mqtts://... (the user defaults to the
                         node id; it must equal the node id, the ACL requires it)
   --node-id ID          node id (default: from the hostname, lower-cased)
@@ -49,6 +55,9 @@ NODE_ID=""
 PASSWORD_FILE=""
 CA_FILE=""
 INTERVAL=""
+ENROLL_URL=""
+ENROLL_TOKEN=""
+ENROLL_PASSWORD=""
 CHANGED=false
 
 need_value() { [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value (see --help)"; }
@@ -57,6 +66,9 @@ while [[ $# -gt 0 ]]; do
     case "$1" in
         -h | --help) usage; exit 0 ;;
         --broker) need_value "$@"; BROKER="$2"; shift 2 ;;
+        --enroll)
+            [[ $# -ge 3 && -n "$2" && -n "$3" ]] || die "--enroll needs the master's URL and a token"
+            ENROLL_URL="${2%/}"; ENROLL_TOKEN="$3"; shift 3 ;;
         --node-id) need_value "$@"; NODE_ID="$2"; shift 2 ;;
         --password-file) need_value "$@"; PASSWORD_FILE="$2"; shift 2 ;;
         --ca-file) need_value "$@"; CA_FILE="$2"; shift 2 ;;
@@ -146,11 +158,46 @@ normalise_broker() {
     BROKER="$scheme://$user@$host$port"
 }
 
+# Exchange the one-time token for node id, broker URL and password (POST /api/enroll). The
+# password travels from curl to python to this shell's variables: never on a command line.
+enroll() {
+    [[ "$ENROLL_URL" =~ ^https?://[^[:space:]]+$ ]] || die "--enroll '$ENROLL_URL' must be http://HOST:PORT"
+    [[ "$ENROLL_TOKEN" =~ ^[A-Za-z0-9_-]{1,200}$ ]] || die "the enrollment token is not one cluster-master printed"
+    [[ -z "$BROKER" && -z "$PASSWORD_FILE" ]] || die "--enroll gives broker and password: leave out --broker and --password-file"
+    command -v curl >/dev/null 2>&1 || die "--enroll needs curl"
+    local answer status body fields
+    answer="$(printf '{"token": "%s"}' "$ENROLL_TOKEN" |
+        curl -sS -X POST -H 'Content-Type: application/json' --data-binary @- \
+            -w '\n%{http_code}' "$ENROLL_URL/api/enroll")" ||
+        die "cannot reach the master at $ENROLL_URL"
+    status="${answer##*$'\n'}"
+    body="${answer%$'\n'*}"
+    [[ "$status" == 200 ]] ||
+        die "the master refused the enrollment (HTTP $status): $body; run 'cluster-master nodes add' again for a new command"
+    fields="$(printf '%s' "$body" | "$PYTHON" -c '
+import json, sys
+answer = json.load(sys.stdin)
+print(answer["node"]); print(answer["broker"]); print(answer["password"])')" ||
+        die "the master's enrollment answer could not be read: $body"
+    local enrolled_id
+    { read -r enrolled_id; read -r BROKER; read -r ENROLL_PASSWORD; } <<<"$fields"
+    [[ -z "$NODE_ID" || "$NODE_ID" == "$enrolled_id" ]] ||
+        die "--node-id $NODE_ID differs from the enrolled node id $enrolled_id"
+    NODE_ID="$enrolled_id"
+    say "enrolled as node '$NODE_ID' (broker $BROKER)"
+}
+
 install() {
     require_root_for_real_system
     require_python
     require_systemd
     check_source
+    if [[ -n "$ENROLL_URL" ]]; then
+        # Checked first: the token works once, so nothing it gives may be wasted on a typo.
+        [[ -z "$INTERVAL" || "$INTERVAL" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "--interval must be a number of seconds"
+        [[ -z "$CA_FILE" || -r "$CA_FILE" ]] || die "cannot read --ca-file $CA_FILE"
+        enroll
+    fi
     local installed_id
     installed_id="$(toml_get "$CONFIG" node_id)"
     [[ -n "$NODE_ID" ]] || NODE_ID="${installed_id:-$(node_id_from_hostname)}"
@@ -181,7 +228,9 @@ install() {
     # Everything is checked and asked for before anything is changed.
     [[ -n "$BROKER" ]] && normalise_broker
     local password=""
-    if [[ -n "$PASSWORD_FILE" || ! -f "$PASSWORD_DEST" || "$new_id" == true ]]; then
+    if [[ -n "$ENROLL_PASSWORD" ]]; then
+        password="$ENROLL_PASSWORD"
+    elif [[ -n "$PASSWORD_FILE" || ! -f "$PASSWORD_DEST" || "$new_id" == true ]]; then
         password="$(read_password "$PASSWORD_FILE" "$NODE_ID")"
     fi
 

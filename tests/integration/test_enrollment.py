@@ -24,6 +24,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from tests.conftest import REPO_ROOT
+from tests.support.broker import MosquittoBroker
 from tests.support.dynsec_broker import DynsecBroker, plugin_path
 from tests.support.processes import RunningMaster, Service, start_master, start_node
 from tests.support.waiting import wait_until
@@ -249,3 +251,143 @@ def test_master_serves_the_node_installer_and_picluster(head: Head, tmp_path: Pa
     assert "picluster/pyproject.toml" in names
     assert "picluster/node_publisher/app.py" in names
     assert not any("__pycache__" in name for name in names)
+
+
+def test_the_printed_command_installs_and_enrolls_a_node(head: Head, tmp_path: Path) -> None:
+    """The one command, as printed (sudo aside, into a prefix): the node ends up online."""
+    done = head.cli("nodes", "add", "pi-10", "--master-url", head.master.api)
+    assert done.returncode == 0, done.stderr
+    command = next(line for line in done.stdout.splitlines() if "curl" in line).strip()
+    assert command.startswith(f"curl -fsSL {head.master.api}/install/node.sh | sudo sh -s --")
+    prefix = tmp_path / "node-root"
+    # Root runs it without sudo; --prefix keeps it in tmp_path (no user, no systemctl).
+    runnable = command.replace("| sudo sh", "| sh") + f" --prefix {prefix} --no-systemd"
+    installed = subprocess.run(
+        ["sh", "-c", runnable], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    token = command.split()[-1]
+    assert "enrolled as node 'pi-10'" in installed.stdout
+    etc = prefix / "etc" / "picluster"
+    config = (etc / "node.toml").read_text()
+    assert f'broker = "mqtt://pi-10@127.0.0.1:{head.broker.port}"' in config
+    password = (etc / "node.password").read_text().strip()
+    assert len(password) >= 24
+    assert password not in config
+    assert password not in runnable
+    assert token not in config
+
+    agent = subprocess.Popen(
+        [
+            str(prefix / "opt" / "picluster" / "venv" / "bin" / "cluster-node"),
+            "run",
+            "--config",
+            str(etc / "node.toml"),
+            "--prefix",
+            PREFIX,
+            "--interval",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(
+            lambda: (view := head.master.node("pi-10")) and view["state"] == "online",
+            30,
+            0.2,
+            "the installed pi-10 online",
+        )
+    finally:
+        agent.terminate()
+        agent.wait(15)
+    again = subprocess.run(
+        ["sh", "-c", runnable], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert again.returncode != 0
+    assert "refused the enrollment (HTTP 403)" in again.stderr
+
+
+@dataclass
+class ShippedDynsecBroker(MosquittoBroker):
+    """mosquitto/dynsec.conf as shipped, with only the listener, paths and plugin rewritten."""
+
+    def write_config(self) -> Path:
+        """The shipped file with this test's paths."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        text = (REPO_ROOT / "mosquitto" / "dynsec.conf").read_text()
+        replacements = {
+            "pid_file /run/mosquitto/mosquitto.pid": "",
+            "listener 1883": f"listener {self.port} {self.host}",
+            "plugin /usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so": (
+                f"plugin {plugin_path()}"
+            ),
+            "/var/lib/mosquitto/dynamic-security.json": str(self.workdir / "dynsec.json"),
+            "persistence_location /var/lib/mosquitto/": f"persistence_location {self.workdir}/",
+            "log_dest file /var/log/mosquitto/mosquitto.log": f"log_dest file {self.log_path}",
+        }
+        for old, new in replacements.items():
+            assert old in text, old
+            text = text.replace(old, new)
+        if os.geteuid() == 0:
+            text = "user root\n" + text
+        config = self.workdir / "mosquitto.conf"
+        config.write_text(text)
+        return config
+
+
+def test_shipped_dynsec_config_and_first_json_let_the_master_enroll(tmp_path: Path) -> None:
+    """mosquitto/dynsec.conf with the JSON dynsec_init writes: master connects, adds a node."""
+    broker = ShippedDynsecBroker(tmp_path / "broker")
+    broker.workdir.mkdir(parents=True)
+    init = [sys.executable, "-m", "master_service.enrollment.dynsec_init", "--prefix", PREFIX]
+    made = subprocess.run(
+        [*init, str(broker.workdir / "dynsec.json")],
+        input="master-pw\n",
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "admin" in made.stdout
+    assert "master-pw" not in (broker.workdir / "dynsec.json").read_text()
+    broker.start()
+    try:
+        master = start_master(
+            f"mqtt://picluster-master@{broker.host}:{broker.port}",
+            tmp_path / "master",
+            "--prefix",
+            PREFIX,
+            "--no-ha-discovery",
+            env={"CLUSTER_PASSWORD": "master-pw"},
+        )
+        try:
+            head = Head(broker, master, tmp_path)  # type: ignore[arg-type]
+            token = head.add("pi-11")
+            status, credentials = head.api("POST", "/api/enroll", {"token": token}, token=None)
+            assert status == 200, credentials
+            node = head.start_node(credentials)
+            try:
+                wait_until(
+                    lambda: (view := master.node("pi-11")) and view["state"] == "online",
+                    20,
+                    0.1,
+                    "pi-11 online through the shipped config",
+                )
+            finally:
+                node.stop()
+        finally:
+            master.stop()
+    finally:
+        broker.stop()
+
+
+def test_dynsec_config_differs_from_the_static_one_only_in_who_may_connect() -> None:
+    def body(name: str) -> list[str]:
+        lines = (REPO_ROOT / "mosquitto" / name).read_text().splitlines()
+        start = next(i for i, line in enumerate(lines) if not line.startswith("#"))
+        section = [i for i, line in enumerate(lines) if line.startswith("# --- ")]
+        who = next(i for i in section if "Who may connect" in lines[i])
+        after = section[section.index(who) + 1]
+        return lines[start:who] + lines[after:]
+
+    assert body("dynsec.conf") == body("mosquitto.conf")
