@@ -391,3 +391,28 @@ def test_dynsec_config_differs_from_the_static_one_only_in_who_may_connect() -> 
         return lines[start:who] + lines[after:]
 
     assert body("dynsec.conf") == body("mosquitto.conf")
+
+
+def test_a_head_without_the_plugin_says_so_and_changes_nothing(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """The static password file head: `nodes add` explains itself instead of hanging."""
+    master = start_master(
+        broker.url,
+        tmp_path,
+        "--prefix",
+        "enrstatic",
+        "--client-id",
+        "picluster-master-enrstatic",
+        "--no-ha-discovery",
+    )
+    try:
+        head = Head(broker, master, tmp_path)  # type: ignore[arg-type]
+        done = head.cli("nodes", "add", "pi-12")
+        assert done.returncode == 4
+        assert "dynamic security plugin" in done.stderr
+        assert "HTTP 409" in done.stderr
+        status, _ = head.api("POST", "/api/enroll", {"token": "whatever"}, token=None)
+        assert status == 403
+    finally:
+        master.stop()
