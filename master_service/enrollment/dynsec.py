@@ -208,7 +208,8 @@ class DynsecClient:
         try:
             finished = done.wait(self.timeout_s)
         finally:
-            client.disconnect()
+            if client.is_connected():  # a refused login has nothing to disconnect
+                client.disconnect()
             client.loop_stop()
         if failure:
             if connected.is_set():  # logged in, but not allowed the control topics
