@@ -165,9 +165,6 @@ def test_compose_mounts_files_that_exist() -> None:
             source = volume.split(":", 1)[0]
             if source.startswith("./"):
                 path = REPO_ROOT / source
-                # mosquitto/passwd is made by the admin (git-ignored); its example ships.
-                if path.name == "passwd":
-                    path = path.with_name("passwd.example")
                 assert path.exists(), source
 
 
@@ -180,11 +177,13 @@ def test_compose_commands_match_the_entry_points() -> None:
     assert services["demo-node"]["command"] == ["run"]
     pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
     assert {"cluster-master", "cluster-node"} <= set(pyproject["project"]["scripts"])
-    broker_command = services["mosquitto"]["command"][-1]
-    assert "mosquitto -c /picluster/mosquitto.conf" in broker_command
-    assert (
-        "./mosquitto/docker.conf:/picluster/mosquitto.conf:ro" in services["mosquitto"]["volumes"]
-    )
+    assert services["mosquitto"]["command"] == ["sh", "/picluster/host/docker-start.sh"]
+    start = (REPO_ROOT / "mosquitto" / "docker-start.sh").read_text()
+    assert "CONF=${PICLUSTER_MOSQUITTO_CONF:-/picluster/mosquitto.conf}" in start
+    assert 'exec mosquitto -c "$CONF"' in start
+    volumes = services["mosquitto"]["volumes"]
+    assert "./mosquitto/docker.conf:/picluster/mosquitto.conf:ro" in volumes
+    assert "./mosquitto:/picluster/host:ro" in volumes
 
 
 def test_compose_variables_are_in_the_env_example() -> None:
