@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from cluster_protocol.payloads import ClusterSummary
 from master_service.alerts.delivery import TestResult
 from master_service.alerts.model import Silence
+from master_service.enrollment.service import Enrollment
 from master_service.ingest.health import Health
 from master_service.state import NodeView
 from master_service.storage.command_log import CommandRecord
@@ -167,6 +168,11 @@ class MasterPort(Protocol):
     @property
     def node_tags(self) -> TagPort:
         """Master-side node tags."""
+        ...
+
+    @property
+    def enrollment(self) -> Enrollment:
+        """Broker clients and one-time enrollment tokens for new nodes."""
         ...
 
     @property
