@@ -20,6 +20,7 @@ from cluster_protocol.config import SettingsError
 from master_service import nodes_cli
 from master_service.alerts import cli as alerts_cli
 from master_service.api_client import DEFAULT_API, ApiError, api_call, detail_of
+from master_service.cli_output import complainer, out
 from master_service.control import fleet_cli
 from master_service.control.placement import render_placement
 from master_service.settings import build_parser, load_settings
@@ -28,13 +29,8 @@ from master_service.status_table import render_table
 logger = logging.getLogger(__name__)
 
 
-def _out(text: str) -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
-
-
-def _err(text: str) -> None:
-    sys.stderr.write(f"cluster-master: {text}\n")
+_out = out
+_err = complainer("cluster-master")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import urllib.parse
 from typing import Any
 
 from cluster_protocol.node_id import NodeIdError, validate_node_id
 from cluster_protocol.tags import tag_problem
 from master_service.api_client import ApiError, api_base, api_call, detail_of
+from master_service.cli_output import complainer, out
 
-
-def _out(text: str) -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
-
-
-def _err(text: str) -> None:
-    sys.stderr.write(f"cluster-master nodes: {text}\n")
+_out = out
+_err = complainer("cluster-master nodes")
 
 
 def add_parser(commands: Any, api_help: str) -> None:

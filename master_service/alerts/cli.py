@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
@@ -12,15 +11,10 @@ from typing import Any
 
 from master_service.alerts.durations import format_duration, parse_duration
 from master_service.api_client import ApiError, api_base, api_call, detail_of
+from master_service.cli_output import complainer, out
 
-
-def _out(text: str) -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
-
-
-def _err(text: str) -> None:
-    sys.stderr.write(f"cluster-master alerts: {text}\n")
+_out = out
+_err = complainer("cluster-master alerts")
 
 
 def add_parser(commands: Any, api_help: str) -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from master_service.alerts.durations import parse_duration
 from master_service.api_client import ApiError, api_base, api_call, detail_of
+from master_service.cli_output import complainer, out
 from master_service.control.rolling import HttpRollApi, RollPlan, not_online, roll
 from master_service.control.selection import SelectionError, select_nodes
 
@@ -22,13 +22,8 @@ RESULT_WIDTH: Final = 72
 Write = Callable[[str], None]
 
 
-def _out(text: str) -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
-
-
-def _err(text: str) -> None:
-    sys.stderr.write(f"cluster-master: {text}\n")
+_out = out
+_err = complainer("cluster-master")
 
 
 def add_selection(parser: argparse.ArgumentParser) -> None:
