@@ -25,7 +25,7 @@ from tests.integration.test_dashboard_actions import (  # fixtures are found by 
 from tests.integration.test_dashboard_browser import LivePage
 from tests.integration.test_enrollment import connect
 from tests.support.broker import MosquittoBroker
-from tests.support.dynsec_broker import DynsecBroker, plugin_path
+from tests.support.dynsec_broker import DynsecBroker
 from tests.support.processes import RunningMaster, start_master
 from tests.support.waiting import wait_until
 
@@ -50,8 +50,6 @@ RECORD_ANSWERS = """
 @pytest.fixture
 def dynsec_master(tmp_path: Path) -> Iterator[tuple[DynsecBroker, RunningMaster]]:
     """A dynsec broker and a master (no API token, loopback) whose broker user is its admin."""
-    if plugin_path() is None:
-        pytest.skip("no dynamic security plugin")
     broker = DynsecBroker(tmp_path / "broker", prefix=PREFIX).start()
     try:
         master = start_master(

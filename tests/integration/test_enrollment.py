@@ -30,8 +30,6 @@ from tests.support.dynsec_broker import DynsecBroker, plugin_path
 from tests.support.processes import RunningMaster, Service, start_master, start_node
 from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.skipif(plugin_path() is None, reason="no dynamic security plugin")
-
 PREFIX = "enr"
 TOKEN = "enroll-t0ken"
 

@@ -55,7 +55,11 @@ class DynsecBroker(MosquittoBroker):
         """The base config without password file or ACL, plus the plugin and its JSON."""
         plugin = plugin_path()
         if plugin is None:
-            raise RuntimeError("mosquitto_dynamic_security.so is not installed")
+            # Debian's mosquitto package ships it and the test command installs that: a
+            # missing plugin is a failure to see, never a reason to skip.
+            raise RuntimeError(
+                "mosquitto_dynamic_security.so is not installed: run the README's test command"
+            )
         self.workdir.mkdir(parents=True, exist_ok=True)
         if not self.dynsec_file.exists():
             subprocess.run(
