@@ -14,6 +14,7 @@ import uvicorn
 
 from cluster_protocol import MASTER_NODE_ID, Envelope, encode_envelope
 from master_service.alerts.service import Alerting, Restored
+from master_service.auth.accounts import Accounts
 from master_service.control.commands import CommandService
 from master_service.enrollment.dynsec import DynsecClient, NodeClients
 from master_service.enrollment.service import Enrollment
@@ -33,7 +34,7 @@ from master_service.state import ClusterState, NodeState
 from master_service.storage.command_log import CommandLog
 from master_service.storage.node_tags import NodeTags, delete_node_tags, load_node_tags
 from master_service.storage.retention import RetentionJob
-from master_service.storage.store import Store
+from master_service.storage.store import Store, open_connection
 from master_service.web.alert_metrics import AlertCollector
 from master_service.web.api import create_app
 from master_service.web.prometheus import IngestErrors, MasterMetrics
@@ -151,6 +152,13 @@ class MasterService:
         )
         self.store.commit_observers.append(self.metrics.observe_committed)
         self.metrics.registry.register(AlertCollector(self.alerting))
+        self.accounts = Accounts(lambda: open_connection(settings.db), clock)
+        if settings.login_required and not self.accounts.has_users():
+            logger.warning(
+                "the dashboard and API at %s need a login, and there is no user yet: add one "
+                "with `cluster-master users add NAME --role admin`",
+                settings.http,
+            )
         self.app = create_app(self)
 
     def _attach_home_assistant(self) -> None:

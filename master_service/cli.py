@@ -20,6 +20,7 @@ from cluster_protocol.config import SettingsError
 from master_service import nodes_cli
 from master_service.alerts import cli as alerts_cli
 from master_service.api_client import DEFAULT_API, ApiError, api_call, detail_of
+from master_service.auth import cli as users_cli
 from master_service.cli_output import complainer, out
 from master_service.control import fleet_cli
 from master_service.control.placement import render_placement
@@ -86,6 +87,7 @@ def _add_control_parsers(commands: Any) -> None:
     fleet_cli.add_parsers(commands, api_help)
     alerts_cli.add_parser(commands, api_help)
     nodes_cli.add_parser(commands, api_help)
+    users_cli.add_parser(commands)
 
 
 def parse_command_args(pairs: Sequence[str]) -> dict[str, Any]:
@@ -190,9 +192,11 @@ def run_forget(args: argparse.Namespace) -> int:
 
 
 def api_get(base: str, path: str, timeout_s: float = 5.0) -> Any:
-    """GET a JSON document from the master's API."""
-    with urllib.request.urlopen(base.rstrip("/") + path, timeout=timeout_s) as response:
-        return json.load(response)
+    """GET a JSON document from the master's API (with CLUSTER_API_TOKEN when set)."""
+    status, answer = api_call(base, "GET", path, timeout_s=timeout_s)
+    if status != 200:
+        raise ApiError(f"{detail_of(answer)} (HTTP {status})")
+    return answer
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -201,7 +205,7 @@ def run_status(args: argparse.Namespace) -> int:
     while True:
         try:
             nodes = api_get(base, "/api/nodes")["nodes"]
-        except (urllib.error.URLError, OSError, ValueError) as error:
+        except (ApiError, KeyError, TypeError) as error:
             _err(f"cannot read {base}/api/nodes: {error}")
             return 1
         if args.json:
@@ -256,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "forget": run_forget,
         "alerts": alerts_cli.run,
         "nodes": nodes_cli.run,
+        "users": users_cli.run,
     }.get(args.command)
     if control is not None:
         return control(args)

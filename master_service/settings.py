@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -13,7 +14,6 @@ from cluster_protocol import setting_rules as rules
 from cluster_protocol import settings as declared
 from cluster_protocol.broker_settings import BrokerClientSettings
 from cluster_protocol.broker_url import BrokerAddress, parse_broker_url
-from cluster_protocol.config import SettingsError
 from cluster_protocol.settings import setting
 from master_service.alerts.settings import AlertSettings, parse_alerts
 
@@ -64,7 +64,13 @@ class MasterSettings(BrokerClientSettings):
         metavar="SECONDS",
     )
     api_token: str | None = setting(
-        None, help="token every API write needs (required beyond localhost)", secret=True
+        None, help="bearer token with the admin role, for scripts (docs/security.md)", secret=True
+    )
+    metrics_token: str | None = setting(
+        None, help="bearer token /metrics needs, when set (for Prometheus)", secret=True
+    )
+    require_login: bool = setting(
+        False, help="require a login even on localhost (e.g. behind a reverse proxy)"
     )
     stale_factor: float = setting(
         3.0,
@@ -92,12 +98,6 @@ class MasterSettings(BrokerClientSettings):
 
     def __post_init__(self) -> None:
         declared.finish(self)
-        if not self.http_is_loopback and not self.api_token:
-            raise SettingsError(
-                "api_token",
-                f"the API listens on {self.http}, beyond localhost: set api_token "
-                "(CLUSTER_API_TOKEN) so that writes need it",
-            )
 
     @property
     def http_host(self) -> str:
@@ -112,7 +112,17 @@ class MasterSettings(BrokerClientSettings):
     @property
     def http_is_loopback(self) -> bool:
         """True when the API is reachable from this machine only."""
-        return self.http_host in LOOPBACK_HOSTS
+        if self.http_host in LOOPBACK_HOSTS:
+            return True
+        try:
+            return ipaddress.ip_address(self.http_host).is_loopback  # all of 127.0.0.0/8
+        except ValueError:
+            return False  # a host name other than localhost: it may resolve to anything
+
+    @property
+    def login_required(self) -> bool:
+        """True when the dashboard and API need a login: beyond localhost, or when asked."""
+        return self.require_login or not self.http_is_loopback
 
     @property
     def broker_address(self) -> BrokerAddress:

@@ -143,6 +143,29 @@ _ENROLL_TOKENS_STATEMENTS: Final = (
     "CREATE INDEX enroll_tokens_node ON enroll_tokens (node)",
 )
 
+# Dashboard and API logins (master_service/auth): a password's scrypt hash, and of a session
+# or an API token only its SHA-256. A user's sessions and tokens go with the user.
+_USERS_STATEMENTS: Final = (
+    "CREATE TABLE users ("
+    " name TEXT PRIMARY KEY,"
+    " role TEXT NOT NULL CHECK (role IN ('viewer', 'admin')),"
+    " password TEXT NOT NULL,"  # scrypt$N$r$p$salt$hash
+    " created REAL NOT NULL)",
+    "CREATE TABLE user_sessions ("
+    " id_hash TEXT PRIMARY KEY,"
+    " user TEXT NOT NULL,"
+    " csrf TEXT NOT NULL,"  # sent back by the dashboard in X-CSRF-Token on every write
+    " created REAL NOT NULL,"
+    " expires REAL NOT NULL)",
+    "CREATE INDEX user_sessions_user ON user_sessions (user)",
+    "CREATE TABLE user_tokens ("
+    " id INTEGER PRIMARY KEY,"
+    " token_hash TEXT NOT NULL UNIQUE,"
+    " user TEXT NOT NULL,"
+    " label TEXT NOT NULL,"
+    " created REAL NOT NULL)",
+)
+
 # Statements of a version other than its new history columns (which come from the metric
 # table). A change that is not a new metric column (an index, a new table) goes here, keyed
 # by the next version number.
@@ -152,6 +175,7 @@ _STATEMENTS: Final[Mapping[int, Sequence[str]]] = {
     3: _ALERTS_STATEMENTS,
     4: _NODE_TAGS_STATEMENTS,
     5: _ENROLL_TOKENS_STATEMENTS,
+    6: _USERS_STATEMENTS,
 }
 
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from master_service.alerts.durations import parse_duration
 from master_service.alerts.service import SilenceError, StoreBusyError
-from master_service.web.control import token_check
+from master_service.web.access import Access
 from master_service.web.errors import error_responses
 from master_service.web.ports import MasterPort
 
@@ -140,11 +140,11 @@ def silence_model(rules: Sequence[str]) -> type[SilenceRequest]:
     return model
 
 
-def alerts_router(port: MasterPort) -> APIRouter:
+def alerts_router(port: MasterPort, access: Access) -> APIRouter:
     """The /api/alerts routes; writes need the API token like every other write."""
     router = APIRouter(tags=["alerts"])
-    guarded = token_check(port.settings.api_token)
-    auth = (401,) if guarded else ()
+    guarded = access.admin
+    auth = access.admin_errors
     alerting = port.alerting
     request_model = silence_model(alerting.rule_names())
 

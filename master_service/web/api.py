@@ -8,18 +8,21 @@ from importlib import resources
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import FastAPI, HTTPException, Query
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
+from master_service.auth.throttle import LoginThrottle
 from master_service.storage.history import HistoryQuery, HistoryQueryError, HistoryReader
 from master_service.storage.store import HISTORY_METRICS
+from master_service.web.access import Access
 from master_service.web.alerts import alerts_router
 from master_service.web.catalog import catalog_router
 from master_service.web.control import NodeId, control_router
 from master_service.web.enroll import enroll_router
 from master_service.web.errors import error_responses, install_error_handlers
+from master_service.web.login import login_router
 from master_service.web.ports import MasterPort
 from master_service.web.prometheus import metrics_router
 from master_service.web.tags import tags_router
@@ -64,9 +67,14 @@ def create_app(port: MasterPort) -> FastAPI:
         description="State, history and control of a picluster (nodes publishing over MQTT).",
     )
     install_error_handlers(app)
-    history = HistoryReader(port.settings.db, port.settings.history_raw_days, port.clock)
-    app.include_router(metrics_router(port.metrics))
-    app.include_router(catalog_router())
+    settings = port.settings
+    access = Access(port.accounts, settings.api_token, settings.login_required)
+    reader = access.reader
+    read_errors = access.reader_errors
+    history = HistoryReader(settings.db, settings.history_raw_days, port.clock)
+    app.include_router(metrics_router(port.metrics, settings.metrics_token))
+    app.include_router(login_router(access, LoginThrottle()))
+    app.include_router(catalog_router(), dependencies=reader)
 
     @app.get(
         "/healthz",
@@ -79,7 +87,12 @@ def create_app(port: MasterPort) -> FastAPI:
         health = port.health()
         return JSONResponse(health.to_dict(), 200 if health.ok else 503)
 
-    @app.get("/api/nodes", tags=["nodes"], responses=error_responses(422))
+    @app.get(
+        "/api/nodes",
+        tags=["nodes"],
+        dependencies=reader,
+        responses=error_responses(*read_errors, 422),
+    )
     def list_nodes(
         tag: Annotated[
             list[str],
@@ -93,7 +106,12 @@ def create_app(port: MasterPort) -> FastAPI:
             views = [view for view in views if wanted.issubset(view["tags"])]
         return {"nodes": views, "generated_at": time.time()}
 
-    @app.get("/api/nodes/{node}", tags=["nodes"], responses=error_responses(404, 422))
+    @app.get(
+        "/api/nodes/{node}",
+        tags=["nodes"],
+        dependencies=reader,
+        responses=error_responses(*read_errors, 404, 422),
+    )
     def get_node(node: NodeId) -> dict[str, Any]:
         """One node."""
         view = port.state.view(node)
@@ -104,10 +122,11 @@ def create_app(port: MasterPort) -> FastAPI:
     @app.get(
         "/api/nodes/{node}/history",
         tags=["nodes"],
+        dependencies=reader,
         response_class=Response,
         responses={
             200: {"model": HistoryBody, "description": "The points"},
-            **error_responses(404, 422),
+            **error_responses(*read_errors, 404, 422),
         },
     )
     def get_history(
@@ -156,7 +175,12 @@ def create_app(port: MasterPort) -> FastAPI:
         # Thousands of points: orjson at once, not FastAPI's encoder walking every point.
         return Response(orjson.dumps(body), media_type="application/json")
 
-    @app.get("/api/cluster", tags=["cluster"])
+    @app.get(
+        "/api/cluster",
+        tags=["cluster"],
+        dependencies=reader,
+        responses=error_responses(*read_errors),
+    )
     def get_cluster() -> dict[str, Any]:
         """Cluster totals and the master's own counters."""
         return {
@@ -165,16 +189,18 @@ def create_app(port: MasterPort) -> FastAPI:
             "generated_at": time.time(),
         }
 
-    app.include_router(control_router(port))
-    app.include_router(tags_router(port))
-    app.include_router(enroll_router(port))
-    app.include_router(alerts_router(port))
+    app.include_router(control_router(port, access), dependencies=reader)
+    app.include_router(tags_router(port, access), dependencies=reader)
+    app.include_router(enroll_router(port, access))  # a new node's installer has no login
+    app.include_router(alerts_router(port, access), dependencies=reader)
 
     if (STATIC_DIR / "index.html").is_file():
         app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
 
         @app.get("/", include_in_schema=False)
-        def dashboard() -> FileResponse:
+        def dashboard(request: Request) -> Response:
+            if access.login_required and access.identify(request) is None:
+                return RedirectResponse("/login", 303)
             return FileResponse(str(STATIC_DIR / "index.html"))
 
     return app

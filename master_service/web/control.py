@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import hmac
 import re
 from typing import Annotated, Any, Final, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Query, Security
-from fastapi.params import Depends
+from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -38,6 +35,7 @@ from master_service.control.placement import (
 )
 from master_service.control.selection import select_nodes
 from master_service.control.units import parse_size
+from master_service.web.access import Access
 from master_service.web.errors import error_responses
 from master_service.web.ports import MasterPort
 
@@ -243,31 +241,11 @@ class ForgottenBody(BaseModel):
     forgotten: bool
 
 
-def token_check(token: str | None) -> list[Depends]:
-    """The bearer-token dependency when a token is configured (it then shows in the OpenAPI)."""
-    if token is None:
-        return []  # settings allow no token only when the API listens on loopback
-    expected = token.encode()
-    bearer = Security(HTTPBearer(auto_error=False, description="the master's api_token"))
-
-    def require_token(credentials: HTTPAuthorizationCredentials | None = bearer) -> None:
-        """Check `Authorization: Bearer <api_token>`."""
-        given = credentials.credentials.encode() if credentials else b""
-        if not hmac.compare_digest(given, expected):
-            raise HTTPException(
-                401,
-                "this endpoint needs Authorization: Bearer <api_token>",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-
-    return [Security(require_token)]
-
-
-def control_router(port: MasterPort) -> APIRouter:
+def control_router(port: MasterPort, access: Access) -> APIRouter:
     """Routes for commands, placement and forget, bound to one running master."""
     router = APIRouter(tags=["control"])
-    guarded = token_check(port.settings.api_token)
-    auth_errors = (401,) if guarded else ()
+    guarded = access.admin
+    auth_errors = access.admin_errors
 
     @router.post(
         "/api/nodes/{node}/commands",

@@ -37,7 +37,7 @@ from master_service.enrollment.installer import (
 )
 from master_service.enrollment.service import Enrollment, TokenRejectedError
 from master_service.enrollment.tokens import TOKEN_TTL_S, TokenStoreError
-from master_service.web.control import token_check
+from master_service.web.access import Access
 from master_service.web.errors import ErrorBody, error_responses
 from master_service.web.ports import MasterPort
 
@@ -198,11 +198,11 @@ def enroll_command(master_url: str, token: str) -> str:
     )
 
 
-def enroll_router(port: MasterPort) -> APIRouter:
+def enroll_router(port: MasterPort, access: Access) -> APIRouter:
     """Enrollment routes: broker clients for new nodes, and the one-time token exchange."""
     router = APIRouter(tags=["enrollment"])
-    guarded = token_check(port.settings.api_token)
-    auth_errors = (401,) if guarded else ()
+    guarded = access.admin
+    auth_errors = access.admin_errors
 
     def enrollment() -> Enrollment:
         return port.enrollment

@@ -18,7 +18,8 @@ logger = logging.getLogger(__name__)
 
 DESCRIPTIONS: Final[dict[int, str]] = {
     400: "The body could not be read: not UTF-8 text",
-    401: "The endpoint needs `Authorization: Bearer <api_token>`",
+    401: "A login is needed: a session (POST /login) or `Authorization: Bearer <token>`",
+    403: "Logged in, but not allowed: a viewer's write, or a session's write without X-CSRF-Token",
     404: "No such node",
     409: "The node is offline: nothing would receive the command",
     413: "The command is larger than a message may be",

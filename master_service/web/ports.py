@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from cluster_protocol.payloads import ClusterSummary
 from master_service.alerts.delivery import TestResult
 from master_service.alerts.model import Silence
+from master_service.auth.accounts import Accounts
 from master_service.enrollment.service import Enrollment
 from master_service.ingest.health import Health
 from master_service.state import NodeView
@@ -92,7 +93,17 @@ class WebSettings(Protocol):
 
     @property
     def api_token(self) -> str | None:
-        """The bearer token control endpoints need; None leaves them open (loopback only)."""
+        """A bearer token with the admin role; on localhost without it, writes are open."""
+        ...
+
+    @property
+    def metrics_token(self) -> str | None:
+        """The bearer token `/metrics` needs; None: open."""
+        ...
+
+    @property
+    def login_required(self) -> bool:
+        """True when reading needs a login and writing the admin role."""
         ...
 
 
@@ -178,6 +189,11 @@ class MasterPort(Protocol):
     @property
     def alerting(self) -> AlertPort:
         """Alerts, their history and silences."""
+        ...
+
+    @property
+    def accounts(self) -> Accounts:
+        """Dashboard and API users, their sessions and API tokens."""
         ...
 
     def health(self) -> Health:

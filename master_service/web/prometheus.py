@@ -9,14 +9,17 @@ name, help and scale there; the per-mount filesystem family is built here.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException, Security
+from fastapi.params import Depends
 from fastapi.responses import Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -24,6 +27,7 @@ from prometheus_client.registry import Collector
 from cluster_protocol import METRICS, RejectCause
 from master_service.ingest.counters import IngestCounters
 from master_service.state import ClusterState, NodeStatus
+from master_service.web.errors import error_responses
 
 if TYPE_CHECKING:
     from master_service.ingest.ingestor import Ingestor
@@ -284,11 +288,35 @@ class MasterMetrics:
         return generate_latest(self.registry)
 
 
-def metrics_router(metrics: MasterMetrics) -> APIRouter:
-    """The `/metrics` route."""
+def metrics_router(metrics: MasterMetrics, token: str | None = None) -> APIRouter:
+    """The `/metrics` route; with a token, scrapes must send it as a bearer token."""
     router = APIRouter()
+    guarded: list[Depends] = []
+    if token is not None:
+        expected = token.encode()
+        bearer = HTTPBearer(auto_error=False, description="the master's metrics_token")
 
-    @router.get("/metrics", tags=["health"], response_class=Response)
+        def require_token(
+            credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+        ) -> None:
+            """Check `Authorization: Bearer <metrics_token>`."""
+            given = credentials.credentials.encode() if credentials else b""
+            if not hmac.compare_digest(given, expected):
+                raise HTTPException(
+                    401,
+                    "/metrics needs Authorization: Bearer <metrics_token>",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+
+        guarded = [Security(require_token)]
+
+    @router.get(
+        "/metrics",
+        tags=["health"],
+        response_class=Response,
+        dependencies=guarded,
+        responses=error_responses(401) if guarded else {},
+    )
     def scrape() -> Response:
         """Prometheus exposition (text format 0.0.4)."""
         return Response(metrics.exposition(), media_type=CONTENT_TYPE)

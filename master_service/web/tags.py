@@ -10,7 +10,8 @@ from fastapi.responses import Response
 
 from cluster_protocol.tags import TAG_PATTERN
 from master_service.storage.node_tags import TagWriteError
-from master_service.web.control import NodeId, token_check
+from master_service.web.access import Access
+from master_service.web.control import NodeId
 from master_service.web.errors import ErrorBody, error_responses
 from master_service.web.ports import MasterPort
 
@@ -28,11 +29,11 @@ _NOT_STORED: dict[int | str, dict[str, Any]] = {
 }
 
 
-def tags_router(port: MasterPort) -> APIRouter:
+def tags_router(port: MasterPort, access: Access) -> APIRouter:
     """Routes that add and remove master-side tags, token-protected like other writes."""
     router = APIRouter(tags=["nodes"])
-    guarded = token_check(port.settings.api_token)
-    auth_errors = (401,) if guarded else ()
+    guarded = access.admin
+    auth_errors = access.admin_errors
 
     @router.put(
         "/api/nodes/{node}/tags/{tag}",

@@ -15,6 +15,7 @@ import pytest
 from fastapi import FastAPI
 
 from cluster_protocol import MAX_MESSAGE_BYTES
+from master_service.auth.accounts import Accounts
 from master_service.cli import parse_command_args
 from master_service.control.commands import CommandRefusedError, CommandService
 from master_service.ingest.counters import IngestCounters
@@ -22,7 +23,8 @@ from master_service.ingest.handlers import Context
 from master_service.ingest.ingestor import Ingestor
 from master_service.state import ClusterState, NodeStatus
 from master_service.storage.command_log import CommandLog
-from master_service.storage.store import Store
+from master_service.storage.store import Store, connect
+from master_service.web.access import Access
 from master_service.web.control import control_router
 from tests.support.waiting import wait_until
 
@@ -229,7 +231,9 @@ def client_for(commands: CommandService, token: str | None) -> Client:
         forget=lambda node: node == "n1",
     )
     app = FastAPI()
-    app.include_router(control_router(fake))  # a SimpleNamespace satisfies MasterPort
+    # No user exists: only the master's api_token can write (localhost, no login needed).
+    access = Access(Accounts(lambda: connect(":memory:")), token, login_required=False)
+    app.include_router(control_router(fake, access))  # a SimpleNamespace satisfies MasterPort
     return Client(app)
 
 

@@ -35,7 +35,6 @@ def test_precedence_is_defaults_then_file_then_environment_then_flags(tmp_path):
         (["--prefix", "a/b"], {}, "prefix"),
         ([], {"CLUSTER_KEEPALIVE": "soon"}, "keepalive"),
         ([], {"CLUSTER_HA_DISCOVERY": "perhaps"}, "ha_discovery"),
-        (["--http", "0.0.0.0:8080"], {}, "api_token"),
         (["--log-level", "LOUD"], {}, "log_level"),
     ],
 )
@@ -104,3 +103,21 @@ def test_cli_reports_an_unusable_database_without_a_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"cluster-master: cannot open the database {db}")
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("http", "extra", "required"),
+    [
+        ("127.0.0.1:8080", [], False),
+        ("127.0.0.2:8080", [], False),  # all of 127.0.0.0/8 is this machine
+        ("[::1]:8080", [], False),
+        ("localhost:8080", [], False),
+        ("0.0.0.0:8080", [], True),
+        ("192.168.1.10:8080", [], True),
+        ("pi-01.local:8080", [], True),  # a name may resolve to any address
+        ("127.0.0.1:8080", ["--require-login"], True),  # behind a reverse proxy
+    ],
+)
+def test_a_login_is_required_beyond_loopback_or_when_asked(http, extra, required):
+    settings = parse_settings(["--http", http, *extra], {})
+    assert settings.login_required is required

@@ -1,0 +1,170 @@
+"""`cluster-master users ...`: dashboard and API users, run on the head against the database.
+
+It writes the master's database directly (not through the API), so the first admin can be
+made before anyone can log in; the running master sees each change at the next request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+import time
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from master_service.auth.accounts import AccountError, Accounts, Role
+from master_service.auth.passwords import PasswordError, check_new_password
+from master_service.cli_output import complainer, out
+from master_service.settings import default_db_path
+from master_service.storage.store import connect
+
+INSTALLED_CONFIG: Final = Path("/etc/picluster/master.toml")
+_err = complainer("cluster-master users")
+
+
+def add_parser(commands: Any) -> None:
+    """Add `users` and its subcommands to the `cluster-master` parser."""
+    users = commands.add_parser("users", help="dashboard and API logins: users, roles, tokens")
+    actions = users.add_subparsers(dest="users_command", required=True)
+
+    def action(name: str, text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = actions.add_parser(name, help=text)
+        parser.add_argument(
+            "--db", help="the master's database (default: the config's db, else the default)"
+        )
+        parser.add_argument(
+            "--config", help=f"the master's TOML config, for its db (default {INSTALLED_CONFIG})"
+        )
+        return parser
+
+    add = action("add", "add a user; asks for the password")
+    add.add_argument("name", help="user name")
+    add.add_argument("--role", choices=[r.value for r in Role], required=True)
+    add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin (scripts)"
+    )
+    passwd = action("passwd", "change a user's password (ends their sessions)")
+    passwd.add_argument("name", help="user name")
+    passwd.add_argument("--password-stdin", action="store_true", help="read it from stdin")
+    role = action("role", "change a user's role")
+    role.add_argument("name", help="user name")
+    role.add_argument("role", choices=[r.value for r in Role])
+    action("list", "list users and their API tokens (never the tokens themselves)")
+    remove = action("remove", "delete a user with their sessions and API tokens")
+    remove.add_argument("name", help="user name")
+    token = action("token", "create an API token for a user (printed once)")
+    token.add_argument("name", help="user name")
+    token.add_argument("--label", default="", help="what the token is for, e.g. 'backup script'")
+    revoke = action("revoke", "delete an API token by its id (from `users list`)")
+    revoke.add_argument("token_id", type=int, help="token id")
+
+
+def database_path(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
+    """The database: --db, CLUSTER_DB, the config file's `db`, else the master's default."""
+    if args.db:
+        return str(args.db)
+    if environ.get("CLUSTER_DB"):
+        return environ["CLUSTER_DB"]
+    config = args.config or environ.get("CLUSTER_CONFIG")
+    path = Path(config) if config else INSTALLED_CONFIG
+    if config or path.is_file():
+        with path.open("rb") as file:
+            db = tomllib.load(file).get("db")
+        if isinstance(db, str) and db:
+            return db
+    return default_db_path()
+
+
+def read_password(from_stdin: bool) -> str:
+    """The new password: one line of stdin, or typed twice at a prompt that does not echo."""
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise PasswordError("the two passwords differ")
+    check_new_password(password)
+    return password
+
+
+def _give_back_to_owner(db: str) -> None:
+    """Run as root on a head, leave the files the master's own (it runs as `picluster`)."""
+    if os.geteuid() != 0:
+        return
+    directory = Path(db).parent
+    stat = directory.stat()
+    if stat.st_uid == 0:
+        return
+    for path in (Path(db), Path(f"{db}-wal"), Path(f"{db}-shm")):
+        if path.exists():
+            os.chown(path, stat.st_uid, stat.st_gid)
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+def _run(accounts: Accounts, args: argparse.Namespace) -> int:
+    command = args.users_command
+    if command == "add":
+        user = accounts.add_user(args.name, Role(args.role), read_password(args.password_stdin))
+        out(f"added {user.name} ({user.role.value})")
+    elif command == "passwd":
+        accounts.set_password(args.name, read_password(args.password_stdin))
+        out(f"changed the password of {args.name}; their sessions ended")
+    elif command == "role":
+        accounts.set_role(args.name, Role(args.role))
+        out(f"{args.name} is now {args.role}")
+    elif command == "remove":
+        if not accounts.remove_user(args.name):
+            _err(f"no user {args.name!r}")
+            return 1
+        out(f"removed {args.name} with their sessions and API tokens")
+    elif command == "token":
+        token_id, token = accounts.create_token(args.name, args.label)
+        out(token)
+        _err(f"token {token_id} for {args.name}: shown this once; send it as 'Bearer <token>'")
+    elif command == "revoke":
+        if not accounts.revoke_token(args.token_id):
+            _err(f"no API token {args.token_id}")
+            return 1
+        out(f"revoked API token {args.token_id}")
+    else:
+        tokens: dict[str, list[str]] = {}
+        for info in accounts.tokens():
+            label = f" {info.label!r}" if info.label else ""
+            tokens.setdefault(info.user, []).append(f"#{info.id}{label}")
+        out(f"{'USER':<24} {'ROLE':<7} {'CREATED':<16} API TOKENS")
+        for user in accounts.users():
+            listed = ", ".join(tokens.get(user.name, [])) or "-"
+            out(f"{user.name:<24} {user.role.value:<7} {_when(user.created):<16} {listed}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one `users` subcommand: 0 done, 1 nothing to remove, 2 refused, 3 bad database."""
+    try:
+        db = database_path(args, os.environ)
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        _err(f"cannot read the config: {error}")
+        return 3
+    try:
+        connection = connect(db)
+    except Exception as error:
+        _err(f"cannot open the database {db}: {error}")
+        return 3
+    try:
+        return _run(Accounts(lambda: connection), args)
+    except (AccountError, PasswordError) as error:
+        _err(str(error))
+        return 2
+    except EOFError:
+        _err("no password given")
+        return 2
+    finally:
+        connection.close()
+        _give_back_to_owner(db)
