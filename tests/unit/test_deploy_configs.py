@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from master_service.enrollment.installer import DEPLOY_FILES, PACKAGE_PATHS, SOURCE_PATHS
 from master_service.settings import parse_settings
 from node_publisher.settings import load_settings as load_node_settings
 from tests.conftest import REPO_ROOT
@@ -28,6 +29,8 @@ MASTER_KEYS = {
 }  # fmt: skip
 # Keys whose values are paths that differ between the Debian and the container config.
 PATH_KEYS = {"pid_file", "password_file", "acl_file", "persistence_location", "log_dest"}
+# Keys of the "Who may connect" section: the static password file or the dynamic security plugin.
+AUTH_KEYS = {"password_file", "acl_file", "plugin", "plugin_opt_config_file"}
 # Debian's docker-compose package depends on python3-yaml; the project venv has no YAML parser.
 SYSTEM_PYTHON = "/usr/bin/python3"
 
@@ -77,6 +80,24 @@ def test_docker_conf_has_the_same_settings_as_the_production_conf() -> None:
     assert docker["password_file"] == ["/mosquitto/config/passwd"]
     assert docker["acl_file"] == ["/mosquitto/config/acl"]
     assert docker["persistence_location"] == ["/mosquitto/data/"]
+
+
+def test_docker_dynsec_conf_is_the_dynsec_conf_with_the_container_paths() -> None:
+    dynsec = conf_settings(MOSQUITTO / "dynsec.conf")
+    docker_dynsec = conf_settings(MOSQUITTO / "docker-dynsec.conf")
+    docker = conf_settings(MOSQUITTO / "docker.conf")
+    assert {k: v for k, v in dynsec.items() if k not in PATH_KEYS | AUTH_KEYS} == {
+        k: v for k, v in docker_dynsec.items() if k not in PATH_KEYS | AUTH_KEYS
+    }
+    # The image's plugin path, and the plugin's JSON in the data volume (kept across starts).
+    assert docker_dynsec["plugin"] == ["/usr/lib/mosquitto_dynamic_security.so"]
+    assert docker_dynsec["plugin_opt_config_file"] == ["/mosquitto/data/dynamic-security.json"]
+    assert "password_file" not in docker_dynsec
+    assert "acl_file" not in docker_dynsec
+    # Beside that, the same as the static compose config.
+    assert {k: v for k, v in docker.items() if k not in AUTH_KEYS} == {
+        k: v for k, v in docker_dynsec.items() if k not in AUTH_KEYS
+    }
 
 
 def test_production_conf_choices() -> None:
@@ -179,22 +200,38 @@ def test_compose_commands_match_the_entry_points() -> None:
     assert {"cluster-master", "cluster-node"} <= set(pyproject["project"]["scripts"])
     assert services["mosquitto"]["command"] == ["sh", "/picluster/host/docker-start.sh"]
     start = (REPO_ROOT / "mosquitto" / "docker-start.sh").read_text()
-    assert "CONF=${PICLUSTER_MOSQUITTO_CONF:-/picluster/mosquitto.conf}" in start
-    assert 'exec mosquitto -c "$CONF"' in start
+    assert "HOST_DIR=${PICLUSTER_HOST_DIR:-/picluster/host}" in start
+    assert "DATA_DIR=${PICLUSTER_DATA_DIR:-/mosquitto/data}" in start
+    assert "AUTH=${PICLUSTER_BROKER_AUTH:-dynsec}" in start
+    assert "CONF=${PICLUSTER_MOSQUITTO_CONF:-$HOST_DIR/docker-dynsec.conf}" in start
+    assert "CONF=${PICLUSTER_MOSQUITTO_CONF:-$HOST_DIR/docker.conf}" in start
+    assert start.count('exec mosquitto -c "$CONF"') == 2
     volumes = services["mosquitto"]["volumes"]
-    assert "./mosquitto/docker.conf:/picluster/mosquitto.conf:ro" in volumes
     assert "./mosquitto:/picluster/host:ro" in volumes
+    assert "mosquitto-data:/mosquitto/data" in volumes
 
 
 def test_compose_variables_are_in_the_env_example() -> None:
     env_example = (REPO_ROOT / ".env.example").read_text()
     keys = {line.split("=", 1)[0] for line in env_example.splitlines() if "=" in line}
     assert {"CLUSTER_PASSWORD", "CLUSTER_API_TOKEN", "PICLUSTER_HTTP_PORT"} <= keys
+    assert "PICLUSTER_BROKER_AUTH=dynsec" in env_example.splitlines()
     assert ".env" in (REPO_ROOT / ".gitignore").read_text().splitlines()
 
 
 def test_dockerfile_installs_the_master_extra_on_python_311() -> None:
     dockerfile = (DEPLOY / "Dockerfile.master").read_text()
     assert "FROM python:3.11-slim" in dockerfile
-    assert 'pip install ".[master]"' in dockerfile
+    assert 'pip install --editable ".[master]"' in dockerfile
     assert "USER picluster" in dockerfile
+
+
+def test_dockerfile_keeps_what_the_master_serves_to_new_nodes() -> None:
+    """The image's master answers GET /install/...: its source tree and the node's installer."""
+    dockerfile = (DEPLOY / "Dockerfile.master").read_text()
+    assert "WORKDIR /opt/picluster/src" in dockerfile
+    copies = [line.split()[1:] for line in dockerfile.splitlines() if line.startswith("COPY ")]
+    sources = {source for *names, _ in copies for source in names}
+    assert set(SOURCE_PATHS) | set(PACKAGE_PATHS) <= sources
+    assert {f"deploy/{name}" for name in DEPLOY_FILES} <= sources
+    assert [copies[-1][0], copies[-1][-1]] == ["deploy/install-node.sh", "./deploy/"]
