@@ -10,25 +10,37 @@ source "$SCRIPT_DIR/installer-lib.sh"
 
 usage() {
     cat <<USAGE
-Usage: sudo $(basename "$0") --node ID [--node ID ...] [options]
+Usage: sudo $(basename "$0") [options]
+       sudo $(basename "$0") --static-passwords --node ID [--node ID ...] [options]
        sudo $(basename "$0") --uninstall
 
 Sets up the head node:
-  - Mosquitto from apt, with the project's mosquitto.conf and ACL (the original config is
-    kept as /etc/mosquitto/mosquitto.conf.picluster-orig and restored by --uninstall);
-  - broker users: picluster-master, homeassistant and one per node (name = node id), each
-    with a generated password stored under /etc/picluster (root only, except the master's);
-  - picluster with the master extra in /opt/picluster/venv, /etc/picluster/master.toml and
+  - Mosquitto from apt with the project's configuration (the original is kept as
+    /etc/mosquitto/mosquitto.conf.picluster-orig and restored by --uninstall). By default
+    mosquitto/dynsec.conf: the dynamic security plugin keeps the broker's users in
+    /var/lib/mosquitto/dynamic-security.json, first written with the master's user
+    picluster-master as its admin (and homeassistant); nodes are then added and removed by the
+    master with no broker restart:  cluster-master nodes add ID  prints the one command to run
+    on the new node. With --static-passwords: mosquitto/mosquitto.conf, a password file and
+    mosquitto/acl, one broker user per --node;
+  - passwords generated once under /etc/picluster (root only, except the master's);
+  - picluster with the master extra in /opt/picluster/venv (its source in /opt/picluster/src,
+    which the master serves to new nodes), /etc/picluster/master.toml and
     picluster-master.service, enabled and started.
-Running it again changes nothing; with more --node options it adds those users (and reloads
-Mosquitto), with --http it changes only that key in master.toml: the settings not given again,
-the api_token and hand edits included, are kept.
-Then, on each node:  sudo deploy/install-node.sh --broker mqtt://HEAD --password-file FILE
+Running it again changes nothing; with --http it changes only that key in master.toml (the
+settings not given again, the api_token and hand edits included, are kept); a re-run without
+--static-passwords or --dynamic-security keeps the mode installed. Only what changed is
+restarted (Mosquitto is reloaded when only its users or ACL changed).
+With --static-passwords, on each node:
+  sudo deploy/install-node.sh --broker mqtt://HEAD --password-file FILE
 with FILE a copy of /etc/picluster/nodes/ID.password from this machine.
 
 Options:
-  --node ID             add a broker user for this node (repeat, or --nodes a,b,c)
-  --nodes LIST          comma-separated node ids
+  --static-passwords    a password file and ACL instead of the dynamic security plugin
+  --dynamic-security    the dynamic security plugin (the default; switches a static head back)
+  --node ID             (--static-passwords) add a broker user for this node (repeat, or
+                        --nodes a,b,c)
+  --nodes LIST          (--static-passwords) comma-separated node ids
   --http HOST:PORT      where the API and dashboard listen (first install: 127.0.0.1:8080;
                         later: what master.toml says). Any other address than loopback gets
                         a generated api_token in master.toml, kept from then on
@@ -53,6 +65,7 @@ NODES=()
 HTTP=""
 readonly DEFAULT_HTTP="127.0.0.1:8080"
 HOME_ASSISTANT=true
+AUTH=""
 CHANGED=false
 
 need_value() { [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value (see --help)"; }
@@ -64,6 +77,8 @@ while [[ $# -gt 0 ]]; do
         --nodes) need_value "$@"; IFS=, read -r -a more <<<"$2"; NODES+=("${more[@]}"); shift 2 ;;
         --http) need_value "$@"; HTTP="$2"; shift 2 ;;
         --no-homeassistant) HOME_ASSISTANT=false; shift ;;
+        --static-passwords) AUTH=static; shift ;;
+        --dynamic-security) AUTH=dynsec; shift ;;
         --source) need_value "$@"; SOURCE="$2"; shift 2 ;;
         --python) need_value "$@"; PYTHON="$2"; shift 2 ;;
         --prefix) need_value "$@"; PREFIX="$(realpath -m "$2")"; shift 2 ;;
@@ -79,6 +94,7 @@ MOSQ_DIR="$PREFIX/etc/mosquitto"
 MOSQ_CONF="$MOSQ_DIR/mosquitto.conf"
 MOSQ_PASSWD="$MOSQ_DIR/passwd"
 MOSQ_ACL="$MOSQ_DIR/acl"
+MOSQ_DYNSEC="$PREFIX/var/lib/mosquitto/dynamic-security.json"
 ORIG_SUFFIX=".picluster-orig"
 CONFIG="$ETC_DIR/master.toml"
 MASTER_PASSWORD="$ETC_DIR/master.password"
@@ -100,13 +116,43 @@ require_mosquitto() {
     die "Mosquitto is not installed and apt-get is not available here: install mosquitto and mosquitto-clients first"
 }
 
-# The project's broker config with its paths moved under PREFIX (unchanged on the real system).
+# The mode a picluster broker config installed here uses (dynsec or static); empty if none.
+installed_auth() {
+    grep -q '^# picluster' "$MOSQ_CONF" 2>/dev/null || return 0
+    if grep -q '^plugin_opt_config_file' "$MOSQ_CONF"; then
+        echo dynsec
+    elif grep -q '^password_file' "$MOSQ_CONF"; then
+        echo static
+    fi
+}
+
+# Where this system's Mosquitto keeps the dynamic security plugin (Debian: a multiarch path).
+find_dynsec_plugin() {
+    local candidate
+    for candidate in ${PICLUSTER_DYNSEC_PLUGIN:-} /usr/lib/*/mosquitto_dynamic_security.so \
+        /usr/lib/mosquitto_dynamic_security.so /usr/local/lib/mosquitto_dynamic_security.so; do
+        if [[ -f "$candidate" ]]; then
+            echo "$candidate"
+            return 0
+        fi
+    done
+    die "Mosquitto's dynamic security plugin (mosquitto_dynamic_security.so, part of Mosquitto 2) is not installed: upgrade mosquitto, or use --static-passwords"
+}
+
+# The project's broker config with its paths moved under PREFIX (unchanged on the real system)
+# and, with the plugin, this system's plugin path.
 mosquitto_conf_text() {
+    local source="$REPO_DIR/mosquitto/mosquitto.conf" plugin=""
+    if [[ "$AUTH" == dynsec ]]; then
+        source="$REPO_DIR/mosquitto/dynsec.conf"
+        plugin="$(find_dynsec_plugin)"
+    fi
     sed -e "s#/etc/mosquitto/#$PREFIX/etc/mosquitto/#g" \
         -e "s#/var/lib/mosquitto/#$PREFIX/var/lib/mosquitto/#g" \
         -e "s#/var/log/mosquitto/#$PREFIX/var/log/mosquitto/#g" \
         -e "s#/run/mosquitto/#$PREFIX/run/mosquitto/#g" \
-        "$REPO_DIR/mosquitto/mosquitto.conf"
+        -e "s#^plugin .*#plugin $plugin#" \
+        "$source"
 }
 
 # Keep the admin's own file (on the first install only), so that --uninstall can put it back.
@@ -128,17 +174,40 @@ restore_original() {
 
 new_password() { head -c 24 /dev/urandom | base64 | tr -d '/+=\n' | head -c 32; }
 
-# A broker user whose password lives in FILE: generated once, then kept.
-ensure_broker_user() {
-    local name="$1" file="$2" mode="$3"
+# A password in FILE: generated once, then kept (CHANGED=true when generated).
+ensure_password_file() {
+    local file="$1" mode="$2"
     if [[ ! -s "$file" ]]; then
         new_password | put_file "$file" "$mode"
     fi
+}
+
+# A broker user in the password file whose password lives in FILE: generated once, then kept.
+ensure_broker_user() {
+    local name="$1" file="$2" mode="$3"
+    ensure_password_file "$file" "$mode"
     if ! grep -q "^$name:" "$MOSQ_PASSWD" 2>/dev/null; then
         say "adding the broker user $name"
         "$REPO_DIR/mosquitto/add-user.sh" "$name" --password-file "$MOSQ_PASSWD" <"$file" >/dev/null
         BROKER_RELOAD=true
     fi
+}
+
+# The dynamic security plugin's first JSON (master_service/enrollment/dynsec_init.py): the
+# master's user as the plugin's admin with its topic rights, and Home Assistant's user. An
+# existing file is the broker's and left alone. BROKER_RESTART=true when it was written.
+ensure_dynsec_json() {
+    [[ -s "$MOSQ_DYNSEC" ]] && return 0
+    local args=("$MOSQ_DYNSEC" --password-file "$MASTER_PASSWORD")
+    [[ "$HOME_ASSISTANT" == true ]] && args+=(--ha-password-file "$HA_PASSWORD")
+    if real_system && getent passwd mosquitto >/dev/null; then
+        args+=(--owner mosquitto)
+    fi
+    mkdir -p "$(dirname "$MOSQ_DYNSEC")"
+    "$VENV/bin/python" -m master_service.enrollment.dynsec_init "${args[@]}" >/dev/null ||
+        die "could not write $MOSQ_DYNSEC"
+    say "wrote $MOSQ_DYNSEC: picluster-master is the dynamic security admin"
+    BROKER_RESTART=true
 }
 
 loopback() {
@@ -188,6 +257,7 @@ uninstall() {
     restore_original "$MOSQ_CONF"
     restore_original "$MOSQ_ACL"
     restore_original "$MOSQ_PASSWD"
+    restore_original "$MOSQ_DYNSEC"
     if [[ "$drive_systemd" == true ]]; then
         "$SYSTEMCTL" daemon-reload || true
         "$SYSTEMCTL" try-restart mosquitto.service || warn "could not restart mosquitto"
@@ -195,7 +265,7 @@ uninstall() {
     if [[ -f "$ETC_DIR/node.toml" ]]; then
         say "the node agent is installed here too: keeping $VENV, $STATE_DIR and the user"
     else
-        rm -rf "$VENV" "$STATE_DIR"
+        rm -rf "$VENV" "$SRC_DIR" "$STATE_DIR"
         rmdir "$OPT_DIR" "$ETC_DIR" 2>/dev/null || true
         remove_service_user
     fi
@@ -212,6 +282,11 @@ install() {
     require_python
     require_systemd
     check_source
+    AUTH="${AUTH:-$(installed_auth)}"
+    AUTH="${AUTH:-dynsec}"
+    if [[ "$AUTH" == dynsec && ${#NODES[@]} -gt 0 ]]; then
+        die "--node and --nodes are for --static-passwords: with the dynamic security plugin (the default) add a node with '$VENV/bin/cluster-master nodes add ID' once the head runs (docs/deploy.md)"
+    fi
     local node
     for node in "${NODES[@]}"; do
         valid_node_id "$node" ||
@@ -221,15 +296,20 @@ install() {
     done
     [[ -z "$HTTP" || "$HTTP" =~ ^.+:[0-9]+$ ]] || die "--http must be HOST:PORT, e.g. 0.0.0.0:8080"
     require_mosquitto
+    [[ "$AUTH" == static ]] || find_dynsec_plugin >/dev/null
+    local previous_auth
+    previous_auth="$(installed_auth)"
 
     ensure_service_user
     install_venv "master"
     ensure_state_dir
     local master_changed=$CHANGED
 
-    # Broker: config, ACL, users. Mosquitto reads passwd and acl as the 'mosquitto' user.
+    # Broker: config, then its users (password file and ACL, or the plugin's JSON). Mosquitto
+    # reads them as the 'mosquitto' user.
     local conf_changed=false
     BROKER_RELOAD=false
+    BROKER_RESTART=false
     mkdir -p "$MOSQ_DIR"
     if ! real_system; then
         mkdir -p "$PREFIX/var/lib/mosquitto" "$PREFIX/var/log/mosquitto" "$PREFIX/run/mosquitto"
@@ -238,26 +318,42 @@ install() {
         keep_original "$MOSQ_CONF"
         keep_original "$MOSQ_ACL"
         keep_original "$MOSQ_PASSWD"
+        keep_original "$MOSQ_DYNSEC"
+        # A plugin JSON of the admin's own would not make our master its admin.
+        rm -f "$MOSQ_DYNSEC"
     fi
     CHANGED=false
     mosquitto_conf_text | put_file "$MOSQ_CONF" 0644
     conf_changed=$CHANGED
-    CHANGED=false
-    put_file "$MOSQ_ACL" 0644 <"$REPO_DIR/mosquitto/acl"
-    BROKER_RELOAD=$CHANGED
-    CHANGED=false
     # Only the master's password is readable by the service (0640 root:picluster); the
     # others (0600 root) are for the admin to hand over.
-    ensure_broker_user picluster-master "$MASTER_PASSWORD" 0640
-    [[ "$CHANGED" == true ]] && master_changed=true
-    if [[ "$HOME_ASSISTANT" == true ]]; then
-        ensure_broker_user homeassistant "$HA_PASSWORD" 0600
+    if [[ "$AUTH" == static ]]; then
+        CHANGED=false
+        put_file "$MOSQ_ACL" 0644 <"$REPO_DIR/mosquitto/acl"
+        BROKER_RELOAD=$CHANGED
+        CHANGED=false
+        ensure_broker_user picluster-master "$MASTER_PASSWORD" 0640
+        [[ "$CHANGED" == true ]] && master_changed=true
+        if [[ "$HOME_ASSISTANT" == true ]]; then
+            ensure_broker_user homeassistant "$HA_PASSWORD" 0600
+        fi
+        mkdir -p "$NODE_PASSWORDS"
+        chmod 0700 "$NODE_PASSWORDS"
+        for node in "${NODES[@]}"; do
+            ensure_broker_user "$node" "$NODE_PASSWORDS/$node.password" 0600
+        done
+    else
+        CHANGED=false
+        ensure_password_file "$MASTER_PASSWORD" 0640
+        [[ "$CHANGED" == true ]] && master_changed=true
+        if [[ "$HOME_ASSISTANT" == true ]]; then
+            ensure_password_file "$HA_PASSWORD" 0600
+        fi
+        ensure_dynsec_json
+        if [[ "$previous_auth" == static && "$conf_changed" == true ]]; then
+            warn "the broker now uses the dynamic security plugin: the nodes' static passwords no longer work; add each node again with '$VENV/bin/cluster-master nodes add ID' (or re-run with --static-passwords)"
+        fi
     fi
-    mkdir -p "$NODE_PASSWORDS"
-    chmod 0700 "$NODE_PASSWORDS"
-    for node in "${NODES[@]}"; do
-        ensure_broker_user "$node" "$NODE_PASSWORDS/$node.password" 0600
-    done
 
     CHANGED=false
     if [[ -f "$CONFIG" ]]; then
@@ -274,9 +370,10 @@ install() {
     local unit_changed=$CHANGED
     if manages_services; then
         [[ "$unit_changed" == true ]] && "$SYSTEMCTL" daemon-reload
-        # Mosquitto re-reads its password file and ACL on SIGHUP; its own config needs a restart.
+        # Mosquitto re-reads its password file and ACL on SIGHUP; its own config, and the
+        # plugin's JSON (read at start only), need a restart.
         local mosquitto=none master=none
-        if [[ "$conf_changed" == true ]]; then
+        if [[ "$conf_changed" == true || "$BROKER_RESTART" == true ]]; then
             mosquitto=restart
         elif [[ "$BROKER_RELOAD" == true ]]; then
             mosquitto=reload
@@ -292,8 +389,21 @@ install() {
         say "  sudo -u $SERVICE_USER $VENV/bin/cluster-master run --config $CONFIG"
     fi
 
-    say "done. The dashboard: http://$(toml_get "$CONFIG" http)/"
-    if [[ ${#NODES[@]} -gt 0 ]]; then
+    local http
+    http="$(toml_get "$CONFIG" http)"
+    say "done. The dashboard: http://$http/"
+    if [[ "$AUTH" == dynsec ]]; then
+        local api="" host="${http%:*}"
+        [[ "$host" == 0.0.0.0 || "$host" == "[::]" ]] && host=127.0.0.1
+        [[ "$host:${http##*:}" == "$DEFAULT_HTTP" ]] || api=" --api http://$host:${http##*:}"
+        say "add a node: $VENV/bin/cluster-master nodes add ID$api"
+        if [[ -n "$(toml_get "$CONFIG" api_token)" ]]; then
+            say "  (with CLUSTER_API_TOKEN set to the api_token in $CONFIG)"
+        else
+            say "  (nodes reach the master only once it listens beyond loopback: --http 0.0.0.0:8080)"
+        fi
+        say "  it prints the one command to run on the new node (docs/deploy.md)"
+    elif [[ ${#NODES[@]} -gt 0 ]]; then
         say "node passwords are in $NODE_PASSWORDS/; on each node run, e.g.:"
         echo "    ssh $(hostname) sudo cat $NODE_PASSWORDS/${NODES[0]}.password > ${NODES[0]}.password"
         echo "    sudo deploy/install-node.sh --broker mqtt://$(hostname).local --password-file ${NODES[0]}.password"

@@ -35,6 +35,8 @@ Options:
   --password-file FILE  read the broker password from FILE (first line)
   --ca-file FILE        CA certificate of the broker (mqtts://); copied to /etc/picluster
   --interval SECONDS    seconds between metrics (default 10)
+  --tags LIST           this node's tags, comma-separated (e.g. rack1,poe): each 1-63 of
+                        a-z 0-9 _ . - starting with a letter or digit; --tags "" removes them
   --source DIR|WHEEL    picluster checkout or wheel to install (default: $(dirname "$SCRIPT_DIR"))
   --python PYTHON       Python $MIN_PYTHON+ to build the venv with (default: python3)
   --prefix DIR          install under DIR instead of / (no user, no systemctl; for tests)
@@ -55,6 +57,8 @@ NODE_ID=""
 PASSWORD_FILE=""
 CA_FILE=""
 INTERVAL=""
+TAGS_GIVEN=false
+TAGS=""
 ENROLL_URL=""
 ENROLL_TOKEN=""
 ENROLL_PASSWORD=""
@@ -73,6 +77,9 @@ while [[ $# -gt 0 ]]; do
         --password-file) need_value "$@"; PASSWORD_FILE="$2"; shift 2 ;;
         --ca-file) need_value "$@"; CA_FILE="$2"; shift 2 ;;
         --interval) need_value "$@"; INTERVAL="$2"; shift 2 ;;
+        --tags)
+            [[ $# -ge 2 ]] || die "--tags needs a value, e.g. --tags rack1,poe (or \"\" for none)"
+            TAGS_GIVEN=true; TAGS="$2"; shift 2 ;;
         --source) need_value "$@"; SOURCE="$2"; shift 2 ;;
         --python) need_value "$@"; PYTHON="$2"; shift 2 ;;
         --prefix) need_value "$@"; PREFIX="$(realpath -m "$2")"; shift 2 ;;
@@ -107,7 +114,7 @@ uninstall() {
     if [[ -f "$ETC_DIR/master.toml" ]]; then
         say "the master is installed here too: keeping $VENV, $STATE_DIR and the user"
     else
-        rm -rf "$VENV" "$STATE_DIR"
+        rm -rf "$VENV" "$SRC_DIR" "$STATE_DIR"
         rmdir "$OPT_DIR" "$ETC_DIR" 2>/dev/null || true
         remove_service_user
     fi
@@ -117,10 +124,35 @@ uninstall() {
     say "picluster-node removed"
 }
 
+readonly TAG_RE='^[a-z0-9][a-z0-9_.-]{0,62}$'
+
+# The --tags list as a TOML array (in order, repeats dropped), or die naming the bad tag.
+tags_toml() {
+    local tag seen=" " items=()
+    local -a parts
+    IFS=, read -r -a parts <<<"$TAGS"
+    for tag in "${parts[@]}"; do
+        tag="${tag#"${tag%%[![:space:]]*}"}"
+        tag="${tag%"${tag##*[![:space:]]}"}"
+        [[ -n "$tag" ]] || continue
+        [[ "$tag" =~ $TAG_RE ]] ||
+            die "--tags: '$tag' is not a valid tag: 1-63 characters of a-z, 0-9, '_', '.' or '-', starting with a letter or digit"
+        [[ "$seen" == *" $tag "* ]] && continue
+        seen+="$tag "
+        items+=("\"$tag\"")
+    done
+    local joined
+    joined="$(printf '%s, ' "${items[@]}")"
+    [[ ${#items[@]} -gt 0 ]] || joined=""
+    echo "[${joined%, }]"
+}
+
 # The config of a first install.
 node_config() {
     local ca_line='# ca_file = "/etc/picluster/ca.crt"'
     [[ -n "$CA_FILE" ]] && ca_line="ca_file = \"$ETC_DIR/node-ca.crt\""
+    local tags_line='# tags = ["rack1", "poe"]'
+    [[ "$TAGS_GIVEN" == true ]] && tags_line="tags = $(tags_toml)"
     cat <<TOML
 # picluster node agent, written by deploy/install-node.sh (re-run it to change these).
 # Keys: see deploy/node.toml.example. The password is in password_file, never here.
@@ -129,6 +161,7 @@ node_id = "$NODE_ID"
 password_file = "$PASSWORD_DEST"
 $ca_line
 interval = ${INTERVAL:-10}
+$tags_line
 state_dir = "$STATE_DIR"
 log_level = "INFO"
 TOML
@@ -139,6 +172,7 @@ updated_node_config() {
     toml_set node_id "\"$NODE_ID\"" <"$CONFIG" |
         toml_set broker "${BROKER:+\"$BROKER\"}" |
         toml_set interval "$INTERVAL" |
+        toml_set tags "$([[ "$TAGS_GIVEN" == false ]] || tags_toml)" |
         toml_set ca_file "${CA_FILE:+\"$ETC_DIR/node-ca.crt\"}"
 }
 
@@ -196,6 +230,7 @@ install() {
         # Checked first: the token works once, so nothing it gives may be wasted on a typo.
         [[ -z "$INTERVAL" || "$INTERVAL" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "--interval must be a number of seconds"
         [[ -z "$CA_FILE" || -r "$CA_FILE" ]] || die "cannot read --ca-file $CA_FILE"
+        tags_toml >/dev/null
         enroll
     fi
     local installed_id
@@ -207,6 +242,7 @@ install() {
         die "'$NODE_ID' is a broker user of its own: choose another node id"
     [[ -z "$INTERVAL" || "$INTERVAL" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "--interval must be a number of seconds"
     [[ -z "$CA_FILE" || -r "$CA_FILE" ]] || die "cannot read --ca-file $CA_FILE"
+    tags_toml >/dev/null
 
     if [[ -z "$BROKER" && ! -f "$CONFIG" ]]; then
         if [[ -t 0 ]]; then

@@ -14,6 +14,10 @@ readonly NODE_ID_RE='^[a-z0-9][a-z0-9_-]{0,62}$'
 readonly MIN_PYTHON="3.11"
 # The paths a picluster source tree needs to build; everything else (tests, .git) is left out.
 readonly SOURCE_PATHS=(pyproject.toml README.md cluster_protocol node_publisher master_service)
+# The node's installer files kept beside the source: the master serves both to new nodes
+# (/install/picluster.tar.gz, master_service/enrollment/installer.py).
+readonly DEPLOY_PATHS=(deploy/install-node.sh deploy/installer-lib.sh deploy/picluster-node.service
+    deploy/node.toml.example)
 
 say() { echo "==> $*"; }
 warn() { echo "warning: $*" >&2; }
@@ -29,6 +33,7 @@ set_paths() {
     ETC_DIR="$PREFIX/etc/picluster"
     STATE_DIR="$PREFIX/var/lib/picluster"
     UNIT_DIR="$PREFIX/etc/systemd/system"
+    SRC_DIR="$OPT_DIR/src"
     MARKER="$VENV/.picluster-installed"
 }
 
@@ -115,16 +120,23 @@ node_id_from_hostname() {
     echo "${id:0:63}"
 }
 
+# The SOURCE_PATHS and DEPLOY_PATHS that exist in the source directory, one a line.
+present_source_paths() {
+    local path
+    for path in "${SOURCE_PATHS[@]}" "${DEPLOY_PATHS[@]}"; do
+        [[ -e "$SOURCE/$path" ]] && echo "$path"
+    done
+    return 0
+}
+
 # A fingerprint of what would be installed, so a re-run with the same source does nothing.
 source_fingerprint() {
     if [[ -f "$SOURCE" ]]; then
         sha256sum "$SOURCE" | cut -d' ' -f1
         return
     fi
-    local present=() path
-    for path in "${SOURCE_PATHS[@]}"; do
-        [[ -e "$SOURCE/$path" ]] && present+=("$path")
-    done
+    local present=()
+    mapfile -t present < <(present_source_paths)
     (cd "$SOURCE" && find "${present[@]}" -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 |
         LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum | cut -d' ' -f1
 }
@@ -161,22 +173,29 @@ install_venv() {
         say "creating the virtual environment $VENV"
         "$PYTHON" -m venv "$VENV" || die "could not create the virtual environment $VENV"
     fi
+    local editable=()
     if [[ -f "$SOURCE" ]]; then
         target="$SOURCE"
+        rm -rf "$SRC_DIR"
     else
-        # Build from a copy: the checkout may be read-only, and pip builds in the tree.
-        stage="$(mktemp -d)"
-        STAGE_DIRS+=("$stage")
-        local present=() path
-        for path in "${SOURCE_PATHS[@]}"; do
-            [[ -e "$SOURCE/$path" ]] && present+=("$path")
-        done
+        # A copy of the source stays in SRC_DIR, installed editable, so that the master runs
+        # from a tree it can serve to new nodes (the checkout itself may be read-only or go
+        # away, and pip builds in the tree).
+        stage="$SRC_DIR.picluster-new"
+        rm -rf "$stage"
+        mkdir -p "$stage"
+        local present=()
+        mapfile -t present < <(present_source_paths)
         tar -C "$SOURCE" --exclude=__pycache__ -cf - "${present[@]}" | tar -C "$stage" -xf -
-        target="$stage"
+        rm -rf "$SRC_DIR"
+        mv "$stage" "$SRC_DIR"
+        target="$SRC_DIR"
+        editable=(--editable)
     fi
     [[ -n "$extras" ]] && target="${target}[$extras]"
     say "installing picluster${extras:+[$extras]} into $VENV"
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "$target" ||
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade \
+        "${editable[@]}" "$target" ||
         die "pip could not install picluster from $SOURCE (see above)"
     echo "$wanted" >"$MARKER"
     CHANGED=true
@@ -184,12 +203,9 @@ install_venv() {
 }
 
 VENV_CHANGED=false
-STAGE_DIRS=()
+# A copy of the source left half made by a failed run.
 cleanup_stage() {
-    local dir
-    for dir in "${STAGE_DIRS[@]}"; do
-        rm -rf "$dir"
-    done
+    [[ -z "${SRC_DIR:-}" ]] || rm -rf "$SRC_DIR.picluster-new"
 }
 trap cleanup_stage EXIT
 

@@ -16,9 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from cluster_protocol.broker_url import parse_broker_url
+from master_service.enrollment.dynsec import DynsecClient, NodeClients
 from tests.conftest import REPO_ROOT
 from tests.integration.test_mosquitto_acl import Session
 from tests.support.broker import MosquittoBroker, free_port, wait_for_port
+from tests.support.dynsec_broker import plugin_path
 
 DEPLOY = REPO_ROOT / "deploy"
 INSTALL_NODE = DEPLOY / "install-node.sh"
@@ -36,6 +39,7 @@ SOURCE_PATHS = (
     "cluster_protocol",
     "node_publisher",
     "master_service",
+    "deploy",  # the node's installer files, which the master serves beside the source
 )
 # What changes a service's state; is-active and is-enabled only ask.
 MUTATING = {"daemon-reload", "enable", "disable", "start", "stop", "restart", "reload",
@@ -149,6 +153,11 @@ def test_help(script: Path) -> None:
     result = ok(run(script, "--help"))
     for option in ("--uninstall", "--prefix", "--no-systemd", "--source"):
         assert option in result.stdout
+    if script == INSTALL_HEAD:
+        assert "--static-passwords" in result.stdout
+        assert "nodes add" in result.stdout
+    else:
+        assert "--tags" in result.stdout
 
 
 def test_node_install_is_idempotent_and_uninstalls_without_a_trace(
@@ -199,11 +208,107 @@ def test_node_install_is_idempotent_and_uninstalls_without_a_trace(
     assert list(prefix.iterdir()) == []
 
 
-def test_head_install_makes_a_working_broker_and_uninstalls_cleanly(
+class InstalledBroker:
+    """The broker config an installer wrote, run for real with only the listener moved."""
+
+    def __init__(self, tmp_path: Path, conf: str) -> None:
+        self.port = free_port()
+        test_conf = tmp_path / "test.conf"
+        user_root = "user root\n" if os.geteuid() == 0 else ""
+        assert "\nlistener 1883\n" in conf
+        test_conf.write_text(
+            user_root + conf.replace("\nlistener 1883\n", f"\nlistener {self.port} 127.0.0.1\n")
+        )
+        self.address = MosquittoBroker(tmp_path, port=self.port)
+        self.process = subprocess.Popen(
+            ["mosquitto", "-c", str(test_conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        wait_for_port("127.0.0.1", self.port)
+
+    def logins(self, *users: tuple[str, str]) -> list[bool]:
+        """Whether each (user, password) is accepted."""
+        sessions = [Session(self.address, user, password) for user, password in users]
+        for session in sessions:
+            session.close()
+        return [session.accepted for session in sessions]
+
+    def stop(self) -> None:
+        """Stop it by its PID."""
+        self.process.terminate()
+        self.process.wait(timeout=10)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+
+
+def test_head_install_uses_dynamic_security_and_the_master_can_add_a_node(
+    tmp_path: Path, mosquitto_binary: str, source: Path
+) -> None:
+    """The shipped head: the plugin, its JSON with the master as admin, nothing static."""
+    prefix = tmp_path / "root"
+    args = ["--prefix", str(prefix), "--no-systemd", "--source", str(source)]
+    ok(run(INSTALL_HEAD, *args))
+    etc = prefix / "etc" / "picluster"
+    mosquitto_dir = prefix / "etc" / "mosquitto"
+    dynsec_json = prefix / "var" / "lib" / "mosquitto" / "dynamic-security.json"
+    conf = (mosquitto_dir / "mosquitto.conf").read_text()
+    assert f"\nplugin {plugin_path()}\n" in conf
+    assert f"\nplugin_opt_config_file {dynsec_json}\n" in conf
+    assert "\npassword_file" not in conf
+    assert not (mosquitto_dir / "passwd").exists()
+    assert not (mosquitto_dir / "acl").exists()
+    master_password = (etc / "master.password").read_text().strip()
+    ha_password = (etc / "homeassistant.password").read_text().strip()
+    assert len(master_password) >= 24
+    assert master_password not in dynsec_json.read_text()
+    assert oct(dynsec_json.stat().st_mode & 0o777) == "0o600"
+
+    # The master runs from a source tree it can serve to new nodes (GET /install/...).
+    python = prefix / "opt" / "picluster" / "venv" / "bin" / "python"
+    served = subprocess.run(
+        [str(python), "-c", "from master_service.enrollment.installer import source_root; "
+         "print(source_root())"],
+        capture_output=True, text=True, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert served.returncode == 0, served.stderr
+    assert served.stdout.strip() == str(prefix / "opt" / "picluster" / "src")
+
+    before = snapshot(prefix)
+    again = ok(run(INSTALL_HEAD, *args))
+    assert "up to date" in again.stdout
+    assert snapshot(prefix) == before
+
+    refused = run(INSTALL_HEAD, *args, "--node", "pi-05")
+    assert refused.returncode != 0
+    assert "nodes add" in refused.stderr
+    assert snapshot(prefix) == before
+
+    broker = InstalledBroker(tmp_path, conf)
+    try:
+        assert broker.logins(
+            ("picluster-master", master_password),
+            ("homeassistant", ha_password),
+            ("picluster-master", "wrong"),
+        ) == [True, True, False]
+        # What `cluster-master nodes add` does, as the installed master's user.
+        url = f"mqtt://picluster-master:{master_password}@127.0.0.1:{broker.port}"
+        clients = NodeClients(DynsecClient(parse_broker_url(url)), "cluster")
+        assert clients.ensure("pi-05", "node-pw-05")
+        assert broker.logins(("pi-05", "node-pw-05"), ("pi-05", "wrong")) == [True, False]
+    finally:
+        broker.stop()
+
+    ok(run(INSTALL_HEAD, "--prefix", str(prefix), "--uninstall"))
+    assert list(prefix.iterdir()) == []
+
+
+def test_head_install_with_static_passwords_makes_a_working_broker_and_uninstalls_cleanly(
     tmp_path: Path, mosquitto_binary: str, source: Path
 ) -> None:
     prefix = tmp_path / "root"
-    args = ["--prefix", str(prefix), "--node", "pi-01", "--nodes", "pi-02,pi-03"]
+    args = ["--prefix", str(prefix), "--static-passwords", "--node", "pi-01"]
+    args += ["--nodes", "pi-02,pi-03"]
     args += ["--source", str(source)]
     ok(run(INSTALL_HEAD, *args))
     etc = prefix / "etc" / "picluster"
@@ -222,35 +327,21 @@ def test_head_install_makes_a_working_broker_and_uninstalls_cleanly(
     again = ok(run(INSTALL_HEAD, *args))
     assert "up to date" in again.stdout
     assert snapshot(prefix) == before
+    # Without the mode flag a re-run keeps the installed mode (and its users).
+    ok(run(INSTALL_HEAD, "--prefix", str(prefix), "--source", str(source), "--node", "pi-04"))
+    assert "\npi-04:" in (mosquitto_dir / "passwd").read_text()
 
     # The installed broker config works as written (only the listener moved off 1883).
-    conf = (mosquitto_dir / "mosquitto.conf").read_text()
-    port = free_port()
-    test_conf = tmp_path / "test.conf"
-    user_root = "user root\n" if os.geteuid() == 0 else ""
-    test_conf.write_text(
-        user_root + conf.replace("\nlistener 1883\n", f"\nlistener {port} 127.0.0.1\n")
-    )
-    broker = subprocess.Popen(
-        ["mosquitto", "-c", str(test_conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    broker = InstalledBroker(tmp_path, (mosquitto_dir / "mosquitto.conf").read_text())
     try:
-        address = MosquittoBroker(tmp_path, port=port)
-        wait_for_port("127.0.0.1", port)
         node_password = (etc / "nodes" / "pi-02.password").read_text().strip()
-        sessions = [
-            Session(address, "picluster-master", master_password),
-            Session(address, "pi-02", node_password),
-            Session(address, "pi-02", "wrong"),
-        ]
-        for session in sessions:
-            session.close()
-        assert [s.accepted for s in sessions] == [True, True, False]
+        assert broker.logins(
+            ("picluster-master", master_password),
+            ("pi-02", node_password),
+            ("pi-02", "wrong"),
+        ) == [True, True, False]
     finally:
-        broker.terminate()
-        broker.wait(timeout=10)
-        if broker.stderr is not None:
-            broker.stderr.close()
+        broker.stop()
 
     ok(run(INSTALL_HEAD, "--prefix", str(prefix), "--uninstall"))
     assert list(prefix.iterdir()) == []
@@ -261,7 +352,7 @@ def test_head_and_node_on_one_machine_share_the_venv(tmp_path: Path, source: Pat
     ok(
         run(
             INSTALL_HEAD,
-            *("--prefix", str(prefix), "--no-systemd", "--node", "head-01"),
+            *("--prefix", str(prefix), "--no-systemd", "--static-passwords", "--node", "head-01"),
             *("--source", str(source)),
         )
     )
@@ -300,6 +391,11 @@ def test_head_and_node_on_one_machine_share_the_venv(tmp_path: Path, source: Pat
         (["--node-id", "pi-01", "--broker", "mqtt://h"], "", "no password"),
         (["--node-id", "pi-01"], "pw\n", "no broker"),
         (["--node-id", "pi-01", "--interval", "5"], "pw\n", "no broker"),
+        (
+            ["--node-id", "pi-01", "--broker", "mqtt://h", "--tags", "rack1,-poe"],
+            "pw\n",
+            "'-poe' is not a valid tag",
+        ),
         (
             ["--node-id", "pi-01", "--broker", "mqtt://h", "--source", "/nonexistent"],
             "",
@@ -451,7 +547,7 @@ def test_head_reinstall_keeps_settings_and_restarts_exactly_what_changed(
         ok(run(INSTALL_HEAD, *base, *args, env=systemctl.env))
         return systemctl.take_changes()
 
-    first = ["--nodes", "pi-01,pi-02", "--http", "0.0.0.0:8080"]
+    first = ["--static-passwords", "--nodes", "pi-01,pi-02", "--http", "0.0.0.0:8080"]
     assert install(*first) == [
         "daemon-reload",
         "enable mosquitto.service",
@@ -496,6 +592,7 @@ def test_head_first_install_on_loopback_has_no_token_until_it_leaves_loopback(
     prefix = tmp_path / "root"
     config = prefix / "etc" / "picluster" / "master.toml"
     base = ["--prefix", str(prefix), "--no-systemd", "--source", str(source)]
+    base.append("--static-passwords")
     ok(run(INSTALL_HEAD, *base))
     assert 'http = "127.0.0.1:8080"' in config.read_text()
     assert "\napi_token = " not in config.read_text()
@@ -508,3 +605,105 @@ def test_head_first_install_on_loopback_has_no_token_until_it_leaves_loopback(
 
     ok(run(INSTALL_HEAD, *base, "--node", "pi-05"))
     assert config.read_text() == text
+
+
+def test_head_reinstall_with_dynamic_security_restarts_exactly_what_changed(
+    tmp_path: Path, systemctl: Systemctl, source: Path
+) -> None:
+    prefix = tmp_path / "root"
+    etc = prefix / "etc" / "picluster"
+    mosquitto_conf = prefix / "etc" / "mosquitto" / "mosquitto.conf"
+    dynsec_json = prefix / "var" / "lib" / "mosquitto" / "dynamic-security.json"
+    base = ["--prefix", str(prefix), "--source", str(source)]
+
+    def install(*args: str) -> list[str]:
+        ok(run(INSTALL_HEAD, *base, *args, env=systemctl.env))
+        return systemctl.take_changes()
+
+    assert install("--http", "0.0.0.0:8080") == [
+        "daemon-reload",
+        "enable mosquitto.service",
+        "restart mosquitto.service",
+        "enable picluster-master.service",
+        "restart picluster-master.service",
+    ]
+    config = (etc / "master.toml").read_text()
+    assert "\napi_token = " in config
+    before = snapshot(prefix)
+    assert install() == []
+    assert install("--dynamic-security") == []
+    assert snapshot(prefix) == before
+
+    # A new address: only the master restarts, its token stays.
+    assert install("--http", "0.0.0.0:9090") == ["restart picluster-master.service"]
+    assert (etc / "master.toml").read_text() == config.replace("0.0.0.0:8080", "0.0.0.0:9090")
+
+    # mosquitto.conf alone differs: Mosquitto restarts, the master does not.
+    mosquitto_conf.write_text(mosquitto_conf.read_text() + "max_keepalive 60\n")
+    assert install() == ["restart mosquitto.service"]
+    assert "max_keepalive 60" not in mosquitto_conf.read_text()
+
+    # A lost plugin JSON is written again, and the broker restarts to read it.
+    dynsec_json.unlink()
+    assert install() == ["restart mosquitto.service"]
+    assert dynsec_json.exists()
+    assert install() == []
+
+    # The documented alternative: static passwords, with nodes; kept by later re-runs.
+    assert install("--static-passwords", "--node", "pi-05") == ["restart mosquitto.service"]
+    assert "\npassword_file " in mosquitto_conf.read_text()
+    assert (etc / "nodes" / "pi-05.password").exists()
+    assert install() == []
+    assert install("--node", "pi-06") == ["reload-or-restart mosquitto.service"]
+    # And back: the plugin again, the JSON (still there) kept.
+    assert install("--dynamic-security") == ["restart mosquitto.service"]
+    assert "\nplugin_opt_config_file " in mosquitto_conf.read_text()
+
+
+def load_node_config(prefix: Path) -> tuple[str, ...]:
+    """The tags the installed agent reads from its installed config."""
+    python = prefix / "opt" / "picluster" / "venv" / "bin" / "python"
+    loaded = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import sys; from node_publisher.settings import load_settings; "
+            "print(','.join(load_settings(['--config', sys.argv[1]], {}).tags))",
+            str(prefix / "etc" / "picluster" / "node.toml"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return tuple(tag for tag in loaded.stdout.strip().split(",") if tag)
+
+
+def test_node_install_writes_its_tags_and_a_rerun_changes_them(
+    tmp_path: Path, systemctl: Systemctl, source: Path
+) -> None:
+    prefix = tmp_path / "root"
+    config = prefix / "etc" / "picluster" / "node.toml"
+    base = ["--prefix", str(prefix), "--node-id", "pi-01", "--source", str(source)]
+
+    def install(*args: str) -> list[str]:
+        ok(run(INSTALL_NODE, *base, *args, stdin="pw\n", env=systemctl.env))
+        return systemctl.take_changes()
+
+    install("--broker", "mqtt://head.local", "--tags", "rack1, poe,rack1")
+    assert '\ntags = ["rack1", "poe"]\n' in config.read_text()
+    assert load_node_config(prefix) == ("rack1", "poe")
+    assert install("--tags", "rack1,poe") == []
+
+    text = config.read_text()
+    assert install("--tags", "rack2") == ["restart picluster-node.service"]
+    assert config.read_text() == text.replace('["rack1", "poe"]', '["rack2"]')
+    assert install("--tags", "") == ["restart picluster-node.service"]
+    assert "\ntags = []\n" in config.read_text()
+    assert load_node_config(prefix) == ()
+
+    before = snapshot(prefix)
+    refused = run(INSTALL_NODE, *base, "--tags", "rack1,Rack_2", env=systemctl.env)
+    assert refused.returncode != 0
+    assert "'Rack_2' is not a valid tag" in refused.stderr
+    assert snapshot(prefix) == before
+    assert systemctl.take_changes() == []
