@@ -288,16 +288,19 @@ class MasterMetrics:
         return generate_latest(self.registry)
 
 
+# Module level: FastAPI resolves the (postponed) annotations in this module's namespace.
+_metrics_bearer = HTTPBearer(auto_error=False, description="the master's metrics_token")
+
+
 def metrics_router(metrics: MasterMetrics, token: str | None = None) -> APIRouter:
     """The `/metrics` route; with a token, scrapes must send it as a bearer token."""
     router = APIRouter()
     guarded: list[Depends] = []
     if token is not None:
         expected = token.encode()
-        bearer = HTTPBearer(auto_error=False, description="the master's metrics_token")
 
         def require_token(
-            credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+            credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_metrics_bearer)],
         ) -> None:
             """Check `Authorization: Bearer <metrics_token>`."""
             given = credentials.credentials.encode() if credentials else b""

@@ -5,6 +5,7 @@
 
 import * as fmt from "/static/format.js";
 import { $, fillWith, h } from "/static/dom.js";
+import { canAct, withCsrf } from "/static/session.js";
 
 const QUICK_TIMEOUT_S = 10;   // ping, refresh, reboot, shutdown: a node answers within a second
 const TASK_TIMEOUT_S = 120;   // the API's longest wait: a task may take a while
@@ -57,10 +58,10 @@ async function post(path, body) {
   const ctl = new AbortController();
   const timer = setTimeout(() => ctl.abort(), body.timeout_s * 1000 + HTTP_MARGIN_MS);
   try {
-    const res = await fetch(path, {
+    const res = await fetch(path, withCsrf({
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
       signal: ctl.signal, cache: "no-store",
-    });
+    }));
     return { status: res.status, data: await res.json().catch(() => null) };
   } catch (err) {
     if (err.name === "AbortError") throw new Error("the master did not answer in time");
@@ -145,7 +146,7 @@ let shown = { node: null, actionsKey: null };
 
 /** The node page's buttons (from what the node advertises) and its recent results. */
 export function renderNodeActions(node, view) {
-  const actions = actionsOf(view.details);
+  const actions = canAct() ? actionsOf(view.details) : []; // a viewer may not command
   const offline = view.state === "offline";
   const key = JSON.stringify([node, actions, offline]);
   const box = $("#action-buttons");
@@ -162,7 +163,7 @@ export function renderNodeActions(node, view) {
   }
   const hint = $("#actions-hint");
   const older = !Array.isArray(view.details?.commands);
-  hint.hidden = !offline && !older;
+  hint.hidden = (!offline && !older) || !canAct();
   hint.textContent = offline
     ? `${node} is offline: a command would reach nobody.`
     : "This node's agent does not list its commands; only ping and refresh are offered.";

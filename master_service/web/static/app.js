@@ -7,6 +7,7 @@ import * as fmt from "/static/format.js";
 import { drawSparkline, renderChart } from "/static/chart.js";
 import { $, fillWith, h } from "/static/dom.js";
 import { renderNodeActions, renderSendBox, setupActions } from "/static/actions.js";
+import { loadSession, session, toLogin, withCsrf } from "/static/session.js";
 
 const POLL_MS = 2000;          // nodes + cluster; stale/offline must show within seconds
 const SPARK_MS = 30000;        // sparklines change slowly; no need to hit history every poll
@@ -42,7 +43,8 @@ async function getJSON(path, init = {}) {
   const ctl = new AbortController();
   const timer = setTimeout(() => ctl.abort(), REQUEST_TIMEOUT_MS);
   try {
-    const res = await fetch(path, { signal: ctl.signal, cache: "no-store", ...init });
+    const res = await fetch(path, withCsrf({ signal: ctl.signal, cache: "no-store", ...init }));
+    if (res.status === 401 && session.loginRequired) toLogin(); // the session ended
     const body = await res.json().catch(() => null);
     if (!res.ok) throw httpError(res, body);
     return body;
@@ -547,7 +549,7 @@ function renderAlertsPage() {
     h("td", { class: "nowrap" }, r.since),
     h("td", { title: "value / threshold" }, r.value),
     h("td", {}, r.detail),
-    h("td", {}, h("button", { type: "button", class: "small", "data-prefill": JSON.stringify([r.node, r.rule]) }, "Silence…"))));
+    h("td", {}, h("button", { type: "button", class: "small admin-only", "data-prefill": JSON.stringify([r.node, r.rule]) }, "Silence…"))));
   renderDelivery(app.alerts.delivery);
 
   const silences = alertPage.silences;
@@ -562,7 +564,7 @@ function renderAlertsPage() {
     h("td", {}, r.rule === null ? h("em", {}, "all rules") : h("code", {}, r.rule)),
     h("td", { class: "nowrap" }, r.until),
     h("td", {}, r.comment),
-    h("td", {}, h("button", { type: "button", class: "small", "data-remove": String(r.id) }, "Remove"))));
+    h("td", {}, h("button", { type: "button", class: "small admin-only", "data-remove": String(r.id) }, "Remove"))));
 
   const history = alertPage.history;
   $("#history-empty").hidden = !alertPage.historyFailed && (!history || history.length > 0);
@@ -694,5 +696,16 @@ setupActions({ serverNow, nodeLink });
 window.addEventListener("hashchange", route);
 $("#tag-clear").addEventListener("click", () => { location.hash = "#/"; });
 setInterval(tickUpdated, 1000);
-route();
-poll();
+
+/** Who we are first (a viewer's page has no action buttons), then the pages; retried if unreachable. */
+async function start() {
+  try {
+    await loadSession();
+  } catch {
+    setTimeout(start, 5000);
+    return;
+  }
+  route();
+  poll();
+}
+start();

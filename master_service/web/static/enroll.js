@@ -4,6 +4,7 @@
 // and the dialog shows the API's sentence.
 
 import { $ } from "/static/dom.js";
+import { withCsrf } from "/static/session.js";
 
 // The API's node id rule (master_service), checked here so a typo needs no round trip.
 const NODE_ID = /^[a-z0-9][a-z0-9_-]{0,62}$/;
@@ -56,10 +57,10 @@ async function submit(event) {
   const ctl = new AbortController();
   const timer = setTimeout(() => ctl.abort(), TIMEOUT_MS);
   try {
-    const res = await fetch("/api/enrollments", {
+    const res = await fetch("/api/enrollments", withCsrf({
       method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ node: id }), signal: ctl.signal, cache: "no-store",
-    });
+    }));
     const data = await res.json().catch(() => null);
     if (res.status !== 201 || typeof data?.command !== "string") {
       showError(`Could not add ${id}: ${detailOf(res.status, data)}`);
