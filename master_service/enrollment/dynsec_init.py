@@ -72,6 +72,9 @@ def master_role(prefix: str, ha_prefix: str) -> dict[str, Any]:
             _acl("subscribePattern", f"{ha_prefix}/status"),
             _acl("publishClientSend", f"{prefix}/_master/#"),
             _acl("publishClientSend", f"{prefix}/+/cmd/#"),
+            # A removed node's retained status and details, cleared (empty retained messages).
+            _acl("publishClientSend", f"{prefix}/+/status"),
+            _acl("publishClientSend", f"{prefix}/+/machine_details"),
             _acl("publishClientSend", f"{ha_prefix}/#"),
         ],
     }

@@ -234,6 +234,10 @@ def test_the_master_role_reads_the_cluster_and_writes_commands(
         assert node.publish("cluster/pi-07/metrics", b"{}")
         assert master.publish("cluster/pi-07/cmd/ping", b"{}")
         assert master.publish("cluster/_master/status", b"{}")
+        # `nodes remove` clears a removed node's retained status and details.
+        assert master.publish("cluster/pi-07/status", b"")
+        assert master.publish("cluster/pi-07/machine_details", b"")
+        assert not master.publish("cluster/pi-07/metrics", b"{}")
         assert not node.publish("cluster/pi-08/metrics", b"{}")  # another node's subtree
         master.wait_for("cluster/pi-07/metrics")
         node.wait_for("cluster/pi-07/cmd/ping")

@@ -414,3 +414,70 @@ def test_a_head_without_the_plugin_says_so_and_changes_nothing(
         assert status == 403
     finally:
         master.stop()
+
+
+def test_remove_clears_the_nodes_retained_status_and_details(tmp_path: Path) -> None:
+    """After `nodes remove`, the broker keeps no retained copy that would bring the node back."""
+    broker = ShippedDynsecBroker(tmp_path / "broker")
+    broker.workdir.mkdir(parents=True)
+    init = [sys.executable, "-m", "master_service.enrollment.dynsec_init", "--prefix", PREFIX]
+    subprocess.run(
+        [*init, str(broker.workdir / "dynsec.json")], input="master-pw\n", text=True, check=True
+    )
+    broker.start()
+    try:
+        master = start_master(
+            f"mqtt://picluster-master@{broker.host}:{broker.port}",
+            tmp_path / "master",
+            "--prefix",
+            PREFIX,
+            "--no-ha-discovery",
+            env={"CLUSTER_PASSWORD": "master-pw"},
+        )
+        try:
+            head = Head(broker, master, tmp_path)  # type: ignore[arg-type]
+            token = head.add("pi-13")
+            _, credentials = head.api("POST", "/api/enroll", {"token": token}, token=None)
+            node = head.start_node(credentials)
+            try:
+                wait_until(
+                    lambda: (view := master.node("pi-13")) and view["state"] == "online",
+                    20,
+                    0.1,
+                    "pi-13 online",
+                )
+                assert set(retained(broker, "pi-13")) == {"status", "machine_details"}
+                done = head.cli("nodes", "remove", "pi-13")
+                assert done.returncode == 0, done.stderr
+            finally:
+                node.stop()
+            assert retained(broker, "pi-13") == []
+            assert master.node("pi-13") is None
+        finally:
+            master.stop()
+    finally:
+        broker.stop()
+
+
+def retained(broker: MosquittoBroker, node: str) -> list[str]:
+    """The types a new subscriber to the node's topics gets as retained messages.
+
+    Retained messages are queued at the subscription, so they arrive before a marker sent
+    after it on the same connection: once the marker is in, everything retained is.
+    """
+    seen: list[tuple[str, bool]] = []
+    client, code = connect(broker, "picluster-master", "master-pw")  # type: ignore[arg-type]
+    assert code == 0
+    subscribed = threading.Event()
+    client.on_subscribe = lambda *args: subscribed.set()
+    client.on_message = lambda c, u, message: seen.append((message.topic, message.retain))
+    try:
+        client.subscribe(f"{PREFIX}/{node}/#", qos=1)
+        assert subscribed.wait(5), "no SUBACK"
+        marker = f"{PREFIX}/{node}/cmd/marker"
+        client.publish(marker, b"{}", qos=1).wait_for_publish(5)
+        wait_until(lambda: any(topic == marker for topic, _ in seen), 5, message="the marker")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return [topic.rsplit("/", 1)[1] for topic, kept in seen if kept]

@@ -192,13 +192,16 @@ def test_wrong_password_is_refused(session: Any) -> None:
         ("node-a", "cluster", False),
         ("node-a", "homeassistant/sensor/x/config", False),
         ("node-a", "other/topic", False),
-        # the master: its own status, commands to any node, discovery; never a node's data
+        # the master: its own status, commands to any node, discovery, clearing a removed
+        # node's retained status and details; never a node's metrics or replies
         (MASTER, "cluster/_master/status", True),
         (MASTER, "cluster/node-a/cmd/x", True),
         (MASTER, "cluster/node-b/cmd/reboot", True),
         (MASTER, "homeassistant/device/node-a/config", True),
         (MASTER, "cluster/node-a/metrics", False),
-        (MASTER, "cluster/node-a/status", False),
+        (MASTER, "cluster/node-a/status", True),  # clears a removed node's retained status
+        (MASTER, "cluster/node-a/machine_details", True),
+        (MASTER, "cluster/node-a/reply", False),
         # Home Assistant: only its birth/will
         (HOME_ASSISTANT, "homeassistant/status", True),
         (HOME_ASSISTANT, "homeassistant/sensor/x/config", False),
