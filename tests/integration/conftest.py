@@ -6,6 +6,7 @@ broker with other tests without seeing their nodes or taking over their master's
 
 from __future__ import annotations
 
+import shutil
 import urllib.error
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,15 @@ from tests.support.waiting import wait_until
 NODE_IDS = ("dash-01", "dash-02", "dash-03")
 NODE_KEEPALIVE_S = 2
 NODE_INTERVAL_S = 1.0
+
+
+@pytest.fixture(scope="session")
+def chromium_binary() -> str:
+    """Debian's chromium; the test command installs it, so missing is a failure, not a skip."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.fail("chromium is not installed: run the README's test command, which installs it")
+    return path
 
 
 @dataclass

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import sys
 import uuid
 from collections.abc import Iterator
@@ -34,15 +33,6 @@ reboot_command = ["sh", "-c", "kill $PPID"]
 [tasks.hello]
 command = ["{py}", "-c", "print('hello from the task')"]
 """
-
-
-@pytest.fixture
-def chromium_binary() -> str:
-    """Debian's chromium; the test command installs it, so missing is a failure, not a skip."""
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        pytest.fail("chromium is not installed: run the README's test command, which installs it")
-    return path
 
 
 @dataclass

@@ -10,7 +10,6 @@ import fcntl
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -37,15 +36,6 @@ VIRTUAL_TIME_MS = 6000
 CHROMIUM_TIMEOUT_S = 60
 # Every host name except loopback fails to resolve: the page must need nothing from the internet.
 OFFLINE_RULES = "MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost"
-
-
-@pytest.fixture(scope="session")
-def chromium_binary() -> str:
-    """Debian's chromium; the test command installs it, so missing is a failure, not a skip."""
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        pytest.fail("chromium is not installed: run the README's test command, which installs it")
-    return path
 
 
 @dataclass

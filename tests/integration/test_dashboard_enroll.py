@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 from tests.integration.test_dashboard_actions import (  # fixtures are found by name
-    chromium_binary,  # noqa: F401
     click,
     page_factory,  # noqa: F401
     screenshot,

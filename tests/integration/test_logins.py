@@ -216,8 +216,8 @@ def test_user_tokens_the_api_token_and_removal(make_master: MasterFactory) -> No
         assert refused.status_code == 403
         # The master's api_token is an admin token; a bearer token needs no CSRF header.
         as_admin = {"Authorization": f"Bearer {API_TOKEN}"}
-        made = script.post("/api/alerts/silences", json=SILENCE, headers=as_admin)
-        assert made.status_code == 201, made.text
+        silenced = script.post("/api/alerts/silences", json=SILENCE, headers=as_admin)
+        assert silenced.status_code == 201, silenced.text
         assert script.get("/api/me", headers=as_admin).json()["role"] == "admin"
         unknown = script.get("/api/nodes", headers={"Authorization": "Bearer not-a-token"})
         assert unknown.status_code == 401

@@ -47,9 +47,13 @@ class RunningMaster(Service):
     api: str = ""
     db: Path = field(default_factory=Path)
 
+    token: str | None = None
+
     def get(self, path: str) -> Any:
-        """GET a JSON document from the API."""
-        with urllib.request.urlopen(self.api + path, timeout=5) as response:
+        """GET a JSON document from the API (as the master's api_token, when it has one)."""
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        request = urllib.request.Request(self.api + path, headers=headers)
+        with urllib.request.urlopen(request, timeout=5) as response:
             return json.load(response)
 
     def node(self, node: str) -> dict[str, Any] | None:
@@ -87,7 +91,10 @@ def start_master(
     log_path = workdir / f"master-{port}.log"
     args = ["run", "--broker", broker_url, "--db", str(database), "--http", f"127.0.0.1:{port}"]
     process = _spawn("master_service", [*args, *extra], log_path, env)
-    master = RunningMaster(process, log_path, api=f"http://127.0.0.1:{port}", db=database)
+    token = (env or {}).get("CLUSTER_API_TOKEN")
+    master = RunningMaster(
+        process, log_path, api=f"http://127.0.0.1:{port}", db=database, token=token
+    )
 
     def connected() -> bool:
         if process.poll() is not None:
