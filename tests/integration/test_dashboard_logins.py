@@ -112,7 +112,7 @@ def test_a_viewer_sees_no_command_buttons_and_its_forged_post_is_refused(
         assert not visible(page, "#send-box")
         page.evaluate(f"location.hash = '#/node/{rack.a}'")
         wait_until(
-            lambda: page.evaluate("document.querySelector('#node-model').textContent") != "",
+            lambda: page.evaluate("document.querySelector('#node-model')?.textContent"),
             15,
             0.1,
             "the node page",

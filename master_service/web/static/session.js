@@ -6,7 +6,7 @@ import { $, h } from "/static/dom.js";
 const CSRF_COOKIE = "picluster_csrf";
 
 /** The signed-in user, once known: { user, role, via, login_required }; role "admin" on an open master. */
-export const session = { user: null, role: null, loginRequired: false };
+export const session = { user: null, role: null, via: null, loginRequired: false };
 
 function cookie(name) {
   const prefix = `${name}=`;
@@ -33,7 +33,15 @@ export const canAct = () => session.role === "admin";
 
 function renderWho() {
   const who = $("#who");
-  if (!who || !session.loginRequired || !session.user) return;
+  if (!who || !session.user) return;
+  if (session.via === "local") {
+    // No login needed to look here, but writes need one (the master has an api_token).
+    if (session.role !== "admin") {
+      who.replaceChildren(h("a", { href: "/login", id: "login-link" }, "Log in to send commands"));
+      who.hidden = false;
+    }
+    return;
+  }
   const form = h("form", { method: "post", action: "/logout" },
     h("input", { type: "hidden", name: "csrf", value: cookie(CSRF_COOKIE) || "" }),
     h("button", { type: "submit", id: "logout" }, "Log out"));
@@ -51,6 +59,7 @@ export async function loadSession() {
   const me = res.ok ? await res.json() : { user: null, role: "viewer", login_required: true };
   session.user = me.user;
   session.role = me.role;
+  session.via = me.via;
   session.loginRequired = me.login_required;
   document.body.dataset.role = me.role;
   renderWho();
