@@ -40,6 +40,8 @@ class Context:
     notices: list[Notice] = field(default_factory=list)  # delivered by the router
     observer_errors: ObserverErrors = field(default_factory=ObserverErrors)
     reraise_handler_errors: bool = False
+    # Topic -> node of the metrics topics the batch path has parsed (router.dispatch_batch).
+    routes: dict[str, str] = field(default_factory=dict)
 
 
 def handle_status(incoming: Incoming, ctx: Context) -> None:

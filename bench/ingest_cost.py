@@ -1,0 +1,118 @@
+"""Ingest cost per metrics envelope, in-process: the batch path beside the per-message path.
+
+    .venv/bin/python -m bench.ingest_cost                 # 3 rounds of 50,000 envelopes each
+    .venv/bin/python -m bench.ingest_cost --messages 20000 --rounds 1
+
+Both paths run the real `Ingestor` loop (`_turn`: take a batch from the inbox, route it,
+flush state and history to SQLite every 1,000 rows or 0.1 s, release the PUBACKs) on a
+fresh database, with no observers and no MQTT: what the ingest thread spends per message.
+The baseline is the per-message path the master used before (`router.dispatch` for each
+message: `decode_envelope`, an `Envelope` and an `Incoming`, the node's metrics re-encoded
+per message); the batch path is `router.dispatch_batch`. Rounds alternate the two. CPU is
+the ingest thread's `time.thread_time`; wall includes SQLite's fsync at each commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+from bench import wire
+from master_service.ingest.counters import IngestCounters
+from master_service.ingest.handlers import Context
+from master_service.ingest.ingestor import Ingestor
+from master_service.ingest.router import RawMessage
+from master_service.state import ClusterState
+from master_service.storage.store import Store
+
+NODES: Final = 100
+TARGET_US: Final = 15.0
+
+
+def make_messages(count: int, nodes: int = NODES) -> list[RawMessage]:
+    """`count` v1 metrics envelopes of a Pi 4, round-robin over `nodes`, seq rising per node."""
+    payload = json.dumps(wire.METRICS_PAYLOAD, separators=(",", ":")).encode()
+    names = [f"bench-{i:04d}" for i in range(nodes)]
+    now = time.time()
+    messages = []
+    for k in range(count):
+        node = names[k % nodes]
+        body = b'{"v":1,"type":"metrics","node":"%s","ts":%.6f,"seq":%d,"payload":%s}' % (
+            node.encode(),
+            now + k * 1e-4,
+            k // nodes + 1,
+            payload,
+        )
+        messages.append(RawMessage(f"cluster/{node}/metrics", body, False, now))
+    return messages
+
+
+def run_path(batched: bool, messages: list[RawMessage], workdir: Path) -> dict[str, float]:
+    """Feed `messages` through one fresh Ingestor's loop; CPU and wall microseconds each."""
+    store = Store(str(workdir / f"ingest-{'batch' if batched else 'base'}-{time.time_ns()}.db"))
+    ctx = Context(ClusterState(time.time), IngestCounters())
+    ingestor = Ingestor(ctx, store)
+    ingestor.batch_dispatch = batched
+    acked = [0]
+    ingestor.commit_listeners.append(lambda n: acked.__setitem__(0, acked[0] + n))
+    for message in messages:
+        ingestor.queue.put(message)
+    cpu0, wall0 = time.thread_time(), time.perf_counter()
+    while not ingestor.queue.empty():
+        ingestor._turn()
+    ingestor.flush()
+    cpu, wall = time.thread_time() - cpu0, time.perf_counter() - wall0
+    store.close()
+    if acked[0] != len(messages) or ctx.counters.accepted != len(messages):
+        raise AssertionError(f"{acked[0]} acknowledged, {ctx.counters.accepted} accepted")
+    return {"cpu_us": cpu / len(messages) * 1e6, "wall_us": wall / len(messages) * 1e6}
+
+
+def measure(count: int, rounds: int) -> dict[str, dict[str, float]]:
+    """Median over `rounds` of each path, alternating; per-envelope microseconds."""
+    messages = make_messages(count)
+    results: dict[str, list[dict[str, float]]] = {"baseline": [], "batch": []}
+    with tempfile.TemporaryDirectory(prefix="ingest-cost-") as tmp:
+        run_path(True, messages[:2000], Path(tmp))  # warm-up: imports, caches
+        for _ in range(rounds):
+            results["baseline"].append(run_path(False, messages, Path(tmp)))
+            results["batch"].append(run_path(True, messages, Path(tmp)))
+    return {
+        name: {key: statistics.median(r[key] for r in runs) for key in ("cpu_us", "wall_us")}
+        for name, runs in results.items()
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print the per-envelope cost of both paths and their ratio."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=50_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    figures = measure(args.messages, args.rounds)
+    base, batch = figures["baseline"], figures["batch"]
+    lines = [
+        f"== ingest cost per metrics envelope, {args.messages:,} envelopes x {args.rounds} "
+        f"rounds, {NODES} nodes, no observers (median)",
+        f"{'path':<34}{'CPU us':>10}{'wall us':>10}",
+        f"{'baseline: dispatch per message':<34}{base['cpu_us']:>10.1f}{base['wall_us']:>10.1f}",
+        f"{'batch: dispatch_batch':<34}{batch['cpu_us']:>10.1f}{batch['wall_us']:>10.1f}",
+        f"{'ratio batch / baseline':<34}{batch['cpu_us'] / base['cpu_us']:>10.2f}"
+        f"{batch['wall_us'] / base['wall_us']:>10.2f}",
+        f"target <= {TARGET_US:.0f} us CPU per envelope: "
+        + ("met" if batch["cpu_us"] <= TARGET_US else "MISSED"),
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.write(json.dumps(figures) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
