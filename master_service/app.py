@@ -163,10 +163,11 @@ class MasterService:
 
     def _attach_home_assistant(self) -> None:
         publisher = DiscoveryPublisher(
-            self.listener.publish,
+            self.listener.client.publish,  # its receipts pace the announcements by PUBACK
             prefix=self.settings.ha_prefix,
             cluster_prefix=self.settings.prefix,
             per_entity=self.settings.ha_per_entity,
+            connected=self.listener.connected,
         )
         observer = HomeAssistantObserver(publisher)
         self._announce_home_assistant = lambda: self._restore_home_assistant(observer, publisher)

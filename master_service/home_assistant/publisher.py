@@ -6,6 +6,11 @@ USB disk does not delete its entity (and its history settings) every time it bli
 
 It also owns the retained `<prefix>/_master/alerts` that the `problem` binary sensors read:
 the rules firing per node, always published whole (see `node_alerts`).
+
+Node announcements are paced: at most `window` of them wait for their PUBACK at once (when
+`publish` returns paho's receipt), the rest wait here as node ids and are built and sent as
+earlier ones are acknowledged. Announcing 10,000 devices at once queued ~7 KB each in paho,
+and that high-water mark stayed in the master's memory (bench/README.md, scale).
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ import hashlib
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, cast
+from typing import Final, Protocol, cast, runtime_checkable
 
 import orjson
 
@@ -27,9 +33,46 @@ from master_service.home_assistant import discovery as hd
 logger = logging.getLogger(__name__)
 
 DISCOVERY_QOS: Final = 1
+# Node announcements awaiting their PUBACK at once (one device config is ~7 KB).
+DEFAULT_WINDOW: Final = 32
+# An acknowledgement not seen by then stops holding the window (a lost connection's messages
+# are resent by paho on its own; pacing must never stall discovery for good).
+ACK_WAIT_S: Final = 10.0
+CONNECT_WAIT_S: Final = 1.0
 
-Publish = Callable[[str, bytes | None, int, bool], None]
-"""`publish(topic, payload, qos, retain)`; thread-safe, non-blocking; None or b"" clears."""
+Publish = Callable[[str, bytes | None, int, bool], object]
+"""`publish(topic, payload, qos, retain)`; thread-safe, non-blocking; None or b"" clears.
+
+It may return a `Receipt` (paho's `MQTTMessageInfo`): node announcements are then paced by
+their acknowledgements. Anything else counts as acknowledged at once (no pacing).
+"""
+
+
+@runtime_checkable
+class Receipt(Protocol):
+    """What paho's `publish` returns: whether (and when) the broker acknowledged it."""
+
+    def is_published(self) -> bool:
+        """True once acknowledged; raises when it can no longer be."""
+        ...
+
+    def wait_for_publish(self, timeout: float | None = None) -> None:
+        """Block until acknowledged or `timeout`; raises when it can no longer be."""
+        ...
+
+
+def _acknowledged(receipt: Receipt) -> bool:
+    try:
+        return receipt.is_published()
+    except (RuntimeError, ValueError):  # never queued, or sent while disconnected: not ours
+        return True
+
+
+def _await(receipt: Receipt, timeout_s: float) -> None:
+    try:
+        receipt.wait_for_publish(timeout_s)
+    except (RuntimeError, ValueError):
+        return
 
 
 @dataclass
@@ -69,7 +112,11 @@ class DiscoveryPublisher:
         per_entity: bool = False,
         origin_url: str | None = None,
         clock: Callable[[], float] = time.time,
+        window: int = DEFAULT_WINDOW,
+        connected: threading.Event | None = None,
     ) -> None:
+        if window < 1:
+            raise ValueError(f"window must be at least 1, not {window}")
         self._publish = publish
         self._prefix = hd.validate_prefix(prefix)
         self._cluster_prefix = hd.validate_prefix(cluster_prefix, "cluster prefix")
@@ -83,6 +130,20 @@ class DiscoveryPublisher:
         # Every publish happens under this lock, so a forget can never interleave with an
         # announce of the same node and leave a config behind.
         self._lock = threading.Lock()
+        # Pacing: announcements sent and not yet acknowledged (receipt, monotonic time sent),
+        # and the nodes still to announce, oldest first (node id -> re-send unchanged too).
+        self._window = window
+        self._connected = connected
+        self._inflight: deque[tuple[Receipt, float]] = deque()
+        self._pending: dict[str, bool] = {}
+        self._pacer: threading.Thread | None = None
+        self.announced = 0  # node announcements sent (each one or more messages)
+
+    @property
+    def pending(self) -> int:
+        """Nodes waiting for a place in the window to be announced."""
+        with self._lock:
+            return len(self._pending)
 
     @property
     def ha_status_topic(self) -> str:
@@ -172,6 +233,7 @@ class DiscoveryPublisher:
         """
         with self._lock:
             node = self._nodes.pop(node_id, None) or _Node()
+            self._pending.pop(node_id, None)
             self._reported.discard(node_id)
             if self._firing.pop(node_id, None) is not None:
                 self._send_alerts()
@@ -203,8 +265,55 @@ class DiscoveryPublisher:
     def _sync(self, node_id: str, node: _Node, force: bool) -> None:
         # Wait for the first metrics: announcing without the disks would make HA delete
         # those entities (and the user's settings for them) until the next publish.
+        if node.details_json is None or not node.shape_known:
+            return
+        if self._pending or not self._may_send():
+            # Behind the others (first come, first announced); built when sent, so from the
+            # latest details and shape.
+            self._pending[node_id] = self._pending.get(node_id, False) or force
+            self._start_pacer()
+            return
+        self._announce(node_id, node, force)
+
+    def _may_send(self) -> bool:
+        """Connected (when known) and room in the window (call with the lock held)."""
+        if self._connected is not None and not self._connected.is_set():
+            return False
+        inflight = self._inflight
+        expired = time.monotonic() - ACK_WAIT_S
+        while inflight and (inflight[0][1] < expired or _acknowledged(inflight[0][0])):
+            inflight.popleft()
+        return len(inflight) < self._window
+
+    def _start_pacer(self) -> None:
+        if self._pacer is None:
+            self._pacer = threading.Thread(
+                target=self._pace, name="picluster-ha-pacer", daemon=True
+            )
+            self._pacer.start()
+
+    def _pace(self) -> None:
+        """Announce pending nodes as the window frees up; ends when none are left."""
+        while True:
+            with self._lock:
+                while self._pending and self._may_send():
+                    node_id = next(iter(self._pending))
+                    force = self._pending.pop(node_id)
+                    node = self._nodes.get(node_id)
+                    if node is not None:
+                        self._announce(node_id, node, force)
+                if not self._pending:
+                    self._pacer = None
+                    return
+                oldest = self._inflight[0][0] if self._inflight else None
+            if self._connected is not None and not self._connected.is_set():
+                self._connected.wait(CONNECT_WAIT_S)
+            elif oldest is not None:
+                _await(oldest, ACK_WAIT_S)
+
+    def _announce(self, node_id: str, node: _Node, force: bool) -> None:
         details = node.details
-        if details is None or not node.shape_known:
+        if details is None:
             return
         shape = hd.NodeShape(tuple(sorted(node.mounts)), node.has_throttled)
         components = hd.node_components(node_id, details, shape, self._cluster_prefix)
@@ -221,11 +330,16 @@ class DiscoveryPublisher:
         )
         digests = [(m, _digest(m.payload)) for m in messages]
         changed = [(m, d) for m, d in digests if force or node.published.get(m.topic) != d]
+        now = time.monotonic()
         for message, digest in changed:
-            self._send(message)
+            receipt = self._send(message)
+            if isinstance(receipt, Receipt):
+                self._inflight.append((receipt, now))
             node.published[message.topic] = digest
-        if changed and not force:
-            logger.info("announced %s to Home Assistant (%d message(s))", node_id, len(changed))
+        if changed:
+            self.announced += 1
+            if not force:
+                logger.info("announced %s to Home Assistant (%d message(s))", node_id, len(changed))
 
     def _send_alerts(self) -> None:
         # Always the whole map, built and sent under the lock: publishes leave in the order
@@ -236,6 +350,6 @@ class DiscoveryPublisher:
         logger.debug("alerts %s: %s", topic, payload)
         self._publish(topic, encode_envelope(envelope), DISCOVERY_QOS, True)
 
-    def _send(self, message: hd.DiscoveryMessage) -> None:
+    def _send(self, message: hd.DiscoveryMessage) -> object:
         logger.debug("discovery %s (%d bytes)", message.topic, len(message.payload))
-        self._publish(message.topic, message.payload, DISCOVERY_QOS, True)
+        return self._publish(message.topic, message.payload, DISCOVERY_QOS, True)
