@@ -297,6 +297,9 @@ install() {
     [[ -z "$HTTP" || "$HTTP" =~ ^.+:[0-9]+$ ]] || die "--http must be HOST:PORT, e.g. 0.0.0.0:8080"
     require_mosquitto
     [[ "$AUTH" == static ]] || find_dynsec_plugin >/dev/null
+    if [[ "$AUTH" == dynsec && -f "$SOURCE" ]]; then
+        warn "installed from a wheel, the master has no source tree to serve new nodes (GET /install/... answers 404): install from a picluster checkout for 'nodes add'"
+    fi
     local previous_auth
     previous_auth="$(installed_auth)"
 

@@ -186,7 +186,10 @@ install_venv() {
         mkdir -p "$stage"
         local present=()
         mapfile -t present < <(present_source_paths)
-        tar -C "$SOURCE" --exclude=__pycache__ -cf - "${present[@]}" | tar -C "$stage" -xf -
+        # Owned by root and readable by the services, whatever the checkout's owner and modes.
+        tar -C "$SOURCE" --exclude=__pycache__ -cf - "${present[@]}" |
+            tar -C "$stage" --no-same-owner -xf -
+        chmod -R u+rwX,go+rX,go-w "$stage"
         rm -rf "$SRC_DIR"
         mv "$stage" "$SRC_DIR"
         target="$SRC_DIR"

@@ -22,6 +22,8 @@ from tests.conftest import REPO_ROOT
 from tests.integration.test_mosquitto_acl import Session
 from tests.support.broker import MosquittoBroker, free_port, wait_for_port
 from tests.support.dynsec_broker import plugin_path
+from tests.support.processes import RunningMaster
+from tests.support.waiting import wait_until
 
 DEPLOY = REPO_ROOT / "deploy"
 INSTALL_NODE = DEPLOY / "install-node.sh"
@@ -707,3 +709,118 @@ def test_node_install_writes_its_tags_and_a_rerun_changes_them(
     assert "'Rack_2' is not a valid tag" in refused.stderr
     assert snapshot(prefix) == before
     assert systemctl.take_changes() == []
+
+
+def test_installed_head_enrolls_a_node_with_the_printed_command(
+    tmp_path: Path, mosquitto_binary: str, source: Path
+) -> None:
+    """docs/deploy.md's steps 2 and 3 as installed (into prefixes, no systemd): the installed
+    master adds a node, serves it the installer, and the node comes online with its tags."""
+    head = tmp_path / "head"
+    http = f"127.0.0.1:{free_port()}"
+    api = f"http://{http}"
+    ok(
+        run(
+            INSTALL_HEAD,
+            "--prefix",
+            str(head),
+            "--no-systemd",
+            "--source",
+            str(source),
+            "--http",
+            http,
+        )
+    )
+    broker = InstalledBroker(tmp_path, (head / "etc" / "mosquitto" / "mosquitto.conf").read_text())
+    bin_dir = head / "opt" / "picluster" / "venv" / "bin"
+    log_path = tmp_path / "master.log"
+    with log_path.open("wb") as log:
+        master = RunningMaster(
+            subprocess.Popen(
+                [
+                    str(bin_dir / "cluster-master"),
+                    "run",
+                    "--config",
+                    str(head / "etc" / "picluster" / "master.toml"),
+                    "--broker",
+                    f"mqtt://picluster-master@127.0.0.1:{broker.port}",
+                    "--no-ha-discovery",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=tmp_path,
+            ),
+            log_path,
+            api=api,
+        )
+    agent: subprocess.Popen[bytes] | None = None
+    try:
+
+        def connected() -> bool:
+            assert master.process.poll() is None, master.log()
+            try:
+                return bool(master.get("/healthz")["mqtt_connected"])
+            except OSError:
+                return False
+
+        wait_until(connected, 30, 0.1, "the installed master up and connected")
+        added = subprocess.run(
+            [
+                str(bin_dir / "cluster-master"),
+                "nodes",
+                "add",
+                "pi-20",
+                "--master-url",
+                api,
+                "--api",
+                api,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert added.returncode == 0, added.stderr + master.log()
+        command = next(line for line in added.stdout.splitlines() if "curl" in line).strip()
+        node = tmp_path / "node"
+        runnable = command.replace("| sudo sh", "| sh")
+        runnable += f" --tags rack1,poe --prefix {node} --no-systemd"
+        installed = subprocess.run(
+            ["sh", "-c", runnable],
+            capture_output=True,
+            text=True,
+            timeout=INSTALL_TIMEOUT_S,
+            check=False,
+        )
+        assert installed.returncode == 0, installed.stdout + installed.stderr
+        config = node / "etc" / "picluster" / "node.toml"
+        assert f'broker = "mqtt://pi-20@127.0.0.1:{broker.port}"' in config.read_text()
+        assert load_node_config(node) == ("rack1", "poe")
+        agent = subprocess.Popen(
+            [
+                str(node / "opt" / "picluster" / "venv" / "bin" / "cluster-node"),
+                "run",
+                "--config",
+                str(config),
+                "--interval",
+                "1",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(
+            lambda: (
+                (view := master.node("pi-20"))
+                and view["state"] == "online"
+                and "rack1" in view.get("tags", [])
+            ),
+            30,
+            0.2,
+            "pi-20 online with its tags",
+        )
+    finally:
+        if agent is not None:
+            agent.terminate()
+            agent.wait(15)
+        master.stop()
+        broker.stop()
