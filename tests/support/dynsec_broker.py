@@ -1,12 +1,20 @@
-"""A real Mosquitto with the dynamic security plugin (JSON made by `mosquitto_ctrl dynsec init`)."""
+"""A real Mosquitto with the dynamic security plugin, its first JSON the one the head ships.
+
+The JSON is written before the broker starts by `dynsec_init` (what `install-head.sh` runs):
+the master's user with the plugin's admin role and the master's topic rights. Giving those
+rights over `$CONTROL` after the start, as that same user, can hang: the plugin disconnects a
+client whose roles change, before `mosquitto_ctrl` reads the answer.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from master_service.enrollment.dynsec_init import MASTER_USER, initial_config
 from tests.support.broker import MosquittoBroker
 
 PLUGIN_PATHS = (
@@ -21,28 +29,15 @@ def plugin_path() -> str | None:
     return next((path for path in PLUGIN_PATHS if Path(path).is_file()), None)
 
 
-def master_role_commands(prefix: str, admin: str) -> list[list[str]]:
-    """`mosquitto_ctrl dynsec` argument lists giving `admin` the master's topic rights."""
-    acls = [
-        ("subscribePattern", f"{prefix}/#"),
-        ("publishClientSend", f"{prefix}/_master/#"),
-        ("publishClientSend", f"{prefix}/+/cmd/#"),
-    ]
-    commands = [["createRole", "picluster-master"]]
-    commands += [["addRoleACL", "picluster-master", kind, topic, "allow"] for kind, topic in acls]
-    commands.append(["addClientRole", admin, "picluster-master"])
-    return commands
-
-
 @dataclass
 class DynsecBroker(MosquittoBroker):
     """A broker whose users and ACLs live in the plugin's JSON, managed over `$CONTROL`.
 
-    `admin` / `admin_password` are given the plugin's admin role at init (as the shipped head
-    configuration does for the master's user), then the master's topic rights.
+    `admin` / `admin_password` (the master's user) have the plugin's admin role and the
+    master's topic rights from the start, as on a head set up by install-head.sh.
     """
 
-    admin: str = "picluster-master"
+    admin: str = MASTER_USER
     admin_password: str = field(default="admin-secret", repr=False)
     prefix: str = "cluster"
 
@@ -62,18 +57,8 @@ class DynsecBroker(MosquittoBroker):
             )
         self.workdir.mkdir(parents=True, exist_ok=True)
         if not self.dynsec_file.exists():
-            subprocess.run(
-                [
-                    "mosquitto_ctrl",
-                    "dynsec",
-                    "init",
-                    str(self.dynsec_file),
-                    self.admin,
-                    self.admin_password,
-                ],
-                check=True,
-                capture_output=True,
-            )
+            first = initial_config(self.admin_password, prefix=self.prefix)
+            self.dynsec_file.write_text(json.dumps(first, indent=2))
         self.users = None
         self.acl = None
         config = super().write_config()
@@ -106,16 +91,13 @@ class DynsecBroker(MosquittoBroker):
             capture_output=True,
             text=True,
             check=True,
+            timeout=30,  # a broker that never answers fails the test, not the whole run
             env={**os.environ, "HOME": str(self.workdir)},  # no user's mosquitto_ctrl options
         )
 
     def start(self) -> DynsecBroker:
-        """Start, then give the admin the master's topic rights (once per JSON file)."""
-        fresh = not self.dynsec_file.exists()
+        """Start the broker (typed as this class, for `.ctrl` and `.admin_url`)."""
         super().start()
-        if fresh:
-            for command in master_role_commands(self.prefix, self.admin):
-                self.ctrl(*command)
         return self
 
     def admin_url(self) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 
 from tests.support.broker import BrokerError, wait_for_port
-from tests.support.dynsec_broker import DynsecBroker, master_role_commands
+from tests.support.dynsec_broker import DynsecBroker
 from tests.support.processes import Service
 
 logger = logging.getLogger(__name__)
@@ -263,8 +263,7 @@ class NetnsDynsecBroker(DynsecBroker):
     netns: str = ""
 
     def start(self) -> NetnsDynsecBroker:
-        """Start in the namespace, wait for the port (over the LAN), give the admin its role."""
-        fresh = not self.dynsec_file.exists()
+        """Start in the namespace and wait for the port (over the LAN)."""
         config = self.write_config()
         self.process = subprocess.Popen(
             [tool("ip"), "netns", "exec", self.netns, "mosquitto", "-c", str(config)],
@@ -276,7 +275,4 @@ class NetnsDynsecBroker(DynsecBroker):
         except BrokerError as error:
             self.stop()
             raise BrokerError(f"{error}; broker log:\n{self.log_tail()}") from error
-        if fresh:
-            for command in master_role_commands(self.prefix, self.admin):
-                self.ctrl(*command)
         return self
