@@ -219,7 +219,7 @@ loopback() {
 
 # The config of a first install.
 master_config() {
-    local token_line='# api_token = "..." (required once http listens beyond this machine)'
+    local token_line='# api_token = "..." (an admin bearer token for scripts; docs/security.md)'
     loopback "$HTTP" || token_line="api_token = \"$(new_password)\""
     cat <<TOML
 # picluster master, written by deploy/install-head.sh (re-run it to change these).
@@ -395,6 +395,10 @@ install() {
     local http
     http="$(toml_get "$CONFIG" http)"
     say "done. The dashboard: http://$http/"
+    if ! loopback "$http"; then
+        say "  it needs a login (docs/security.md); make yours, then one per person:"
+        say "  sudo $VENV/bin/cluster-master users add NAME --role admin   (or --role viewer)"
+    fi
     if [[ "$AUTH" == dynsec ]]; then
         local api="" host="${http%:*}"
         [[ "$host" == 0.0.0.0 || "$host" == "[::]" ]] && host=127.0.0.1
