@@ -79,6 +79,10 @@ BUTTONS: Final = (
 # advertised or not; the opt-in ones (reboot, shutdown) only where the node advertises them.
 ALWAYS_PRESSABLE: Final = frozenset(c for c, *_ in BUTTONS if c in ALWAYS_ACCEPTED)
 
+# The machine details keys discovery reads (node_device, node_components): the publisher
+# keeps only these per node (tests/unit/test_ha_pacing_memory.py checks they suffice).
+DETAIL_KEYS: Final = ("agent_version", "commands", "interval_s", "model")
+
 EXPIRE_INTERVALS: Final = 3
 MIN_EXPIRE_AFTER_S: Final = 10
 GIB: Final = 1024**3

@@ -79,8 +79,8 @@ def _await(receipt: Receipt, timeout_s: float) -> None:
 class _Node:
     """What the publisher knows about one node, and what it last published for it."""
 
-    details_json: bytes | None = None  # as bytes: a dict cost ~2 KB per node, this ~0.8 KB
-    mounts: frozenset[str] = frozenset()
+    details_json: bytes | None = None  # the keys discovery reads (hd.DETAIL_KEYS), as JSON
+    mounts: tuple[str, ...] = ()  # sorted; a tuple of two is 56 bytes, a frozenset 216
     has_throttled: bool = False
     shape_known: bool = False
     last_mounts: tuple[str, ...] | None = None  # fast path: the last list seen, as given
@@ -154,10 +154,11 @@ class DiscoveryPublisher:
         """A machine_details envelope was accepted: publish if the node's config changed."""
         with self._lock:
             node = self._nodes.setdefault(node_id, _Node())
-            # An exact-size copy: the bytes orjson returns keep its buffer's spare capacity
-            # (8 KB here, for 0.5 KB of JSON), which held per node was most of the master's
-            # memory with discovery on (bench/README.md, scale).
-            node.details_json = bytes(memoryview(orjson.dumps(dict(details))))
+            # Only what discovery reads, as an exact-size copy: the bytes orjson returns keep
+            # its buffer's spare capacity (8 KB here, for 0.5 KB of JSON), which held per node
+            # was most of the master's memory with discovery on (bench/README.md, scale).
+            kept = {key: details[key] for key in hd.DETAIL_KEYS if key in details}
+            node.details_json = bytes(memoryview(orjson.dumps(kept)))
             self._sync(node_id, node, force=False)
 
     def node_metrics_shape(self, node_id: str, mounts: Sequence[str], has_throttled: bool) -> None:
@@ -173,10 +174,12 @@ class DiscoveryPublisher:
             ):
                 return
             node.last_mounts = tuple(mounts)
-            grown = not node.mounts.issuperset(mounts) or (has_throttled and not node.has_throttled)
+            grown = not set(node.mounts).issuperset(mounts) or (
+                has_throttled and not node.has_throttled
+            )
             if node.shape_known and not grown:
                 return
-            node.mounts = node.mounts.union(mounts)
+            node.mounts = tuple(sorted({*node.mounts, *mounts}))
             node.has_throttled = node.has_throttled or has_throttled
             node.shape_known = True
             self._sync(node_id, node, force=False)
@@ -241,7 +244,7 @@ class DiscoveryPublisher:
             if self._firing.pop(node_id, None) is not None:
                 self._send_alerts()
             shape = hd.NodeShape(
-                tuple(node.mounts.union(mounts)), has_throttled=True
+                tuple(sorted({*node.mounts, *mounts})), has_throttled=True
             )  # clearing a topic that was never set is harmless
             # Every button too, whatever the node advertised last (or was never seen to).
             # A node never seen has no details: discovery reads only optional keys of them
@@ -318,7 +321,7 @@ class DiscoveryPublisher:
         details = node.details
         if details is None:
             return
-        shape = hd.NodeShape(tuple(sorted(node.mounts)), node.has_throttled)
+        shape = hd.NodeShape(node.mounts, node.has_throttled)
         components = hd.node_components(node_id, details, shape, self._cluster_prefix)
         # The other form is never cleared here: HA gives `<prefix>/sensor/<dev>/<key>` and
         # `cmps.<key>` of `<prefix>/device/<dev>` the same discovery id, so clearing one
