@@ -28,6 +28,7 @@ from master_service.ingest.handlers import Context
 from master_service.ingest.health import Health, assess
 from master_service.ingest.ingestor import Ingestor
 from master_service.ingest.listener import Listener
+from master_service.ingest.mqtt5_listener import Mqtt5Listener
 from master_service.ingest.observers import Notice, Observer, notify
 from master_service.settings import MasterSettings
 from master_service.state import ClusterState, NodeState
@@ -93,8 +94,16 @@ class MasterService:
         self.observers: list[Observer] = []
         self.ctx = Context(self.state, self.counters, settings.prefix, self.observers)
         self.ingestor = Ingestor(self.ctx, self.store, clock)
-        self.listener = Listener(settings, self.ingestor.submit)
-        self.ingestor.commit_listeners.append(self.listener.acknowledge)  # PUBACK once stored
+        # Who receives cluster/#: paho's Listener itself, or a connection of its own on the
+        # mqtt5 codec (`ingest_client`); the Listener publishes either way.
+        self.listener = Listener(
+            settings, self.ingestor.submit, receive=settings.ingest_client == "paho"
+        )
+        self.receiver: Listener | Mqtt5Listener = self.listener
+        if settings.ingest_client == "mqtt5":
+            self.receiver = Mqtt5Listener(settings, self.ingestor.submit_many, clock)
+        self.ingestor.commit_listeners.append(self.receiver.acknowledge)  # PUBACK once stored
+        self.ingestor.commit_listeners.append(self.state.committed)  # the API's listing
         self.commands = CommandService(
             CommandLog(self.store, self.ingestor.write),
             self.listener.publish,
@@ -200,6 +209,8 @@ class MasterService:
         self._announce_home_assistant()
         self.ingestor.start()
         self.listener.start()
+        if self.receiver is not self.listener:
+            self.receiver.start()
         self._ticker.start()
         self.retention.start()
         self.alerting.start()
@@ -212,6 +223,8 @@ class MasterService:
         # Flush first, while still connected: the PUBACKs of what was stored go out now,
         # instead of the broker resending those messages to the next run.
         self.ingestor.stop()
+        if self.receiver is not self.listener:
+            self.receiver.stop()  # sends the PUBACKs that flush released
         self.listener.stop()
         self.commands.close()
         try:
@@ -283,16 +296,27 @@ class MasterService:
             ingest_running=ingestor.is_alive(),
             ingest_silent_s=time.monotonic() - ingestor.heartbeat,
             store_error=ingestor.store_error,
-            mqtt_connected=self.listener.connected.is_set(),
-            disconnected_s=self.listener.disconnected_for(),
+            mqtt_connected=self._mqtt_connected(),
+            disconnected_s=self._disconnected_for(),
             keepalive_s=float(self.settings.keepalive),
             queue_depth=ingestor.queue.qsize(),
             committed=ingestor.committed,
         )
 
+    def _mqtt_connected(self) -> bool:
+        """Both connections up (one when paho also receives)."""
+        return self.listener.connected.is_set() and self.receiver.connected.is_set()
+
+    def _disconnected_for(self) -> float | None:
+        """How long the longer-down connection has been down; None when both are up."""
+        downs = [
+            s for s in (self.listener.disconnected_for(), self.receiver.disconnected_for()) if s
+        ]
+        return max(downs) if downs else None
+
     def _health_gauges(self) -> dict[str, float]:
         return {
-            "mqtt_connected": float(self.listener.connected.is_set()),
+            "mqtt_connected": float(self._mqtt_connected()),
             "ingest_queue_depth": float(self.ingestor.queue.qsize()),
             "healthy": float(self.health().ok),
         }

@@ -20,6 +20,7 @@ from master_service.alerts.settings import AlertSettings, parse_alerts
 DEFAULT_HTTP: Final = "127.0.0.1:8080"
 DEFAULT_CLIENT_ID: Final = "picluster-master"
 LOOPBACK_HOSTS: Final = ("127.0.0.1", "localhost", "::1")
+INGEST_CLIENTS: Final = ("paho", "mqtt5")
 
 
 def default_db_path() -> str:
@@ -36,6 +37,13 @@ def host_port(value: str) -> str | None:
     if host and port.isdigit() and 0 < int(port) < 65536:
         return None
     return f"{value!r} must be HOST:PORT, e.g. {DEFAULT_HTTP}"
+
+
+def ingest_client(value: str) -> str | None:
+    """One of the MQTT clients the master can receive with."""
+    if value in INGEST_CLIENTS:
+        return None
+    return f"must be one of {', '.join(INGEST_CLIENTS)}, got {value!r}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -89,6 +97,14 @@ class MasterSettings(BrokerClientSettings):
         "homeassistant", help="Home Assistant discovery prefix", check=rules.topic_level
     )
     ha_per_entity: bool = setting(False, help="also use per-entity discovery topics")
+    ingest_client: str = setting(
+        "paho",
+        help="MQTT client that receives cluster/#: paho, or mqtt5 (its own connection, "
+        "batched reads and PUBACKs; publishing stays on paho)",
+        check=ingest_client,
+        normalize=str.lower,
+        metavar="CLIENT",
+    )
     alerts: AlertSettings = setting(  # noqa: RUF009 (a field declaration, not a default)
         default_factory=AlertSettings,
         help="[alerts] table: channels, heartbeat, built-in and custom rules (docs/alerts.md)",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -40,6 +41,21 @@ class Inbox(Generic[T]):
         self._items.append(item)
         # Read after the append: a consumer that set the flag re-checks the deque under the
         # lock before it sleeps, so either it sees this item or we see the flag.
+        if self._consumer_waiting:
+            with self._not_empty:
+                self._not_empty.notify()
+
+    def put_many(self, items: Sequence[T]) -> None:
+        """Append a batch at once; blocks only while the inbox holds `limit` items or more."""
+        if len(self._items) >= self._limit:
+            with self._not_full:
+                self._producers_waiting += 1
+                try:
+                    while len(self._items) >= self._limit:
+                        self._not_full.wait()
+                finally:
+                    self._producers_waiting -= 1
+        self._items.extend(items)
         if self._consumer_waiting:
             with self._not_empty:
                 self._not_empty.notify()

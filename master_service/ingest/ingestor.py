@@ -87,6 +87,12 @@ class Ingestor(threading.Thread):
             return  # nobody will take it; unacknowledged, the broker keeps it for the next run
         self.queue.put(message)
 
+    def submit_many(self, messages: list[RawMessage]) -> None:
+        """Queue a batch in order (the mqtt5 listener's network thread; blocks only when full)."""
+        if self.failure is not None:
+            return  # nobody will take them; unacknowledged, the broker keeps them
+        self.queue.put_many(messages)
+
     def call_in_writer(self, task: Callable[[Store], None]) -> None:
         """Run `task(store)` on this thread before the next flush (e.g. forget a node)."""
         self._tasks.put(task)

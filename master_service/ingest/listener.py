@@ -58,9 +58,14 @@ class Listener:
         settings: MasterSettings,
         submit: Callable[[RawMessage], None],
         extra_topics: dict[str, Callable[[bytes], None]] | None = None,
+        receive: bool = True,
     ) -> None:
         self.settings = settings
         self.submit = submit
+        # False when another connection (Mqtt5Listener) receives cluster/#: this one then
+        # publishes and takes only `extra_topics`, under a client id (session) of its own.
+        self.receive = receive
+        self.client_id = settings.client_id if receive else f"{settings.client_id}-pub"
         self.extra_topics = dict(extra_topics or {})
         self.connected = threading.Event()
         # Monotonic time the connection was lost (or the listener started), None while connected.
@@ -75,7 +80,7 @@ class Listener:
         address = settings.broker_address
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=settings.client_id,
+            client_id=self.client_id,
             protocol=mqtt.MQTTv5,
             manual_ack=True,
         )
@@ -106,7 +111,7 @@ class Listener:
         # session and everything queued for us while we were away (docs/protocol.md).
         properties.SessionExpiryInterval = self.settings.session_expiry
         properties.ReceiveMaximum = RECEIVE_MAXIMUM
-        logger.info("connecting to %s as %s", address.redacted(), self.settings.client_id)
+        logger.info("connecting to %s as %s", address.redacted(), self.client_id)
         self.disconnected_since = time.monotonic()
         self.client.connect_async(
             address.host,
@@ -177,14 +182,15 @@ class Listener:
             # Subscribing on every connect: a broker that lost our session (restart without
             # persistence) would otherwise leave us deaf. no_local skips our own publishes.
             everything = subscription(self.settings.prefix)
-            topics = [(everything, SubscribeOptions(qos=1, noLocal=True))]
+            topics = [(everything, SubscribeOptions(qos=1, noLocal=True))] if self.receive else []
             # A second, overlapping subscription makes Mosquitto 2 deliver the message twice.
             topics += [
                 (topic, SubscribeOptions(qos=1))
                 for topic in self.extra_topics
-                if not mqtt.topic_matches_sub(everything, topic)
+                if not (self.receive and mqtt.topic_matches_sub(everything, topic))
             ]
-            client.subscribe(topics)
+            if topics:
+                client.subscribe(topics)
             client.publish(
                 master_status_topic(self.settings.prefix), master_status("online"), 1, True
             )
@@ -227,6 +233,9 @@ class Listener:
             special = self.extra_topics.get(message.topic)
             if special is not None:
                 special(bytes(message.payload))
+                client.ack(message.mid, message.qos)
+                return
+            if not self.receive:  # left from an older subscription of this session
                 client.ack(message.mid, message.qos)
                 return
             with self._ack_lock:

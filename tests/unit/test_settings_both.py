@@ -61,6 +61,7 @@ FLAG_SAMPLES: dict[str, tuple[str, Any]] = {
     "ha_discovery": ("false", False),
     "ha_prefix": ("ha", "ha"),
     "ha_per_entity": ("on", True),
+    "ingest_client": ("MQTT5", "mqtt5"),
     "require_login": ("on", True),
 }
 
