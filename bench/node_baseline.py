@@ -1,6 +1,7 @@
 """Node baseline: a bare loop reading the same psutil values as the publisher, every interval.
 
-No MQTT, no JSON, no spool: what any Python monitor on the node pays at least.
+No MQTT, no JSON, no spool: what any Python monitor on the node pays at least. It reads the
+mount table and the boot time every time, which the publisher re-reads once a minute.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def read_once() -> list[Any]:
         psutil.net_io_counters(),
         psutil.boot_time(),
         len(psutil.pids()),
+        psutil.cpu_freq(),  # the publisher reads it off a Pi (no vcgencmd)
     ]
     for partition in psutil.disk_partitions(all=False):
         values.append(psutil.disk_usage(partition.mountpoint))

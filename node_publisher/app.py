@@ -292,7 +292,8 @@ class NodeAgent:
         properties: Any,
     ) -> None:
         try:
-            self.outbox.notify_acked(mid, reason_code.is_failure, str(reason_code))
+            failed = reason_code.is_failure
+            self.outbox.notify_acked(mid, failed, str(reason_code) if failed else "")
         except Exception:
             self._callback_failed("on_publish")
 

@@ -101,6 +101,8 @@ class SampleContext:
     previous: dict[str, tuple[float, tuple[float, ...]]] = field(default_factory=dict)
     # name -> (monotonic time read, value) of slow-changing readings
     cache: dict[str, tuple[float, Any]] = field(default_factory=dict)
+    # when "auto" last found no temperature source at all (None: it found one, or not yet)
+    no_temperature_at: float | None = None
 
     def __post_init__(self) -> None:
         if self.arm_clock is None:
@@ -210,9 +212,16 @@ def collect_net(ps: PsutilLike, ctx: SampleContext) -> MetricsPayload:
 
 def collect_temperature(ps: PsutilLike, ctx: SampleContext) -> MetricsPayload:
     """CPU temperature from the configured sensor; None where the machine has none."""
-    return {
-        "temperature_celsius": pi.read_temperature(ps, ctx.temperature_sensor, ctx.thermal_zone)
-    }
+    auto = ctx.temperature_sensor == "auto"
+    # No sensor anywhere (VMs, containers): psutil's search of every hwmon directory costs as
+    # much as a collector, so look again once a minute, like the mount table.
+    missing_at = ctx.no_temperature_at
+    if auto and missing_at is not None and 0 <= ctx.monotonic() - missing_at < SLOW_READINGS_TTL_S:
+        return {"temperature_celsius": None}
+    celsius = pi.read_temperature(ps, ctx.temperature_sensor, ctx.thermal_zone)
+    if auto:
+        ctx.no_temperature_at = ctx.monotonic() if celsius is None else None
+    return {"temperature_celsius": celsius}
 
 
 def collect_uptime(ps: PsutilLike, ctx: SampleContext) -> MetricsPayload:

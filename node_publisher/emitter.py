@@ -48,10 +48,14 @@ class Emitter:
         self.outbox = outbox
         self.clock = clock
         self.oversize = 0  # envelopes refused for being over the size limit
+        self._topics: dict[MessageType, str] = {}
 
     def topic(self, message_type: MessageType) -> str:
         """This node's topic for one message type."""
-        return topic_for(self.node, message_type, self.prefix)
+        topic = self._topics.get(message_type)
+        if topic is None:  # checked and built once per type, not per sample
+            topic = self._topics[message_type] = topic_for(self.node, message_type, self.prefix)
+        return topic
 
     def spool_envelope(
         self, message_type: MessageType, payload: NodePayload, raise_errors: bool = False

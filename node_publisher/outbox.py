@@ -31,7 +31,7 @@ class Publisher(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class _Event:
-    kind: str  # "connected", "disconnected", "acked", "wake", "stop"
+    kind: str  # "connected", "disconnected", "acked", "stop"
     mid: int = 0
     failed: bool = False
     reason: str = ""
@@ -41,7 +41,9 @@ class Outbox:
     """Sends spooled envelopes in seq order while connected; deletes each on its PUBACK.
 
     paho callbacks only enqueue events here: `on_publish` runs while paho holds its own
-    message lock, so touching SQLite or publishing from it could deadlock.
+    message lock, so touching SQLite or publishing from it could deadlock. `wake` (called by
+    whoever spooled, never by paho) sends at once from the caller's thread instead: one thread
+    hand-off less per sample.
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class Outbox:
         self._connected = False
         self._thread: threading.Thread | None = None
         self._idle = threading.Event()
+        self._state_lock = threading.Lock()  # connected, in flight, cursor: sender or waker
         self.delivered = 0
         self.rejected = 0
 
@@ -83,9 +86,14 @@ class Outbox:
         self._events.put(_Event("acked", mid=mid, failed=failed, reason=reason))
 
     def wake(self) -> None:
-        """New envelopes were spooled."""
+        """New envelopes were spooled: send what fits now; never call it from a paho callback."""
         self._idle.clear()
-        self._events.put(_Event("wake"))
+        try:
+            with self._state_lock:
+                self._pump()
+        except Exception:
+            # The envelope is spooled: the sender thread tries again on its next event.
+            logger.exception("outbox failed sending on wake")
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until nothing is spooled or in flight; False on timeout."""
@@ -97,16 +105,17 @@ class Outbox:
             try:
                 if event.kind == "stop":
                     return
-                self._apply(event)
-                while True:  # apply everything already queued before pumping once
-                    try:
-                        event = self._events.get_nowait()
-                    except queue.Empty:
-                        break
-                    if event.kind == "stop":
-                        return
+                with self._state_lock:
                     self._apply(event)
-                self._pump()
+                    while True:  # apply everything already queued before pumping once
+                        try:
+                            event = self._events.get_nowait()
+                        except queue.Empty:
+                            break
+                        if event.kind == "stop":
+                            return
+                        self._apply(event)
+                    self._pump()
             except Exception:
                 # A bug here must not end delivery: log it and keep serving events.
                 logger.exception("outbox failed handling %s", event.kind)
