@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final, TypedDict, cast
@@ -312,6 +312,39 @@ class NodeState:
         # A node of the original design never sends status: being heard is all we have.
         return NodeStatus.ONLINE
 
+    def status_turns_at(self, now: float, stale_factor: float) -> float | None:
+        """When (master clock) `effective_status` changes with no news from the node, if ever."""
+        if self.status == NodeStatus.OFFLINE or self.last_heard is None:
+            return None
+        turns_at = self.last_heard + stale_factor * self.interval_s
+        return turns_at if turns_at >= now else None
+
+    def fragment_view(self, now: float, stale_factor: float) -> Any:
+        """`view()` ready for orjson: details and metrics as their pre-encoded JSON fragments."""
+        if _FRAGMENT is None:  # orjson before 3.10
+            return self.view(now, stale_factor)
+        details, metrics = self.details_json, self.metrics_json
+        return {
+            "node": self.node,
+            "state": self.effective_status(now, stale_factor),  # a StrEnum: orjson writes it
+            "last_seen": self.last_heard,
+            "state_since": self.state_since,
+            "details": None if details is None else _FRAGMENT(details),
+            "details_ts": self.details_ts,
+            "metrics": None if metrics is None else _FRAGMENT(metrics),
+            "metrics_ts": self.metrics_ts,
+            "counters": {
+                "received": self.received,
+                "duplicates": self.duplicates,
+                "seq_gaps": self.seq_gaps,
+                "last_seq": self.last_seq,
+                "messages": self.messages,
+            },
+            "tags": self.tags,
+            "own_tags": self.own_tags,
+            "master_tags": self.master_tags,
+        }
+
     def view(self, now: float, stale_factor: float) -> NodeView:
         """The node as the API shows it."""
         return _decoded(self.raw_view(now, stale_factor))
@@ -343,6 +376,16 @@ class NodeState:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class _Listing:
+    """Every node's view, encoded once per commit generation (`ClusterState.nodes_json`)."""
+
+    generation: int
+    expires_at: float  # master clock: the first node whose state turns by time alone
+    body: bytes  # the JSON array of every view, sorted by node id
+    spans: tuple[tuple[tuple[str, ...], int, int], ...]  # (tags, start, end) of each in body
+
+
 def _decoded(raw: RawNodeView) -> NodeView:
     return {
         **raw,
@@ -362,6 +405,21 @@ class ClusterState:
         self.dirty: set[str] = set()
         # Master-side tags by node, also of nodes not heard yet (tagged before they connect).
         self._master_tags: dict[str, tuple[str, ...]] = {}
+        # Bumped when a flush committed (`committed`) or nodes or tags changed outside one:
+        # the node listing the API serves is rebuilt once per generation, not per request.
+        self.generation = 0
+        self._listing: _Listing | None = None
+
+    def committed(self, count: int = 0) -> None:
+        """A flush committed ingest's changes (a commit listener): listings are out of date."""
+        with self.lock:
+            self._changed()
+
+    def _changed(self) -> None:
+        # With the lock held. Dropping the listing here also frees it (the payload bytes it
+        # refers to may have been replaced since).
+        self.generation += 1
+        self._listing = None
 
     def node(self, node_id: str) -> NodeState:
         """The state of a node, created on first sight (call with the lock held)."""
@@ -378,6 +436,7 @@ class ClusterState:
             self._master_tags = {node: tuple(sorted(set(t))) for node, t in tags.items() if t}
             for node_id, state in self._nodes.items():
                 state.master_tags = self._master_tags.get(node_id, ())
+            self._changed()
 
     def set_master_tags(self, node_id: str, tags: Iterable[str]) -> None:
         """Replace one node's master-side tags (known or not yet heard of)."""
@@ -390,6 +449,7 @@ class ClusterState:
             state = self._nodes.get(node_id)
             if state is not None:
                 state.master_tags = settled
+            self._changed()
 
     def master_tags(self, node_id: str) -> tuple[str, ...]:
         """One node's master-side tags, sorted (the node need not be known yet)."""
@@ -406,12 +466,14 @@ class ClusterState:
             for state in states:
                 state.master_tags = self._master_tags.get(state.node, state.master_tags)
                 self._nodes[state.node] = state
+            self._changed()
 
     def forget(self, node_id: str) -> bool:
         """Drop a node; True when it was known."""
         with self.lock:
             self.dirty.discard(node_id)
             self._master_tags.pop(node_id, None)
+            self._changed()
             return self._nodes.pop(node_id, None) is not None
 
     def node_ids(self) -> list[str]:
@@ -425,6 +487,66 @@ class ClusterState:
             state = self._nodes.get(node_id)
             raw = None if state is None else state.raw_view(self.clock(), self.stale_factor)
         return None if raw is None else _decoded(raw)
+
+    def node_json(self, node_id: str) -> bytes | None:
+        """One node's view as JSON, read now (no decoding), or None when never heard of."""
+        with self.lock:
+            state = self._nodes.get(node_id)
+            if state is None:
+                return None
+            view = state.fragment_view(self.clock(), self.stale_factor)
+        return orjson.dumps(view)
+
+    def nodes_json(self, tags: Collection[str] = ()) -> bytes:
+        """Every node's view as a JSON array sorted by id; with `tags`, nodes having all of them.
+
+        Served from a listing built once per generation: everything a committed flush
+        changed is in the next one, and a node's state turning stale by time alone also
+        rebuilds it. Details and metrics are copied in as the JSON they are kept as.
+        """
+        listing = self._current_listing()
+        if not tags:
+            return listing.body
+        wanted = set(tags)
+        body = memoryview(listing.body)
+        chosen = [body[a:b] for node_tags, a, b in listing.spans if wanted.issubset(node_tags)]
+        return b"[" + b",".join(chosen) + b"]"
+
+    def _current_listing(self) -> _Listing:
+        now = self.clock()
+        with self.lock:
+            listing = self._listing
+            if listing is not None and now < listing.expires_at:
+                return listing
+            generation = self.generation
+            expires_at = float("inf")
+            factor = self.stale_factor
+            dumps = orjson.dumps
+            pieces: list[bytes] = []
+            tags: list[tuple[str, ...]] = []
+            for node_id in sorted(self._nodes):
+                state = self._nodes[node_id]
+                # Encoded at once, under the lock (as long as views() held it to copy): each
+                # view dict is freed as soon as made, so building 10,000 of them triggers no
+                # garbage collection (which doubled the time when they were kept to encode).
+                # Copied to its exact size: orjson's bytes keep their buffer's spare capacity.
+                pieces.append(bytes(memoryview(dumps(state.fragment_view(now, factor)))))
+                tags.append(state.tags)
+                # Inlined status_turns_at: the first node to turn stale by time alone.
+                if state.status != NodeStatus.OFFLINE and state.last_heard is not None:
+                    turns_at = state.last_heard + factor * state.interval_s
+                    if now <= turns_at < expires_at:
+                        expires_at = turns_at
+        spans: list[tuple[tuple[str, ...], int, int]] = []
+        at = 1
+        for node_tags, piece in zip(tags, pieces, strict=True):
+            spans.append((node_tags, at, at + len(piece)))
+            at += len(piece) + 1
+        built = _Listing(generation, expires_at, b"[" + b",".join(pieces) + b"]", tuple(spans))
+        with self.lock:
+            if self.generation == generation:  # nothing committed meanwhile: keep it
+                self._listing = built
+        return built
 
     def views(self) -> list[NodeView]:
         """Every node as the API shows it, sorted by id."""
