@@ -23,7 +23,6 @@ class HomeAssistantObserver(Observer):
 
     def __init__(self, publisher: DiscoveryPublisher) -> None:
         self.publisher = publisher
-        self._mounts: dict[str, list[str]] = {}
 
     def restore(
         self, states: Sequence[NodeState], firing: Mapping[str, Sequence[str]] | None = None
@@ -53,7 +52,6 @@ class HomeAssistantObserver(Observer):
     def node_metrics(self, node: str, payload: MetricsPayload) -> None:
         """Metrics accepted: only a new disk or throttle flag leads to a publish."""
         mounts = disk_mounts(payload)
-        self._mounts[node] = mounts
         self.publisher.node_metrics_shape(node, mounts, payload.get("throttled") is not None)
 
     def node_alerts(self, node: str, firing: tuple[str, ...]) -> None:
@@ -61,5 +59,5 @@ class HomeAssistantObserver(Observer):
         self.publisher.node_alerts(node, firing)
 
     def node_forgotten(self, node: str) -> None:
-        """Clear the node's discovery so no orphan entities remain."""
-        self.publisher.forget(node, self._mounts.pop(node, []))
+        """Clear the node's discovery so no orphan entities remain (its disks are known there)."""
+        self.publisher.forget(node)
