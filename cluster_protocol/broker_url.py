@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-import ssl
+import sys
 from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import quote, unquote, urlsplit
@@ -67,14 +67,19 @@ def split_password(url: str) -> tuple[str, str | None]:
 
 def connect_failure_reason(error: BaseException | None, address: BrokerAddress) -> str:
     """Say in words why a connection attempt failed, naming the setting to check."""
-    if isinstance(error, ssl.SSLCertVerificationError):
-        return (
-            f"TLS certificate of {address.host} not trusted ({error.verify_message}): "
-            "check that ca_file is the CA that signed the broker's certificate"
-        )
-    if isinstance(error, ssl.SSLError):
-        hint = " (is that port a TLS listener?)" if "VERSION" in str(error.reason) else ""
-        return f"TLS handshake failed: {error.reason or error}{hint}"
+    # Only a TLS connection raises SSL errors, and it has loaded ssl: a node on plain MQTT
+    # need not load it (libssl and libcrypto, about 5 MiB) to learn that a refusal is not one.
+    if "ssl" in sys.modules:
+        import ssl
+
+        if isinstance(error, ssl.SSLCertVerificationError):
+            return (
+                f"TLS certificate of {address.host} not trusted ({error.verify_message}): "
+                "check that ca_file is the CA that signed the broker's certificate"
+            )
+        if isinstance(error, ssl.SSLError):
+            hint = " (is that port a TLS listener?)" if "VERSION" in str(error.reason) else ""
+            return f"TLS handshake failed: {error.reason or error}{hint}"
     if isinstance(error, ConnectionRefusedError):
         return f"connection refused on port {address.port} (is the broker running there?)"
     if isinstance(error, socket.gaierror):

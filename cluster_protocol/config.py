@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Final
 
@@ -19,6 +18,8 @@ class SettingsError(ValueError):
 
 def read_toml(path: Path) -> dict[str, Any]:
     """Read a TOML config file; raise SettingsError naming the file when it cannot be used."""
+    import tomllib  # only with a config file: a node configured by flags never loads it
+
     try:
         with path.open("rb") as handle:
             return tomllib.load(handle)

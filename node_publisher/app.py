@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-import ssl
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
-import paho.mqtt.client as mqtt
 import psutil
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -27,6 +25,7 @@ from cluster_protocol.broker_url import connect_failure_reason
 from cluster_protocol.payloads import MachineDetails, ReplyPayload
 from node_publisher.collectors import PsutilLike
 from node_publisher.emitter import Emitter
+from node_publisher.lean_imports import mqtt
 from node_publisher.machine_info import MachinePaths
 from node_publisher.outbox import Outbox
 from node_publisher.sampler import DETAILS_CHECK_EVERY_S, Sampler
@@ -256,7 +255,7 @@ class NodeAgent:
         try:
             # Called inside paho's `except OSError:`: the error being handled is the cause.
             error = sys.exc_info()[1]
-            level = logging.ERROR if isinstance(error, ssl.SSLError) else logging.WARNING
+            level = logging.ERROR if _is_tls_error(error) else logging.WARNING
             logger.log(
                 level,
                 "cannot reach broker %s: %s; retrying",
@@ -324,6 +323,16 @@ class NodeAgent:
             logger.warning("ignoring message: %s", error)
         except Exception:
             self._callback_failed("on_message")
+
+
+def _is_tls_error(error: BaseException | None) -> bool:
+    # Only a TLS connection raises SSLError, and it has loaded ssl: a node on plain MQTT need
+    # not load it (about 5 MiB) to learn that a refused connection is not a TLS failure.
+    if "ssl" not in sys.modules:
+        return False
+    import ssl
+
+    return isinstance(error, ssl.SSLError)
 
 
 def _wait_published(info: mqtt.MQTTMessageInfo, timeout_s: float) -> bool:

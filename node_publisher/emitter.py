@@ -6,8 +6,6 @@ import logging
 from collections.abc import Callable
 from typing import TypeAlias
 
-import paho.mqtt.client as mqtt
-
 from cluster_protocol import Envelope, EnvelopeError, MessageType, encode_envelope, topic_for
 from cluster_protocol.payloads import (
     MachineDetails,
@@ -16,6 +14,7 @@ from cluster_protocol.payloads import (
     ReplyPayload,
     StatusPayload,
 )
+from node_publisher.lean_imports import mqtt
 from node_publisher.outbox import Outbox
 from node_publisher.spool import Spool
 

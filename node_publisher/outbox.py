@@ -8,8 +8,7 @@ import threading
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from paho.mqtt.client import MQTT_ERR_NO_CONN, MQTT_ERR_SUCCESS, MQTTMessageInfo
-
+from node_publisher.lean_imports import mqtt
 from node_publisher.spool import Spool
 
 logger = logging.getLogger(__name__)
@@ -24,7 +23,7 @@ class Publisher(Protocol):
 
     def publish(
         self, topic: str, payload: bytes, qos: int = 0, retain: bool = False
-    ) -> MQTTMessageInfo:
+    ) -> mqtt.MQTTMessageInfo:
         """Queue one message and return its tracking info (with `mid`)."""
         ...
 
@@ -152,7 +151,7 @@ class Outbox:
                     if entry.seq in in_flight:
                         continue
                     info = self._client.publish(entry.topic, entry.data, qos=1)
-                    if info.rc not in (MQTT_ERR_SUCCESS, MQTT_ERR_NO_CONN):
+                    if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
                         logger.warning(
                             "paho refused seq %d (rc %s); retrying later", entry.seq, info.rc
                         )

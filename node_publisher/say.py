@@ -8,11 +8,11 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from cluster_protocol import Envelope, EnvelopeError, MessageType, encode_envelope, topic_for
 from node_publisher.app import client_id_for, make_client
+from node_publisher.lean_imports import mqtt
 from node_publisher.settings import PublisherSettings
 from node_publisher.spool import Spool
 
