@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Final, TypedDict, cast
+from typing import Any, Final, NamedTuple, TypedDict, cast
 
 import orjson
 
@@ -376,6 +376,19 @@ class NodeState:
         }
 
 
+class NodeFacts(NamedTuple):
+    """What an exporter reads of one node (`ClusterState.facts`): metrics still encoded."""
+
+    node: str
+    state: NodeStatus
+    tags: tuple[str, ...]
+    last_seen: float | None
+    metrics_json: bytes | None
+    seq_gaps: int
+    received: int
+    duplicates: int
+
+
 @dataclass(frozen=True, slots=True)
 class _Listing:
     """Every node's view, encoded once per commit generation (`ClusterState.nodes_json`)."""
@@ -547,6 +560,36 @@ class ClusterState:
             if self.generation == generation:  # nothing committed meanwhile: keep it
                 self._listing = built
         return built
+
+    def facts(self) -> tuple[int, float, list[NodeFacts]]:
+        """(generation, when a node's state next turns by time alone, every node's facts).
+
+        Sorted by node id. An exporter may keep what it makes of them while the generation
+        is the same and the clock before that time.
+        """
+        now = self.clock()
+        factor = self.stale_factor
+        expires_at = float("inf")
+        with self.lock:
+            rows = []
+            for node_id in sorted(self._nodes):
+                state = self._nodes[node_id]
+                rows.append(
+                    NodeFacts(
+                        node_id,
+                        state.effective_status(now, factor),
+                        state.tags,
+                        state.last_heard,
+                        state.metrics_json,
+                        state.seq_gaps,
+                        state.received,
+                        state.duplicates,
+                    )
+                )
+                turns_at = state.status_turns_at(now, factor)
+                if turns_at is not None and turns_at < expires_at:
+                    expires_at = turns_at
+            return self.generation, expires_at, rows
 
     def views(self) -> list[NodeView]:
         """Every node as the API shows it, sorted by id."""

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Final
 
+import orjson
 from fastapi import APIRouter, HTTPException, Security
 from fastapi.params import Depends
 from fastapi.responses import Response
@@ -26,7 +29,7 @@ from prometheus_client.registry import Collector
 
 from cluster_protocol import METRICS, RejectCause
 from master_service.ingest.counters import IngestCounters
-from master_service.state import ClusterState, NodeStatus
+from master_service.state import ClusterState, NodeFacts, NodeStatus
 from master_service.web.errors import error_responses
 
 if TYPE_CHECKING:
@@ -88,7 +91,7 @@ class IngestErrors:
 
 
 class ClusterCollector(Collector):
-    """Builds every family from the state and counters when Prometheus scrapes."""
+    """The master's own families, read when Prometheus scrapes (the nodes': `NodeExposition`)."""
 
     def __init__(
         self,
@@ -103,8 +106,7 @@ class ClusterCollector(Collector):
         self.ingest_errors = ingest_errors
 
     def collect(self) -> Iterator[Metric]:
-        """All node and master families, read now."""
-        yield from node_families(self.state.views())
+        """The master and error families, read now."""
         yield from master_families(self.counters.snapshot(), self.master_gauges())
         yield from error_families(self.ingest_errors())
 
@@ -201,6 +203,102 @@ def _disk_ratios(disks: Any) -> Iterable[tuple[str, float]]:
             yield disk["mount"], percent / 100.0
 
 
+def _go_float(value: float) -> str:
+    """A sample value as prometheus_client writes it (its `floatToGoString`)."""
+    if -1e300 < value < 1e6:  # the common case: repr
+        return repr(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    text = repr(value)
+    dot = text.find(".")
+    if value > 0 and dot > 6:  # Go switches to an exponent sooner than Python
+        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1 :]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
+    return text
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _family_headers() -> list[tuple[str, str]]:
+    """(HELP and TYPE lines, sample name) of each `node_families` family, in its order."""
+
+    class Empty(Collector):
+        def collect(self) -> Iterator[Metric]:
+            yield from node_families(())
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Empty())
+    lines = generate_latest(registry).decode().splitlines()
+    return [
+        (f"{lines[at]}\n{lines[at + 1]}\n", lines[at + 1].split()[2])
+        for at in range(0, len(lines), 2)
+    ]
+
+
+def node_exposition(facts: Sequence[NodeFacts]) -> bytes:
+    """The text of `node_families` for these nodes, written directly.
+
+    The same families, samples and format as prometheus_client writes, many times faster at
+    10,000 nodes (its generic writer took seconds there; bench/README.md, scale).
+    """
+    headers = _family_headers()
+    exported = [(m.key, export.scale) for m, export in NODE_EXPORTS]
+    columns: list[list[str]] = [[] for _ in headers]
+    up, info, state, seen = columns[:4]
+    values = columns[4 : 4 + len(exported)]
+    disk, gaps, received, duplicates = columns[4 + len(exported) :]
+    names = [name for _, name in headers]
+    up_name, info_name, state_name, seen_name = names[:4]
+    value_names = names[4 : 4 + len(exported)]
+    disk_name, gaps_name, received_name, duplicates_name = names[4 + len(exported) :]
+    statuses = [status.value for status in NodeStatus]
+    # (key, scale, divisor for scales below 1 else 1, column, sample name)
+    plain = [
+        (key, float(scale), 1 if scale >= 1 else round(1 / scale), column, name)
+        for (key, scale), column, name in zip(exported, values, value_names, strict=True)
+    ]
+    for fact in facts:
+        node = _label(fact.node)
+        label = f'{{node="{node}"}} '
+        online = fact.state == NodeStatus.ONLINE
+        up.append(f"{up_name}{label}{'1.0' if online else '0.0'}\n")
+        info.append(f'{info_name}{{node="{node}",tags="{_label(tags_label(fact.tags))}"}} 1.0\n')
+        for status in statuses:
+            one = "1.0" if fact.state == status else "0.0"
+            state.append(f'{state_name}{{node="{node}",state="{status}"}} {one}\n')
+        if fact.last_seen is not None:
+            seen.append(f"{seen_name}{label}{_go_float(float(fact.last_seen))}\n")
+        metrics: Mapping[str, Any] = orjson.loads(fact.metrics_json) if fact.metrics_json else {}
+        if not isinstance(metrics, Mapping):
+            metrics = {}
+        for key, multiply, divide, column, prefix in plain:
+            value: Any = metrics.get(key)
+            kind = value.__class__
+            if kind is float or kind is int:  # _number and scaled, inlined: 150,000 calls
+                number = value * multiply if divide == 1 else value / divide
+                text = repr(number) if -1e300 < number < 1e6 else _go_float(number)
+                column.append(f"{prefix}{label}{text}\n")
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                column.append(f"{prefix}{label}{_go_float(scaled(float(value), multiply))}\n")
+        for mount, ratio in _disk_ratios(metrics.get("disks")):
+            # Labels in name order, as prometheus_client writes them.
+            disk.append(
+                f'{disk_name}{{mount="{_label(mount)}",node="{node}"}} {_go_float(ratio)}\n'
+            )
+        gaps.append(f"{gaps_name}{label}{_go_float(float(fact.seq_gaps or 0))}\n")
+        received.append(f"{received_name}{label}{_go_float(float(fact.received or 0))}\n")
+        duplicates.append(f"{duplicates_name}{label}{_go_float(float(fact.duplicates or 0))}\n")
+    parts: list[str] = []
+    for (header, _), column in zip(headers, columns, strict=True):
+        parts.append(header)
+        parts.append("".join(column))
+    return "".join(parts).encode()
+
+
 def master_families(snapshot: Mapping[str, Any], gauges: Mapping[str, float]) -> Iterator[Metric]:
     """The master's own health: messages received, accepted, rejected by cause, errors."""
     for name, key, text in (
@@ -267,6 +365,10 @@ class MasterMetrics:
         ingest_errors: Callable[[], IngestErrors] = IngestErrors,
     ) -> None:
         self.clock = clock
+        self.state = state
+        # The nodes' text, kept while the state's generation and every node's state hold.
+        self._nodes_text: tuple[int, float, bytes] | None = None
+        self._nodes_lock = threading.Lock()
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(ClusterCollector(state, counters, master_gauges, ingest_errors))
         self.ingest_latency = Histogram(
@@ -284,8 +386,23 @@ class MasterMetrics:
             self.ingest_latency.observe(max(0.0, now - ts))
 
     def exposition(self) -> bytes:
-        """The text format Prometheus scrapes."""
-        return generate_latest(self.registry)
+        """The text format Prometheus scrapes: the nodes' families, then the master's."""
+        return self.node_text() + generate_latest(self.registry)
+
+    def node_text(self) -> bytes:
+        """The per-node families, written once per commit generation of the state."""
+        with self._nodes_lock:  # one scrape builds it, another waits for it
+            cached = self._nodes_text
+            if (
+                cached is not None
+                and cached[0] == self.state.generation
+                and self.state.clock() < cached[1]
+            ):
+                return cached[2]
+            generation, expires_at, facts = self.state.facts()
+            text = node_exposition(facts)
+            self._nodes_text = (generation, expires_at, text)
+            return text
 
 
 # Module level: FastAPI resolves the (postponed) annotations in this module's namespace.
