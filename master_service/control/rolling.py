@@ -1,8 +1,8 @@
 """Rolling reboots and tasks: a wave of nodes at a time, each back and healthy before the next.
 
-The roll is driven from the command line through the master's HTTP API (`RollApi`), so the
-master needs no long-running job of its own and an interrupted roll leaves nothing behind but
-silences that end by themselves.
+`roll()` talks to the master through `RollApi`: from the command line over its HTTP API
+(`HttpRollApi`), so an interrupted roll leaves nothing behind but silences that end by
+themselves; from the dashboard inside the master (`rollouts.py`).
 """
 
 from __future__ import annotations

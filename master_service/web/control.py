@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import JSONResponse
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     PlainValidator,
     WithJsonSchema,
-    field_validator,
-    model_validator,
 )
 
 from cluster_protocol.commands import COMMAND_NAME_PATTERN, CommandName
@@ -33,11 +30,12 @@ from master_service.control.placement import (
     Requirements,
     place,
 )
-from master_service.control.selection import select_nodes
 from master_service.control.units import parse_size
 from master_service.web.access import Access
 from master_service.web.errors import error_responses
 from master_service.web.ports import MasterPort
+from master_service.web.rollouts import rollouts_router
+from master_service.web.selection import TAG_PATTERN, NodeSelection, Positive, whole
 
 # What `parse_size` reads, as a JSON Schema pattern: a number of bytes and an optional unit,
 # 1000-based (`2G`, `500MB`) or 1024-based with an `i` (`512MiB`, `2Gi`). ASCII classes
@@ -46,29 +44,17 @@ SIZE_PATTERN: Final = r"^ *[0-9]+(\.[0-9]+)? *([kKmMgGtT]i?)?[bB]? *$"
 SIZE_MAX_LENGTH: Final = 32  # longer digit strings overflow a float
 ARCH_PATTERN: Final = r"^[A-Za-z0-9_.+-]+$"
 # As cluster_protocol's tags: lower-case letters, digits, `_`, `.`, `-`.
-TAG_PATTERN: Final = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
-MAX_FAN_OUT_NODES: Final = 1000
 NodeId = Annotated[
     str, Path(pattern=NODE_ID_PATTERN.pattern, description="node id, as the node publishes it")
 ]
 
 
-def _whole(value: Any) -> Any:
-    """Let `3.0` through as 3: JSON Schema counts a number without a fraction as an integer."""
-    if type(value) is float and value.is_integer():
-        return int(value)
-    return value
-
-
-# Strict: a boolean is not a number and "5" is not 5, but 3.0 is the integer 3. The bound
-# sits before the validator, or pydantic cannot put it in the schema as `minimum`.
-Positive = Annotated[int, Field(ge=1), BeforeValidator(_whole)]
 _SIZE_TEXT: Final = re.compile(SIZE_PATTERN)
 
 
 def _size(value: Any) -> int | None:
     """Bytes from a size (`512MiB`, `2G`, or a whole number of bytes); None stays None."""
-    value = _whole(value)
+    value = whole(value)
     if value is None:
         return None
     if type(value) is int:
@@ -110,56 +96,12 @@ class CommandRequest(BaseModel):
     timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0, le=MAX_TIMEOUT_S)
 
 
-def _one_selection_schema(schema: dict[str, Any]) -> None:
-    """Say in the schema that exactly one of nodes, tag, all is given, and none is null."""
-    schema["oneOf"] = [{"required": ["nodes"]}, {"required": ["tag"]}, {"required": ["all"]}]
-    for name in ("nodes", "tag", "all"):
-        schema["properties"][name].pop("default", None)  # a null default would be a lie
-
-
-class FanOutRequest(BaseModel):
+class FanOutRequest(NodeSelection):
     """Body of `POST /api/commands`: one command, and the nodes as names, a tag, or all."""
-
-    model_config = ConfigDict(
-        strict=True,
-        extra="forbid",
-        json_schema_extra=_one_selection_schema,
-    )
 
     command: str = Field(pattern=COMMAND_NAME_PATTERN.pattern, description=", ".join(CommandName))
     args: dict[str, Any] = Field(default_factory=dict, description="the command's arguments")
     timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0, le=MAX_TIMEOUT_S)
-    nodes: list[Annotated[str, Field(pattern=NODE_ID_PATTERN.pattern)]] = Field(
-        default=None,  # type: ignore[arg-type]  # absent, never null: see `not_null`
-        min_length=1,
-        max_length=MAX_FAN_OUT_NODES,
-        description="these nodes, by id",
-    )
-    tag: str = Field(
-        default=None,  # type: ignore[assignment]
-        pattern=TAG_PATTERN,
-        description="the nodes that carry this tag",
-    )
-    all: Literal[True] = Field(
-        default=None,  # type: ignore[arg-type]
-        description="every node the master knows",
-    )
-
-    @field_validator("nodes", "tag", "all", mode="before")
-    @classmethod
-    def not_null(cls, value: Any) -> Any:
-        """An explicit null is refused, as the schema says; leave the field out instead."""
-        if value is None:
-            raise ValueError("leave the field out rather than null")
-        return value
-
-    @model_validator(mode="after")
-    def one_selection(self) -> FanOutRequest:
-        """Exactly one of nodes, tag, all."""
-        given = [name for name in ("nodes", "tag", "all") if getattr(self, name) is not None]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of nodes, tag, all (got {given or 'none'})")
-        return self
 
 
 class FanOutRowBody(BaseModel):
@@ -277,12 +219,7 @@ def control_router(port: MasterPort, access: Access) -> APIRouter:
         Each node is sent the command as `POST /api/nodes/{node}/commands` would: an unknown or
         offline node gets a `refused` row at once, a silent one a `timeout` row.
         """
-        chosen = select_nodes(
-            port.state.views(),
-            nodes=body.nodes,
-            tag=body.tag,
-            everyone=body.all is True,
-        )
+        chosen = body.chosen(port.state.views())
         rows = fan_out(port.commands.send, chosen, body.command, body.args, body.timeout_s)
         return {
             "command": body.command,
@@ -340,4 +277,5 @@ def control_router(port: MasterPort, access: Access) -> APIRouter:
             raise HTTPException(404, f"no node {node!r} is known")
         return {"node": node, "forgotten": True}
 
+    router.include_router(rollouts_router(port, access))
     return router

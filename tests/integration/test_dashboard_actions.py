@@ -305,3 +305,50 @@ def test_a_master_with_a_token_offers_a_login_instead_of_buttons_that_fail(
         )
     finally:
         stop_rack(guarded)
+
+
+def test_a_rolling_task_from_the_overview_stops_at_the_node_without_it(
+    rack: Rack, page_factory: Any
+) -> None:
+    # Only node a has the task: a runs it and sends metrics again, b cannot, c is left alone.
+    page = page_factory(f"{rack.master.api}/#/?tag=rack1")
+    wait_until(
+        lambda: page.evaluate("document.querySelector('#send-box')?.hidden === false"),
+        15,
+        0.1,
+        "the send box",
+    )
+    page.evaluate(
+        "(() => { document.querySelector('#send-box').open = true;"
+        " const select = document.querySelector('#send-command');"
+        " select.value = 'ping'; select.dispatchEvent(new Event('change')); })()"
+    )
+    assert page.evaluate("document.querySelector('#send-rolling-label').hidden")  # no waves
+    page.evaluate(
+        "(() => { const select = document.querySelector('#send-command');"
+        " select.value = 'task:hello'; select.dispatchEvent(new Event('change'));"
+        " document.querySelector('#send-rolling').checked = true;"
+        " document.querySelector('#send-form').requestSubmit(); })()"
+    )
+    wait_until(lambda: dialog(page)["open"], 5, 0.05, "the confirmation open")
+    assert dialog(page)["title"] == "Run task “hello” on every node tagged rack1, one at a time?"
+    click(page, "#confirm-ok")
+    summary_js = "document.querySelector('#send-summary').textContent"
+    wait_until(lambda: "stopped" in page.evaluate(summary_js), 60, 0.2, "the roll's end")
+    rows = page.evaluate(
+        "[...document.querySelectorAll('#send-rows tr')].map(tr =>"
+        " ({node: tr.dataset.rowNode, status: tr.dataset.status, text: tr.textContent}))"
+    )
+    assert [(r["node"], r["status"]) for r in rows] == [
+        (rack.a, "ok"),
+        (rack.b, "error"),
+        (rack.c, "refused"),
+    ]
+    assert "did not accept run" in rows[1]["text"]
+    assert "left alone" in rows[2]["text"]
+    assert page.evaluate(summary_js) == "Rolling task hello of rack1 stopped: 1 of 3 done"
+    log = page.evaluate("document.querySelector('#roll-log').textContent")
+    assert f"{rack.a}: back, sending metrics" in log
+    assert rack.commands(rack.a) == ["run"]
+    assert rack.commands(rack.c) == []
+    screenshot(page, "dashboard-rolling-task.png")

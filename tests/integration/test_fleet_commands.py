@@ -403,3 +403,74 @@ def test_by_tag_send_place_and_a_rolling_reboot_touch_only_the_tagged_nodes(flee
     assert "rolling reboot over 2 nodes, 1 at a time" in rolled.stdout
     assert [fleet.nodes[n].starts for n in (first, other, tagged)] == [2, 1, 2]
     assert fleet.nodes[other].pid == other_pid
+
+
+def follow_rollout(fleet: Fleet, rollout_id: int, timeout_s: float) -> dict[str, Any]:
+    """Poll `GET /api/rollouts/{id}` until the roll ends; its last state."""
+    latest: dict[str, Any] = {}
+
+    def ended() -> bool:
+        latest.update(fleet.master.get(f"/api/rollouts/{rollout_id}"))
+        return latest["running"] is False
+
+    wait_until(ended, timeout_s, 0.2, f"roll {rollout_id} to end")
+    return latest
+
+
+def test_a_roll_run_by_the_master_goes_node_by_node_and_stops_at_one_that_does_not_return(
+    fleet_of,
+):
+    # What the dashboard's "Rolling" starts: the master itself runs the waves.
+    fleet = fleet_of(3)
+    first, dead, spared = fleet.nodes
+    fleet.nodes[dead].restart = False
+    silences = SilenceWatch(fleet.master)
+    try:
+        status, started = fleet.post(
+            "/api/rollouts", {"command": "reboot", "all": True, "timeout_s": 8}
+        )
+        assert status == 202, started
+        assert started["running"] is True
+        assert started["nodes"] == [first, dead, spared]
+        # One roll at a time: a second could take more nodes down than either asked for.
+        again, refused = fleet.post("/api/rollouts", {"command": "reboot", "nodes": [spared]})
+        assert again == 409
+        assert f"roll {started['id']} is still running" in refused["detail"]
+        roll = follow_rollout(fleet, started["id"], 60)
+    finally:
+        silences.stop()
+    assert roll["ok"] is False
+    assert roll["done"] == [first]
+    assert roll["failed"] == {dead: "did not come back within 8 s (now offline)"}
+    assert roll["untouched"] == [spared]
+    lines = "\n".join(roll["lines"])
+    assert f"{first}: back, sending metrics" in lines
+    assert lines.index(f"{first}: back, sending metrics") < lines.index(f"{dead}: reboot accepted")
+    assert fleet.nodes[first].starts == 2
+    assert fleet.nodes[spared].starts == 1
+    assert "reboot" not in fleet.commands(spared)
+    assert silences.seen == {first, dead}  # each silenced during its own turn only
+    assert fleet.master.get("/api/alerts/silences")["silences"] == []
+    listed = fleet.master.get("/api/rollouts")["rollouts"]
+    assert [r["id"] for r in listed] == [started["id"]]
+
+
+def test_a_roll_run_by_the_master_refuses_offline_nodes_and_bad_requests(fleet_of):
+    fleet = fleet_of(2)
+    up, gone = fleet.nodes
+    fleet.nodes[gone].restart = False
+    fleet.nodes[gone].stop()
+    wait_until(lambda: fleet.state(gone) == "offline", 20, 0.1, f"{gone} offline")
+    status, answer = fleet.post("/api/rollouts", {"command": "reboot", "nodes": [up, gone]})
+    assert status == 409
+    assert f"not online: {gone} (offline)" in answer["detail"]
+    assert "reboot" not in fleet.commands(up)
+    for body in (
+        {"command": "run", "all": True},  # run needs a task
+        {"command": "reboot", "task": "hello", "all": True},
+        {"command": "shutdown", "all": True},
+        {"command": "reboot", "all": True, "tag": "x"},  # one selection only
+    ):
+        status, answer = fleet.post("/api/rollouts", body)
+        assert status == 422, (body, answer)
+    assert fleet.master.get("/api/rollouts")["rollouts"] == []

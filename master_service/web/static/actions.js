@@ -281,6 +281,7 @@ export function renderSendBox(nodes, tagFilter) {
     ([key, label]) => h("option", { value: key }, label));
   if (actions.some((a) => a.key === before)) commandSelect.value = before;
   commandSelect._actions = actions;
+  showRollingChoice();
 
   const offline = views.filter((v) => v.state === "offline").length;
   send.names = views.map((v) => v.node);
@@ -302,6 +303,71 @@ function showSendResult(summary, rows, failed) {
 
 // Another tag: its nodes and their commands at once, not at the next poll.
 $("#send-tag").addEventListener("change", () => renderSendBox(send.nodes, send.tagFilter));
+$("#send-command").addEventListener("change", showRollingChoice);
+
+/** The chosen action of the send box, if any. */
+const chosenAction = () => ($("#send-command")._actions || []).find((a) => a.key === $("#send-command").value);
+
+/** Reboots and tasks can roll; refresh and ping have nothing to wait for. */
+const rollable = (action) => action?.command === "reboot" || action?.task !== undefined;
+
+function showRollingChoice() {
+  const can = rollable(chosenAction());
+  $("#send-rolling-label").hidden = !can;
+  if (!can) $("#send-rolling").checked = false;
+}
+
+// ---------------------------------------------------------------- rolling, run by the master
+
+const ROLL_POLL_MS = 1000;
+const ROLL_TIMEOUT_S = 300;
+
+/** A row per node of a roll: done, the one that stopped it, left alone, or still to come. */
+function rollRows(roll) {
+  return roll.nodes.map((node) => {
+    if (roll.done.includes(node)) return { node, status: "ok", error: null, result: "back, sending metrics" };
+    if (node in roll.failed) return { node, status: "error", error: roll.failed[node], result: null };
+    if (roll.untouched.includes(node)) return { node, status: "refused", error: "left alone: the roll stopped", result: null };
+    return { node, status: "pending", error: null, result: roll.running ? "waiting for its turn or its return" : null };
+  });
+}
+
+function showRoll(roll, what, tag) {
+  const summary = roll.running
+    ? `Rolling ${what} of ${tag}: ${roll.done.length} of ${roll.nodes.length} done…`
+    : roll.ok
+      ? `Rolling ${what} of ${tag}: all ${roll.nodes.length} done`
+      : `Rolling ${what} of ${tag} stopped: ${roll.done.length} of ${roll.nodes.length} done${roll.error ? ` (${roll.error})` : ""}`;
+  showSendResult(summary, rollRows(roll), roll.ok === false);
+  const log = $("#roll-log");
+  log.hidden = false;
+  log.textContent = roll.lines.join("\n");
+  log.scrollTop = log.scrollHeight;
+}
+
+/** Start a roll over a tag in the master and follow it until it ends. */
+async function startRoll(action, tag, taskArgs) {
+  const body = action.task !== undefined
+    ? { command: "run", task: action.task, task_args: argsFor(action, taskArgs).args || {}, tag, timeout_s: ROLL_TIMEOUT_S }
+    : { command: "reboot", tag, timeout_s: ROLL_TIMEOUT_S };
+  const what = nameOf(action);
+  const started = await fetch("/api/rollouts", withCsrf({
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body), cache: "no-store",
+  }));
+  let roll = await started.json().catch(() => null);
+  if (started.status !== 202 || !roll) {
+    showSendResult(`Could not start a rolling ${what} of ${tag}: ${apiError(started.status, roll)}`, [], true);
+    return;
+  }
+  showRoll(roll, what, tag);
+  while (roll.running) {
+    await new Promise((resolve) => setTimeout(resolve, ROLL_POLL_MS));
+    const res = await fetch(`/api/rollouts/${roll.id}`, { cache: "no-store" });
+    if (!res.ok) continue; // a blip: the roll goes on in the master regardless
+    roll = await res.json();
+    showRoll(roll, what, tag);
+  }
+}
 
 $("#send-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
@@ -310,12 +376,15 @@ $("#send-form").addEventListener("submit", async (ev) => {
   const action = ($("#send-command")._actions || []).find((a) => a.key === $("#send-command").value);
   if (!tag || !action) return;
   const names = send.names.join(", ");
+  const rolling = rollable(action) && $("#send-rolling").checked;
   let taskArgs;
   if (needsConfirm(action)) {
     const what = action.task !== undefined ? `Run task “${action.task}”` : VERB[action.command];
     const answer = await confirmAction({
-      title: `${what} on every node tagged ${tag}?`,
-      text: `Nodes tagged ${tag}: ${names}.`,
+      title: `${what} on every node tagged ${tag}${rolling ? ", one at a time" : ""}?`,
+      text: rolling
+        ? `Nodes tagged ${tag}: ${names}. One node at a time: each must come back and send metrics before the next; the roll stops at the first that does not.`
+        : `Nodes tagged ${tag}: ${names}.`,
       ok: `${what} on ${tag}`, danger: !!action.danger, withArgs: action.task !== undefined,
     });
     if (answer === null) return;
@@ -328,6 +397,18 @@ $("#send-form").addEventListener("submit", async (ev) => {
   $("#send-summary").textContent = `Sending ${nameOf(action)} to the nodes tagged ${tag}…`;
   $("#send-summary").classList.remove("failing");
   $("#send-rows").replaceChildren();
+  $("#roll-log").hidden = true;
+  if (rolling) {
+    try {
+      await startRoll(action, tag, taskArgs);
+    } catch (err) {
+      showSendResult(`Rolling ${nameOf(action)} of ${tag}: ${err.message}`, [], true);
+    } finally {
+      send.busy = false;
+      button.disabled = false;
+    }
+    return;
+  }
   const body = { command: action.command, args: argsFor(action, taskArgs), timeout_s: timeoutOf(action), tag };
   try {
     const { status, data } = await post("/api/commands", body);
