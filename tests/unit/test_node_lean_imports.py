@@ -8,7 +8,18 @@ import sys
 import textwrap
 
 # Together about a third of the agent's resident memory on x86_64 (bench/README.md).
-HEAVY = ("ssl", "_ssl", "hashlib", "_hashlib", "urllib.request", "http.client", "tomllib")
+HEAVY = (
+    "ssl",
+    "_ssl",
+    "hashlib",
+    "_hashlib",
+    "urllib.request",
+    "http.client",
+    "tomllib",
+    "importlib.metadata",
+    "zipfile",
+    "email",
+)
 
 
 def run_python(code: str) -> dict[str, object]:
@@ -101,3 +112,11 @@ def test_modules_deferred_for_paho_are_the_real_ones_for_everyone_else():
         "paho_sha1": "11f6ad8e",
         "paho_proxies": True,
     }
+
+
+def test_the_agent_version_is_the_installed_distribution_s():
+    from importlib import metadata
+
+    import node_publisher
+
+    assert node_publisher.__version__ == metadata.version("picluster")
