@@ -342,10 +342,11 @@ def test_a_rolling_task_from_the_overview_stops_at_the_node_without_it(
     assert [(r["node"], r["status"]) for r in rows] == [
         (rack.a, "ok"),
         (rack.b, "error"),
-        (rack.c, "refused"),
+        (rack.c, "skipped"),
     ]
     assert "did not accept run" in rows[1]["text"]
     assert "left alone" in rows[2]["text"]
+    assert "the roll stopped before its turn" in rows[2]["text"]
     assert page.evaluate(summary_js) == "Rolling task hello of rack1 stopped: 1 of 3 done"
     log = page.evaluate("document.querySelector('#roll-log').textContent")
     assert f"{rack.a}: back, sending metrics" in log

@@ -18,6 +18,7 @@ const PLAIN = ["refresh", "ping"];
 const POWER = ["reboot", "shutdown"];
 const STATUS_LABEL = {
   pending: "sending…", ok: "ok", error: "error", timeout: "no reply", refused: "refused", failed: "not sent",
+  waiting: "waiting", skipped: "left alone",
 };
 
 const ctx = { serverNow: () => Date.now() / 1000, nodeLink: (n) => n };
@@ -235,7 +236,8 @@ function detailOf(e, compact = false) {
   return out;
 }
 
-const pillClass = (status) => `sev ${status === "ok" ? "sev-ok" : status === "pending" ? "sev-pending" : "sev-critical"}`;
+const QUIET = ["pending", "waiting", "skipped"];
+const pillClass = (status) => `sev ${status === "ok" ? "sev-ok" : QUIET.includes(status) ? "sev-pending" : "sev-critical"}`;
 
 /** "14:02:11 · 0.04 s": when it was answered, and how long that took. */
 function timeText(at, took) {
@@ -327,8 +329,8 @@ function rollRows(roll) {
   return roll.nodes.map((node) => {
     if (roll.done.includes(node)) return { node, status: "ok", error: null, result: "back, sending metrics" };
     if (node in roll.failed) return { node, status: "error", error: roll.failed[node], result: null };
-    if (roll.untouched.includes(node)) return { node, status: "refused", error: "left alone: the roll stopped", result: null };
-    return { node, status: "pending", error: null, result: roll.running ? "waiting for its turn or its return" : null };
+    if (roll.untouched.includes(node)) return { node, status: "skipped", error: null, result: "the roll stopped before its turn" };
+    return { node, status: "waiting", error: null, result: roll.running ? "its turn, or its return, is to come" : null };
   });
 }
 
