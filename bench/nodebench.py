@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -14,12 +16,16 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.broker import BenchBroker
-from bench.procstat import cpu_seconds, memory_kib
+from bench.procstat import memory_kib
 from bench.sections import Row, _fmt, _progress, _verdict
 
 NODE_ID: Final = "bench-node"
 INTERVAL_S: Final = 1.0
 WARMUP_S: Final = 5.0  # imports, connect, first samples: not what a node pays per sample
+# Issue 14: CPU per sample at most 1.3 x the bare loop's, in the same run; under 24 MiB resident
+# on x86_64 (a 64-bit Pi OS is close: same word size, same libraries).
+CPU_RATIO_TARGET: Final = 1.3
+RSS_TARGET_MIB: Final = 24.0
 
 
 class ArrivalCounter:
@@ -92,7 +98,7 @@ def node_footprint(workdir: Path, duration_s: float) -> tuple[dict[str, Any], li
     loops = elapsed / INTERVAL_S
     node_cpu_ms = (marks_end["node_cpu"] - marks_start["node_cpu"]) / max(samples, 1) * 1000
     base_cpu_ms = (marks_end["base_cpu"] - marks_start["base_cpu"]) / loops * 1000
-    figures = {
+    figures: dict[str, Any] = {
         "interval_s": INTERVAL_S,
         "measured_s": elapsed,
         "samples_published": samples,
@@ -103,34 +109,57 @@ def node_footprint(workdir: Path, duration_s: float) -> tuple[dict[str, Any], li
         "baseline_rss_kib": base_memory["VmRSS"],
         "baseline_hwm_kib": base_memory["VmHWM"],
     }
-    _progress(f"node: {node_cpu_ms:.2f} ms CPU per sample, {node_memory['VmRSS'] / 1024:.1f} MiB")
-    section = f"node publisher, --interval 1 for {elapsed:.0f} s ({samples} samples published)"
+    ratio = node_cpu_ms / base_cpu_ms if base_cpu_ms > 0 else None
     node_rss = node_memory["VmRSS"] / 1024
+    node_peak = node_memory["VmHWM"] / 1024
+    figures["cpu_ratio_to_baseline"] = ratio
+    figures["targets"] = {"cpu_ratio_max": CPU_RATIO_TARGET, "rss_mib_max": RSS_TARGET_MIB}
+    _progress(
+        f"node: {node_cpu_ms:.2f} ms CPU per sample ({_fmt(ratio, '.2f')} x the bare loop), "
+        f"{node_rss:.1f} MiB"
+    )
+    section = f"node publisher, --interval 1 for {elapsed:.0f} s ({samples} samples published)"
+    cpu_met = None if ratio is None else ratio <= CPU_RATIO_TARGET
     rows = [
         Row(
             section,
             "CPU per sample",
             _fmt(node_cpu_ms, ".2f", " ms"),
             f"bare loop {base_cpu_ms:.2f} ms",
-            "< 3 ms",
-            _verdict(node_cpu_ms < 3.0),
+            f"<= {CPU_RATIO_TARGET} x bare loop",
+            f"{_fmt(ratio, '.2f')} x, {_verdict(cpu_met)}",
         ),
         Row(
             section,
             "resident memory (peak)",
-            f"{node_rss:.1f} MiB ({node_memory['VmHWM'] / 1024:.1f})",
+            f"{node_rss:.1f} MiB ({node_peak:.1f})",
             f"bare loop {base_memory['VmRSS'] / 1024:.1f} MiB",
-            "< 30 MiB",
-            _verdict(node_rss < 30.0),
+            f"< {RSS_TARGET_MIB:.0f} MiB on {platform.machine()}",
+            _verdict(node_rss < RSS_TARGET_MIB),
         ),
     ]
     return figures, rows
 
 
+def run_seconds(pid: int) -> float:
+    """CPU seconds of every live thread of a process, from the scheduler (nanoseconds).
+
+    /proc/<pid>/stat counts in clock ticks (10 ms): over a minute that is +-0.17 ms per sample,
+    a tenth of the figure. The node's threads live as long as it does, so none is missed.
+    """
+    total_ns = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            total_ns += int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[0])
+        except (OSError, ValueError):
+            continue  # a thread that just ended
+    return total_ns / 1e9
+
+
 def _marks(node_pid: int, base_pid: int, watcher: ArrivalCounter) -> dict[str, float]:
     return {
         "t": time.monotonic(),
-        "node_cpu": cpu_seconds(node_pid),
-        "base_cpu": cpu_seconds(base_pid),
+        "node_cpu": run_seconds(node_pid),
+        "base_cpu": run_seconds(base_pid),
         "arrived": watcher.snapshot(),
     }
