@@ -12,7 +12,7 @@ from typing import Final
 
 import uvicorn
 
-from cluster_protocol import MASTER_NODE_ID, Envelope, encode_envelope
+from cluster_protocol import MASTER_NODE_ID, Envelope, encode_envelope, master_status_topic
 from master_service.alerts.service import Alerting, Restored
 from master_service.auth.accounts import Accounts
 from master_service.control.commands import CommandService
@@ -43,6 +43,7 @@ from master_service.web.prometheus import IngestErrors, MasterMetrics
 logger = logging.getLogger(__name__)
 
 SUMMARY_EVERY_S: Final = 10.0
+STATUS_ECHO_WAIT_S: Final = 2.0  # at stop: our offline status back on the ingest connection
 
 
 def build(settings: MasterSettings, clock: Callable[[], float] = time.time) -> MasterService:
@@ -222,10 +223,21 @@ class MasterService:
         self.alerting.stop()  # before ingest: delivery waits on ingest's writes
         # Flush first, while still connected: the PUBACKs of what was stored go out now,
         # instead of the broker resending those messages to the next run.
-        self.ingestor.stop()
-        if self.receiver is not self.listener:
-            self.receiver.stop()  # sends the PUBACKs that flush released
-        self.listener.stop()
+        if isinstance(self.receiver, Mqtt5Listener):
+            # The offline status goes out first, while the ingest connection still listens,
+            # and is stored and acknowledged with the last batch: left unacknowledged it
+            # would take a place in our session's queue (no_local spares only our own
+            # connection's messages). Then the flush, then its PUBACKs and the DISCONNECT.
+            seen = self.receiver.watch(master_status_topic(self.settings.prefix))
+            echo = self.listener.connected.is_set() and self.receiver.connected.is_set()
+            self.listener.stop()
+            if echo:
+                seen.wait(STATUS_ECHO_WAIT_S)
+            self.ingestor.stop()
+            self.receiver.stop()
+        else:
+            self.ingestor.stop()
+            self.listener.stop()
         self.commands.close()
         try:
             self.store.close()

@@ -98,8 +98,14 @@ class Mqtt5Listener:
         self._connect = connect_packet(
             settings.client_id, self.address, settings.keepalive, settings.session_expiry
         )
+        # retain_as_published off (mqtt5's default is on, paho's off): a message published
+        # retained but delivered live must arrive with retain=0, or the master would take a
+        # node's birth for the broker's replay of an old one (docs/protocol.md, seq).
         topic = mqtt5.TopicFilter(
-            subscription(settings.prefix), max_qos=mqtt5.QoS.AT_LEAST_ONCE, no_local=True
+            subscription(settings.prefix),
+            max_qos=mqtt5.QoS.AT_LEAST_ONCE,
+            no_local=True,
+            retain_as_published=False,
         )
         self._subscribe = mqtt5.SubscribePacket(_SUBSCRIBE_ID, [topic]).write()
         # (connection number, packet id; 0 for QoS 0) of every submitted message, in submit
@@ -110,6 +116,7 @@ class Mqtt5Listener:
         self._ack_lock = threading.Lock()
         self._connection = 0
         self._stopping = threading.Event()
+        self._watched: tuple[str, threading.Event] | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -149,6 +156,12 @@ class Mqtt5Listener:
             self._inflight -= released
         if released:
             self._wake()
+
+    def watch(self, topic: str) -> threading.Event:
+        """An event set when a message on `topic` arrives from now on (one watch at a time)."""
+        seen = threading.Event()
+        self._watched = (topic, seen)
+        return seen
 
     @property
     def in_flight(self) -> int:
@@ -378,6 +391,9 @@ class Mqtt5Listener:
             else:
                 self._control(packet)
         if messages:
+            watched = self._watched
+            if watched is not None and any(m.topic == watched[0] for m in messages):
+                watched[1].set()
             self._hand_over(messages, ids, number)
         left = end - position
         if position and left:

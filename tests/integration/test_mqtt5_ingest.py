@@ -24,7 +24,13 @@ import pytest
 from master_service.app import MasterService, build
 from master_service.ingest.mqtt5_listener import Mqtt5Listener
 from master_service.settings import MasterSettings
-from tests.integration.test_hostile_input import RawPublisher, metrics_bytes
+from tests.integration.test_hostile_input import (
+    CASES,
+    Case,
+    RawPublisher,
+    metrics_bytes,
+    send_valid,
+)
 from tests.support.broker import MosquittoBroker
 from tests.support.certs import TestPki, make_pki
 from tests.support.mqtt_proxy import MqttProxy
@@ -377,3 +383,33 @@ def test_a_refused_login_is_one_clear_line(
         assert not line.exc_info
         assert "not-it" not in caplog.text
         assert not receiver_of(master).connected.is_set()
+
+
+@pytest.fixture(scope="module")
+def hostile_master(
+    broker: MosquittoBroker, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MasterService]:
+    """One mqtt5 master for the whole table of hostile messages."""
+    with mqtt5_master(broker.url, tmp_path_factory.mktemp("m5-hostile")) as service:
+        yield service
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_hostile_input_is_rejected_by_cause_on_the_mqtt5_path(
+    case: Case, hostile_master: MasterService, publisher: RawPublisher
+) -> None:
+    master = hostile_master
+    send_valid(publisher, master)
+    before = master.counters.snapshot()
+    publisher.send(case.topic, case.data(), retain=case.retain)
+    send_valid(publisher, master)
+    after = master.counters.snapshot()
+    rejected = {
+        cause: n - before["rejected"].get(cause, 0)
+        for cause, n in after["rejected"].items()
+        if n != before["rejected"].get(cause, 0)
+    }
+    assert rejected == ({} if case.cause is None else {case.cause: 1})
+    assert after["accepted"] - before["accepted"] == (2 if case.cause is None else 1)
+    assert receiver_of(master).violations == 0
+    assert master.ingestor.crashes == []
