@@ -51,7 +51,8 @@ class Outbox:
         self._spool = spool
         self._client = client
         self._max_inflight = max_inflight
-        self._events: queue.Queue[_Event] = queue.Queue()
+        # SimpleQueue: put and get in C, no Condition (and no new lock) per event.
+        self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
         self._inflight: dict[int, int] = {}  # mid -> seq
         self._cursor = 0  # highest seq handed to paho since the last connect
         self._connected = False
