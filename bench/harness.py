@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
@@ -116,7 +117,12 @@ def _start_generator(broker: BenchBroker, plan: Plan) -> subprocess.Popen[str]:
 
 
 def _consumer_argv(
-    kind: str, broker: BenchBroker, target: int, workdir: Path, ha: bool
+    kind: str,
+    broker: BenchBroker,
+    target: int,
+    workdir: Path,
+    ha: bool,
+    master_args: Sequence[str] = (),
 ) -> list[str]:
     timeout = "600"
     if kind == "master":
@@ -136,6 +142,7 @@ def _consumer_argv(
             str(workdir / "master.json"),
             "--deep-size",
             *([] if ha else ["--no-ha"]),
+            *master_args,
         ]
     if kind == "paho":
         return [
@@ -169,11 +176,17 @@ def _consumer_argv(
 
 
 def run_load(
-    kind: str, plan: Plan, workdir: Path, timeout_s: float = 300.0, ha: bool = True
+    kind: str,
+    plan: Plan,
+    workdir: Path,
+    timeout_s: float = 300.0,
+    ha: bool = True,
+    master_args: Sequence[str] = (),
 ) -> RunResult:
     """Start a broker and `kind`, wait until it is subscribed, drive `plan`, collect figures.
 
-    `ha=False` runs the master with Home Assistant discovery off.
+    `ha=False` runs the master with Home Assistant discovery off; `master_args` go to
+    `bench/master_proc.py` (e.g. `--api-timing`).
     """
     if workdir.exists():
         shutil.rmtree(workdir)
@@ -187,7 +200,7 @@ def run_load(
         probe = wire.envelope_bytes("status", PROBE_NODE, time.time(), 0, {"state": "online"})
         wire.publish_one(broker.host, broker.port, f"cluster/{PROBE_NODE}/status", probe, True)
         target = plan.total + 1
-        argv = _consumer_argv(kind, broker, target, workdir, ha)
+        argv = _consumer_argv(kind, broker, target, workdir, ha, master_args)
         profile_dir = os.environ.get("BENCH_PROFILE")
         if profile_dir and kind != "mosquitto_sub":
             # py-spy (pip install py-spy) samples the consumer; "raw" is folded stacks.

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import api_timing
 from bench.procstat import cpu_seconds, memory_kib, thread_cpu_seconds
 from bench.sizes import deep_size
 from master_service.app import MasterService, build
@@ -129,6 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--no-ha", action="store_true", help="turn Home Assistant discovery off")
     parser.add_argument("--deep-size", action="store_true", help="measure state size per node")
+    parser.add_argument(
+        "--api-timing", action="store_true", help="then time GET /api/nodes and /metrics"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     settings = MasterSettings(
@@ -185,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             result["state_bytes"] = deep_size(service.state)
         if service.home_assistant is not None:
             result["ha_bytes"] = deep_size(service.home_assistant)
+    if args.api_timing:  # after the memory figures: the listing it builds is not in them
+        result["api"] = api_timing.measure(service)
     logging.getLogger().setLevel(logging.CRITICAL)  # the shutdown's own notices are noise here
     service.stop()
     Path(args.out).write_text(json.dumps(result))

@@ -267,6 +267,68 @@ def scale(workdir: Path, duration_s: float) -> tuple[dict[str, Any], list[Row]]:
     return figures, rows
 
 
+def _api_rows(section: str, api: dict[str, Any], tracked: int, rss_done_kib: int) -> list[Row]:
+    """GET /api/nodes and /metrics: the served listing beside the old per-request path."""
+    rows: list[Row] = []
+    for name, label, old_key, old_label in (
+        ("list", "GET /api/nodes, HTTP, after a commit / kept", "old_list_ms", "old path"),
+        ("metrics", "GET /metrics (nodes), HTTP, after a commit / kept", "old_metrics_ms", "old"),
+    ):
+        figure = api[name]
+        old = api[old_key]
+        after = figure["http_after_commit_ms"]
+        rows.append(
+            Row(
+                section,
+                label,
+                f"{after:.0f} ms / {figure['http_kept_ms']:.0f} ms",
+                f"{old_label} {old:,.0f} ms",
+                "< 50 ms",
+                f"{old / after:.0f} x faster, {_verdict(after < 50)}",
+            )
+        )
+        rows.append(
+            Row(
+                section,
+                "  same, in-process (no HTTP), after a commit",
+                f"{figure['in_process_ms']:.0f} ms",
+                f"{figure['bytes'] / 1e6:.1f} MB",
+            )
+        )
+    tagged = api["tagged"]
+    rows += [
+        Row(
+            section,
+            f"GET /api/nodes?tag= ({tagged['nodes']:,} nodes), after a commit / kept",
+            f"{tagged['http_after_commit_ms']:.0f} ms / {tagged['http_kept_ms']:.0f} ms",
+            "",
+            "< 50 ms",
+            _verdict(tagged["http_after_commit_ms"] < 50),
+        ),
+        Row(section, "GET /api/nodes/{node}", f"{api['one_node_http_ms']:.1f} ms"),
+        Row(
+            section,
+            "  old path: views() decoding every node, alone",
+            f"{api['old_decode_ms']:.0f} ms",
+        ),
+        Row(
+            section,
+            "RSS per node once both were served: kept / dropped",
+            " / ".join(
+                f"+{(api[key] - rss_done_kib) * 1024 / tracked:,.0f} B"
+                for key in ("rss_after_api_kib", "rss_after_api_dropped_kib")
+            ),
+            "after malloc_trim "
+            + (
+                f"+{(api['rss_after_api_trimmed_kib'] - rss_done_kib) * 1024 / tracked:,.0f} B"
+                if api.get("rss_after_api_trimmed_kib")
+                else "n/a"
+            ),
+        ),
+    ]
+    return rows
+
+
 def _scale_run(workdir: Path, duration_s: float, ha: bool) -> tuple[dict[str, Any], list[Row]]:
     rate = SCALE_NODES / SCALE_INTERVAL_S
     plan = Plan(
@@ -277,7 +339,8 @@ def _scale_run(workdir: Path, duration_s: float, ha: bool) -> tuple[dict[str, An
         birth_rate=2500.0,
         interval_s=SCALE_INTERVAL_S,
     )
-    result = run_load("master", plan, workdir, ha=ha)
+    # The API is timed once, on the run with discovery on, after its memory figures.
+    result = run_load("master", plan, workdir, ha=ha, master_args=["--api-timing"] if ha else [])
     assert result.master is not None
     master = result.master
     after = result.generator["t_metrics_start"] + SCALE_INTERVAL_S  # every node heard once
@@ -310,6 +373,7 @@ def _scale_run(workdir: Path, duration_s: float, ha: bool) -> tuple[dict[str, An
         "state_bytes_per_node": state_per_node,
         "ha_discovery_bytes_per_node": ha_per_node,
         "master_cpu_s": result.cpu_s,
+        "api": master.get("api"),
     }
     section = (
         f"scale, {tracked:,} nodes every {SCALE_INTERVAL_S:.0f} s for {duration_s:.0f} s, {label}"
@@ -347,6 +411,8 @@ def _scale_run(workdir: Path, duration_s: float, ha: bool) -> tuple[dict[str, An
             _fmt(_share(result.cpu_s, plan, result), ".0%", " of a core"),
         ),
     ]
+    if master.get("api"):
+        rows += _api_rows(section, master["api"], tracked, master["rss_done_kib"])
     return figures, rows
 
 

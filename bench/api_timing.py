@@ -1,0 +1,181 @@
+"""GET /api/nodes and GET /metrics on a loaded master: the served listing beside the old path.
+
+Run inside `bench/master_proc.py` once the scale load is done (every node known, nothing
+arriving), after the memory figures were taken. The new path is timed over real HTTP
+(uvicorn on loopback, one keep-alive connection, the whole body read), each time after
+`ClusterState.committed()` so that the listing or the exposition is rebuilt as it is after
+every flush under load, and again with nothing committed in between (served as kept). The old
+path is what the routes did before, run in-process on the same state: `views()` (every node
+decoded), then FastAPI's `jsonable_encoder` and `JSONResponse` for the list, and
+prometheus_client's `generate_latest` over `node_families(views())` for /metrics.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import http.client
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Final
+
+import uvicorn
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+
+from bench.procstat import memory_kib
+from master_service.app import MasterService
+from master_service.web.prometheus import node_families
+
+REPEATS: Final = 7
+TAG: Final = "bench-rack"
+TAG_EVERY: Final = 10  # one node in ten gets the tag (master-side)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _timed(call: Callable[[], object]) -> tuple[float, object]:
+    started = time.perf_counter()
+    result = call()
+    return (time.perf_counter() - started) * 1000, result
+
+
+def _trimmed_rss_kib() -> int | None:
+    """Resident memory once glibc returned its free heap pages (malloc_trim), or None."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    libc.malloc_trim(0)
+    return memory_kib()["VmRSS"]
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
+class _Http:
+    """One keep-alive HTTP connection to the master."""
+
+    def __init__(self, port: int) -> None:
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+    def get(self, path: str) -> bytes:
+        """The whole body of a 200 answer."""
+        self.connection.request("GET", path)
+        response = self.connection.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"GET {path}: {response.status} {body[:200]!r}")
+        return body
+
+
+def _serve(service: MasterService) -> tuple[uvicorn.Server, threading.Thread, int]:
+    port = _free_port()
+    config = uvicorn.Config(
+        service.app, host="127.0.0.1", port=port, log_level="warning", access_log=False
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="bench-http", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:  # a bench helper, not a test: polling uvicorn's flag is fine
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    return server, thread, port
+
+
+def _old_list(service: MasterService) -> bytes:
+    """GET /api/nodes as the route did it: every view decoded, FastAPI's encoder, JSON."""
+    views = service.state.views()
+    content = jsonable_encoder({"nodes": views, "generated_at": time.time()})
+    return bytes(JSONResponse(content).body)
+
+
+def _old_metrics(service: MasterService) -> bytes:
+    """The nodes' families as /metrics wrote them: prometheus_client over decoded views."""
+
+    class Nodes(Collector):
+        def collect(self) -> Iterator[Metric]:
+            yield from node_families(service.state.views())
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Nodes())
+    return generate_latest(registry)
+
+
+def measure(service: MasterService) -> dict[str, Any]:
+    """Time the routes both ways; figures in ms (medians) and the sizes."""
+    state = service.state
+    for index, node_id in enumerate(state.node_ids()):
+        if index % TAG_EVERY == 0:
+            state.set_master_tags(node_id, [TAG])
+    some_node = state.node_ids()[len(state.node_ids()) // 2]
+    server, thread, port = _serve(service)
+    http = _Http(port)
+    figures: dict[str, Any] = {"nodes": len(state.node_ids()), "repeats": REPEATS}
+    try:
+        paths = {
+            "list": "/api/nodes",
+            "tagged": f"/api/nodes?tag={TAG}",
+            "metrics": "/metrics",
+        }
+        for name, path in paths.items():
+            after_commit: list[float] = []
+            kept: list[float] = []
+            size = 0
+            for _ in range(REPEATS):
+                state.committed()  # as after every flush: the listing is built again
+                elapsed, body = _timed(lambda path=path: http.get(path))  # type: ignore[misc]
+                after_commit.append(elapsed)
+                size = len(body)  # type: ignore[arg-type]
+                elapsed, _ = _timed(lambda path=path: http.get(path))  # type: ignore[misc]
+                kept.append(elapsed)
+            figures[name] = {
+                "http_after_commit_ms": _median(after_commit),
+                "http_kept_ms": _median(kept),
+                "bytes": size,
+            }
+        one = [_timed(lambda: http.get(f"/api/nodes/{some_node}"))[0] for _ in range(REPEATS)]
+        figures["one_node_http_ms"] = _median(one)
+        tagged = json.loads(http.get(paths["tagged"]))["nodes"]
+        figures["tagged"]["nodes"] = len(tagged)
+        # The same work in-process, without HTTP: what the handler itself costs.
+        in_list: list[float] = []
+        in_metrics: list[float] = []
+        for _ in range(REPEATS):
+            state.committed()
+            in_list.append(_timed(state.nodes_json)[0])
+            in_metrics.append(_timed(service.metrics.node_text)[0])
+        figures["list"]["in_process_ms"] = _median(in_list)
+        figures["metrics"]["in_process_ms"] = _median(in_metrics)
+        gc.collect()
+        figures["rss_after_api_kib"] = memory_kib()["VmRSS"]  # listing and text kept
+        state.committed()  # as the next flush does: both dropped
+        gc.collect()
+        figures["rss_after_api_dropped_kib"] = memory_kib()["VmRSS"]
+        figures["rss_after_api_trimmed_kib"] = _trimmed_rss_kib()
+        # The old path, once each (it takes seconds), and the decode alone.
+        figures["old_decode_ms"] = _median([_timed(state.views)[0] for _ in range(3)])
+        elapsed, body = _timed(lambda: _old_list(service))
+        figures["old_list_ms"], figures["old_list_bytes"] = elapsed, len(body)  # type: ignore[arg-type]
+        elapsed, body = _timed(lambda: _old_metrics(service))
+        figures["old_metrics_ms"], figures["old_metrics_bytes"] = elapsed, len(body)  # type: ignore[arg-type]
+    finally:
+        http.connection.close()
+        server.should_exit = True
+        thread.join(10)
+    return figures
