@@ -39,6 +39,12 @@ from master_service.ingest.mqtt5_connect import (
     reason_text,
     tls_context,
 )
+from master_service.ingest.mqtt5_packets import (
+    FATAL,
+    ProtocolViolationError,
+    Reason,
+    decode_packets,
+)
 from master_service.ingest.router import RawMessage
 from master_service.settings import MasterSettings
 
@@ -51,16 +57,6 @@ POLL_MAX_S: Final = 1.0
 _PUBACK: Final = struct.Struct(">BBH")  # PUBACK, remaining length 2, packet id (success)
 _PINGREQ: Final = mqtt5.PingReqPacket().write()
 _SUBSCRIBE_ID: Final = 1
-Reason = mqtt5.DisconnectReasonCode
-_FATAL: Final = (KeyboardInterrupt, SystemExit, GeneratorExit)
-
-
-class ProtocolViolationError(Exception):
-    """The broker sent something we must not accept: close with `reason` and reconnect."""
-
-    def __init__(self, reason: mqtt5.DisconnectReasonCode, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
 
 
 class ConnectionEndedError(Exception):
@@ -207,7 +203,7 @@ class Mqtt5Listener:
         except OSError as error:  # ssl.SSLError is one
             reason = connect_failure_reason(error, address)
             logger.error("cannot connect to broker %s: %s; retrying", address.redacted(), reason)
-        except _FATAL:
+        except FATAL:
             raise
         except BaseException:
             self.callback_errors += 1
@@ -244,7 +240,7 @@ class Mqtt5Listener:
         except OSError as error:
             reason = str(error) or type(error).__name__
             logger.warning("ingest connection lost: %s; reconnecting", reason)
-        except _FATAL:
+        except FATAL:
             raise
         except BaseException:  # a bug of ours, or a panic in the codec: never the end of it
             self.callback_errors += 1
@@ -356,40 +352,9 @@ class Mqtt5Listener:
 
     def _consume(self, view: memoryview, end: int, number: int) -> int:
         """Decode every whole packet in view[:end], hand the messages over; return what is left."""
-        position = 0
-        read = mqtt5.read
-        messages: list[RawMessage] = []
-        ids: list[int] = []
-        received_at = self.clock()
-        while position < end:
-            try:
-                packet, size = read(view[position:end])
-            except IndexError:
-                break  # the rest of this packet is still on its way
-            except _FATAL:
-                raise
-            except BaseException as error:
-                # mqtt5 0.8 raises ValueError for most malformed packets, but a PUBLISH whose
-                # topic is not UTF-8 ends in a pyo3 PanicException (a BaseException).
-                raise ProtocolViolationError(
-                    Reason.MALFORMED_PACKET, f"malformed packet: {error!r}"
-                ) from error
-            position += size
-            if type(packet) is mqtt5.PublishPacket:
-                qos = packet.qos
-                if qos == mqtt5.QoS.EXACTLY_ONCE:
-                    raise ProtocolViolationError(
-                        Reason.PROTOCOL_ERROR, "a QoS 2 PUBLISH on a QoS 1 subscription"
-                    )
-                if packet.topic_alias is not None:
-                    # We allow no topic aliases (Topic Alias Maximum 0 in CONNECT).
-                    raise ProtocolViolationError(Reason.TOPIC_ALIAS_INVALID, "a topic alias")
-                ids.append((packet.packet_id or 0) if qos else 0)
-                messages.append(
-                    RawMessage(packet.topic, packet.payload, packet.retain, received_at)
-                )
-            else:
-                self._control(packet)
+        messages, ids, others, position = decode_packets(view, end, self.clock())
+        for packet in others:
+            self._control(packet)
         if messages:
             watched = self._watched
             if watched is not None and any(m.topic == watched[0] for m in messages):

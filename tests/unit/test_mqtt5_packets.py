@@ -1,0 +1,97 @@
+"""The mqtt5 ingest connection's pure parts: packet decoding, refusals, backoff, reason words."""
+
+from __future__ import annotations
+
+import mqtt5
+import pytest
+
+from master_service.ingest.mqtt5_connect import RECEIVE_MAXIMUM, connect_packet, reason_text
+from master_service.ingest.mqtt5_listener import BACKOFF_MAX_S, backoff_s
+from master_service.ingest.mqtt5_packets import ProtocolViolationError, decode_packets
+from master_service.settings import MasterSettings
+
+QOS1 = mqtt5.QoS.AT_LEAST_ONCE
+
+
+def publish(
+    topic: str,
+    payload: bytes,
+    packet_id: int | None = 1,
+    qos: mqtt5.QoS | None = None,
+    retain: bool = False,
+    topic_alias: int | None = None,
+) -> bytes:
+    if qos is None:
+        qos = QOS1 if packet_id else mqtt5.QoS.AT_MOST_ONCE
+    packet = mqtt5.PublishPacket(
+        topic, payload, qos=qos, packet_id=packet_id, retain=retain, topic_alias=topic_alias
+    )
+    return packet.write()
+
+
+def test_whole_packets_are_taken_and_a_partial_one_left_for_later() -> None:
+    data = (
+        publish("cluster/a/metrics", b"{1}", 7)
+        + mqtt5.PingRespPacket().write()
+        + publish("cluster/b/metrics", b"{2}", None, retain=True)
+    )
+    tail = publish("cluster/c/metrics", b"{3}", 9)
+    buffer = data + tail[:5]
+    messages, ids, others, used = decode_packets(memoryview(buffer), len(buffer), 5.0)
+    assert [(m.topic, m.payload, m.retained, m.received_at) for m in messages] == [
+        ("cluster/a/metrics", b"{1}", False, 5.0),
+        ("cluster/b/metrics", b"{2}", True, 5.0),
+    ]
+    assert ids == [7, 0]
+    assert [type(p) for p in others] == [mqtt5.PingRespPacket]
+    assert used == len(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"\x00\x00", mqtt5.DisconnectReasonCode.MALFORMED_PACKET),
+        (
+            publish("t", b"x", 3, qos=mqtt5.QoS.EXACTLY_ONCE),
+            mqtt5.DisconnectReasonCode.PROTOCOL_ERROR,
+        ),
+        (publish("t", b"x", 3, topic_alias=2), mqtt5.DisconnectReasonCode.TOPIC_ALIAS_INVALID),
+    ],
+    ids=["reserved-type", "qos2", "topic-alias"],
+)
+def test_what_we_must_refuse_names_its_reason_code(
+    data: bytes, reason: mqtt5.DisconnectReasonCode
+) -> None:
+    with pytest.raises(ProtocolViolationError) as raised:
+        decode_packets(memoryview(data), len(data), 0.0)
+    assert raised.value.reason == reason
+
+
+def test_backoff_doubles_up_to_its_cap_with_jitter() -> None:
+    for failures, ceiling in ((1, 1.0), (2, 2.0), (3, 4.0), (10, BACKOFF_MAX_S)):
+        delays = {backoff_s(failures) for _ in range(50)}
+        assert all(ceiling / 2 <= d <= ceiling for d in delays)
+        assert len(delays) > 1, "jittered"
+
+
+def test_reason_codes_read_as_words() -> None:
+    assert reason_text(mqtt5.ConnAckReasonCode.NOT_AUTHORIZED) == "Not authorized"
+    assert (
+        reason_text(mqtt5.ConnAckReasonCode.BAD_USER_NAME_OR_PASSWORD)
+        == "Bad user name or password"
+    )
+
+
+def test_connect_asks_for_a_persistent_session_and_receive_maximum() -> None:
+    settings = MasterSettings(broker="mqtt://master@127.0.0.1:1884", password="pw")
+    data = connect_packet("cid", settings.broker_address, 30, 3600)
+    packet, _ = mqtt5.read(memoryview(data))
+    assert isinstance(packet, mqtt5.ConnectPacket)
+    assert packet.clean_start is False
+    assert packet.session_expiry_interval == 3600
+    assert packet.keep_alive == 30
+    assert packet.username == "master"
+    assert packet.password == b"pw"
+    assert packet.receive_max == RECEIVE_MAXIMUM
+    # Written out: at 65535 (the default) mqtt5 would leave it out and Mosquitto allow 20.
+    assert RECEIVE_MAXIMUM.to_bytes(2, "big") in data
