@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -103,6 +104,8 @@ class SampleContext:
     cache: dict[str, tuple[float, Any]] = field(default_factory=dict)
     # when "auto" last found no temperature source at all (None: it found one, or not yet)
     no_temperature_at: float | None = None
+    # /proc/meminfo, read directly when the agent runs the real psutil on Linux (None: ask ps)
+    meminfo: Path | None = None
 
     def __post_init__(self) -> None:
         if self.arm_clock is None:
@@ -158,6 +161,10 @@ def collect_load(ps: PsutilLike, ctx: SampleContext) -> MetricsPayload:
 
 def collect_memory(ps: PsutilLike, ctx: SampleContext) -> MetricsPayload:
     """RAM total, available and percent used, and swap percent used (None without swap)."""
+    if ctx.meminfo is not None:
+        values = read_meminfo(ctx.meminfo)
+        if values is not None:
+            return values
     memory = ps.virtual_memory()
     swap = ps.swap_memory()
     return {
@@ -166,6 +173,41 @@ def collect_memory(ps: PsutilLike, ctx: SampleContext) -> MetricsPayload:
         "memory_percent": memory.percent,
         "swap_percent": swap.percent if swap.total else None,
     }
+
+
+def read_meminfo(path: Path) -> MetricsPayload | None:
+    """The memory metrics from one read of /proc/meminfo; None if a line is missing.
+
+    The values and formulas of psutil's `virtual_memory()` and `swap_memory()` on Linux, which
+    read the same file twice and /proc/vmstat besides (swap in/out, not sent): 0.2 ms a sample.
+    """
+    try:
+        with open(path, "rb", buffering=0) as handle:
+            text = handle.read()
+    except OSError:
+        return None
+    kib = {key: int(value) for key, value in _MEMINFO_LINE.findall(text)}
+    if len(kib) < _MEMINFO_KEYS:
+        return None  # a kernel without MemAvailable: psutil estimates it
+    total = kib[b"MemTotal"] * 1024
+    available = kib[b"MemAvailable"] * 1024
+    swap_total = kib[b"SwapTotal"] * 1024
+    swap_used = swap_total - kib[b"SwapFree"] * 1024
+    return {
+        "memory_total_bytes": total,
+        "memory_available_bytes": available,
+        "memory_percent": _usage_percent(total - available, total),
+        "swap_percent": _usage_percent(swap_used, swap_total) if swap_total else None,
+    }
+
+
+_MEMINFO_LINE: Final = re.compile(rb"^(MemTotal|MemAvailable|SwapTotal|SwapFree):\s+(\d+)", re.M)
+_MEMINFO_KEYS: Final = 4
+
+
+def _usage_percent(used: int, total: int) -> float:
+    # psutil's usage_percent(used, total, round_=1)
+    return round(used / total * 100, 1) if total else 0.0
 
 
 def collect_disks(ps: PsutilLike, ctx: SampleContext) -> MetricsPayload:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Final, cast
+
+import psutil
 
 from cluster_protocol.payloads import MachineDetails, MetricsPayload
 from node_publisher import collectors, pi
@@ -17,6 +21,7 @@ from node_publisher.settings import PublisherSettings
 logger = logging.getLogger(__name__)
 
 DETAILS_CHECK_EVERY_S: Final = 60.0  # how often details are rebuilt to spot a change
+PROC_MEMINFO: Final = Path("/proc/meminfo")
 
 
 class Sampler:
@@ -38,6 +43,8 @@ class Sampler:
         self._ctx = SampleContext(
             temperature_sensor=settings.temperature_sensor,
             throttle=pi.ThrottleReader(settings.vcgencmd),
+            # The file psutil itself reads on Linux, read once for RAM and swap together.
+            meminfo=PROC_MEMINFO if ps is psutil and sys.platform == "linux" else None,
         )
         self._machine = MachineInfo(ps, settings.interval, machine_paths, tags=settings.tags)
         self._interval = settings.interval  # changed at run time by the set_interval command
