@@ -43,6 +43,8 @@ METRICS_TYPES: Final[Mapping[str, frozenset[type]]] = {
 }
 """Each documented metrics key with a type rule, and the exact Python types it may hold."""
 
+SHAPES_MAX: Final = 4096
+_SHAPES: dict[tuple[tuple[str, ...], tuple[type, ...]], bool] = {}
 _loads = orjson.loads
 _JSONDecodeError = orjson.JSONDecodeError
 
@@ -73,9 +75,23 @@ def decode_metrics(raw: bytes, node: str) -> tuple[float, int, dict[str, Any]] |
         return None
     if type(seq) is not int or seq < 0 or type(payload) is not dict:
         return None
+    # A node sends the same keys with the same types sample after sample: each such shape
+    # is checked against the schema once, then recognised by one dict lookup.
+    shape = (tuple(payload), tuple(map(type, payload.values())))
+    valid = _SHAPES.get(shape)
+    if valid is None:
+        valid = _shape_is_valid(shape[0], shape[1])
+        if len(_SHAPES) >= SHAPES_MAX:
+            _SHAPES.clear()  # bounded, whatever a sender invents
+        _SHAPES[shape] = valid
+    return (float(ts), seq, payload) if valid else None
+
+
+def _shape_is_valid(keys: tuple[str, ...], kinds: tuple[type, ...]) -> bool:
+    """True when every documented key among `keys` has an allowed exact type."""
     rules = METRICS_TYPES.get
-    for key, value in payload.items():
+    for key, kind in zip(keys, kinds, strict=True):
         allowed = rules(key)
-        if allowed is not None and type(value) not in allowed:
-            return None
-    return float(ts), seq, payload
+        if allowed is not None and kind not in allowed:
+            return False
+    return True

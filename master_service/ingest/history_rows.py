@@ -3,18 +3,19 @@
 `Store.append_history` builds each row through `history_row` (a `metric_value` call and two
 `isinstance` per column, 3-9 us a row). Payloads that reached the ingest path have passed
 their schema, so a documented numeric key holds an int, a float or null: a column is then
-one `dict.get` and a `float`. The values are the same as `history_row`'s (a unit test keeps
-them so); only derived columns (`root_disk_percent`) still go through `metric_value`.
+one `dict.get`. What is stored is the same as for `history_row`'s rows (a unit test keeps it
+so); only derived columns (`root_disk_percent`) still go through `metric_value`.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
-from cluster_protocol import HISTORY_METRICS, metric, metric_value
+from cluster_protocol import HISTORY_METRICS, Metric, metric, metric_value
+from cluster_protocol.metrics import root_disk_percent
 from cluster_protocol.schemas import METRICS_FIELDS
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,14 @@ DIRECT: Final[tuple[str, ...]] = tuple(
 # The others (derived values such as root_disk_percent): computed as the store does.
 DERIVED: Final = tuple(metric(key) for key in HISTORY_METRICS if key not in DIRECT)
 
+
+def _derive(m: Metric) -> Callable[[Mapping[str, Any]], float | None]:
+    """How to compute one derived column from a payload, as `history_row` would."""
+    if m.key == "root_disk_percent":
+        return root_disk_percent  # already a float or None: one call instead of three
+    return lambda payload: _number(metric_value(m, payload))
+
+
 INSERT_SQL: Final = (
     f"INSERT INTO metrics_raw (node, ts, {', '.join((*DIRECT, *(m.key for m in DERIVED)))}) "
     f"VALUES ({', '.join('?' for _ in range(2 + len(HISTORY_METRICS)))})"
@@ -44,11 +53,15 @@ def _number(value: Any) -> float | None:
 
 
 def history_values(node: str, ts: float, payload: Mapping[str, Any]) -> tuple[Any, ...]:
-    """The row for `INSERT_SQL` of one validated metrics payload."""
-    get = payload.get
-    direct = [None if (value := get(key)) is None else float(value) for key in DIRECT]
-    derived = [_number(metric_value(m, payload)) for m in DERIVED]
-    return (node, ts, *direct, *derived)
+    """The row for `INSERT_SQL` of one validated metrics payload.
+
+    A direct column's value goes in as it is (an int, a float or None): every history column
+    is REAL, so SQLite stores an int as the float `history_row` would have made of it.
+    """
+    return (node, ts, *map(payload.get, DIRECT), *[derive(payload) for derive in _DERIVE])
+
+
+_DERIVE: Final = tuple(_derive(m) for m in DERIVED)
 
 
 def insert_history(

@@ -162,7 +162,7 @@ def _metrics_run(
     """Handle the valid metrics envelopes from `start` on; return the index of the first other."""
     state, counters = ctx.state, ctx.counters
     pending, dirty = ctx.pending_history, state.dirty
-    observe = bool(ctx.observers)
+    observe, routes = bool(ctx.observers), ctx.routes
     latest: dict[str, tuple[NodeState, Any]] = {}  # each node's newest payload in this run
     notices: list[Notice] = []
     index, count = start, len(messages)
@@ -171,7 +171,7 @@ def _metrics_run(
         try:
             while index < count:
                 raw = messages[index]
-                node_id = _node_of_metrics(raw.topic, ctx)
+                node_id = routes.get(raw.topic) or _node_of_metrics(raw.topic, ctx)
                 if node_id is None:
                     break
                 decoded = decode_metrics(raw.payload, node_id)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,10 +15,10 @@ from cluster_protocol import EnvelopeError, decode_envelope
 from master_service.ingest.counters import IngestCounters
 from master_service.ingest.fast_decode import decode_metrics
 from master_service.ingest.handlers import Context
-from master_service.ingest.history_rows import DERIVED, DIRECT, history_values
+from master_service.ingest.history_rows import DERIVED, DIRECT, history_values, insert_history
 from master_service.ingest.router import RawMessage, dispatch, dispatch_batch
 from master_service.state import ClusterState
-from master_service.storage.store import HISTORY_METRICS, history_row
+from master_service.storage.store import HISTORY_METRICS, Store, history_row
 
 NOW = 1_764_300_000.0
 NODE = "pi-01"
@@ -107,19 +109,24 @@ def test_one_pass_decoder_takes_a_pi_payload() -> None:
         {},
     ],
 )
-def test_history_values_are_the_stores_rows(payload: dict[str, Any]) -> None:
-    mine = dict(
-        zip(
-            ("node", "ts", *DIRECT, *(m.key for m in DERIVED)),
-            history_values("n", 2.0, payload),
-            strict=True,
-        )
-    )
+def test_history_values_are_the_stores_rows(payload: dict[str, Any], tmp_path: Path) -> None:
+    columns = ("node", "ts", *DIRECT, *(m.key for m in DERIVED))
+    mine = dict(zip(columns, history_values("n", 2.0, payload), strict=True))
     theirs = dict(
         zip(("node", "ts", *HISTORY_METRICS), history_row("n", 2.0, payload), strict=True)
     )
     assert mine == theirs
-    assert all(type(v) in (float, str, type(None)) for v in mine.values())
+    # Stored, an int becomes the float history_row makes of it (every history column is REAL).
+    store = Store(str(tmp_path / "h.db"))
+    insert_history(store.connection, [("n", 2.0, payload)])
+    store.connection.row_factory = sqlite3.Row
+    row = store.connection.execute(
+        f"SELECT {', '.join(('node', 'ts', *HISTORY_METRICS))} FROM metrics_raw"
+    ).fetchone()
+    stored = dict(row)
+    store.close()
+    assert stored == theirs
+    assert [type(v) for v in stored.values()] == [type(v) for v in theirs.values()]
 
 
 def mixed_batch() -> list[RawMessage]:
