@@ -10,7 +10,13 @@ from typing import Annotated, Any, Literal, Protocol, cast
 
 import orjson
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import (
+    FileResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
@@ -25,7 +31,7 @@ from master_service.web.enroll import enroll_router
 from master_service.web.errors import error_responses, install_error_handlers
 from master_service.web.login import login_router
 from master_service.web.ports import MasterPort
-from master_service.web.prometheus import metrics_router
+from master_service.web.prometheus import chunked, metrics_router
 from master_service.web.tags import tags_router
 
 logger = logging.getLogger(__name__)
@@ -114,14 +120,16 @@ def create_app(port: MasterPort) -> FastAPI:
             list[str],
             Query(description="only nodes with this tag (own or master-side); repeat: all of them"),
         ] = [],  # noqa: B006 - FastAPI copies a default, it never mutates it
-    ) -> Response:
+    ) -> StreamingResponse:
         """Every known node with its state, details, latest metrics, counters and tags."""
         # The state's listing, encoded once per committed flush; FastAPI's encoder walking
         # 10,000 nodes took seconds (bench/README.md, scale).
         nodes = listing.nodes_json(tag)
         generated_at = orjson.dumps(time.time())
-        body = b"".join((b'{"nodes":', nodes, b',"generated_at":', generated_at, b"}"))
-        return Response(body, media_type="application/json")
+        return StreamingResponse(
+            chunked(b'{"nodes":', nodes, b',"generated_at":', generated_at, b"}"),
+            media_type="application/json",
+        )
 
     @app.get(
         "/api/nodes/{node}",
