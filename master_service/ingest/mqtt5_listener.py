@@ -113,9 +113,9 @@ class Mqtt5Listener:
         self._connection = 0
         self._stopping = threading.Event()
         self._watched: tuple[str, threading.Event] | None = None
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        # Wakes the network thread for PUBACKs and stop; made in `start`, closed in `stop`.
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
         self._thread = threading.Thread(target=self._run, name="picluster-mqtt5", daemon=True)
 
     def start(self) -> None:
@@ -125,6 +125,9 @@ class Mqtt5Listener:
             self.address.redacted(),
             self.settings.client_id,
         )
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self._thread.start()
 
     def stop(self) -> None:
@@ -133,8 +136,9 @@ class Mqtt5Listener:
         self._wake()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
-        self._wake_r.close()
-        self._wake_w.close()
+        for end in (self._wake_r, self._wake_w):
+            if end is not None:
+                end.close()
 
     def acknowledge(self, count: int) -> None:
         """Release the PUBACKs of the oldest `count` messages submitted: they are stored."""
@@ -172,7 +176,8 @@ class Mqtt5Listener:
     def _wake(self) -> None:
         # Failing means already awake (the pipe is full) or closed at stop.
         with contextlib.suppress(OSError):
-            self._wake_w.send(b"\0")
+            if self._wake_w is not None:
+                self._wake_w.send(b"\0")
 
     def _run(self) -> None:
         failures = 0
@@ -271,7 +276,8 @@ class Mqtt5Listener:
         tls = isinstance(sock, ssl.SSLSocket)
         selector = selectors.DefaultSelector()
         selector.register(sock, selectors.EVENT_READ, "broker")
-        selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        if self._wake_r is not None:  # always, once started
+            selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         buffer = bytearray(max(READ_BUFFER_BYTES, 2 * len(connection.leftover)))
         view = memoryview(buffer)
         end = len(connection.leftover)
@@ -335,7 +341,7 @@ class Mqtt5Listener:
 
     def _drain_wake(self) -> None:
         try:
-            while self._wake_r.recv(4096):
+            while self._wake_r is not None and self._wake_r.recv(4096):
                 pass
         except (BlockingIOError, OSError):
             pass

@@ -6,8 +6,9 @@ import mqtt5
 import pytest
 
 from master_service.ingest.mqtt5_connect import RECEIVE_MAXIMUM, connect_packet, reason_text
-from master_service.ingest.mqtt5_listener import BACKOFF_MAX_S, backoff_s
+from master_service.ingest.mqtt5_listener import BACKOFF_MAX_S, Mqtt5Listener, backoff_s
 from master_service.ingest.mqtt5_packets import ProtocolViolationError, decode_packets
+from master_service.ingest.router import RawMessage
 from master_service.settings import MasterSettings
 
 QOS1 = mqtt5.QoS.AT_LEAST_ONCE
@@ -95,3 +96,30 @@ def test_connect_asks_for_a_persistent_session_and_receive_maximum() -> None:
     assert packet.receive_max == RECEIVE_MAXIMUM
     # Written out: at 65535 (the default) mqtt5 would leave it out and Mosquitto allow 20.
     assert RECEIVE_MAXIMUM.to_bytes(2, "big") in data
+
+
+def listener() -> Mqtt5Listener:
+    submitted: list[list[RawMessage]] = []
+    return Mqtt5Listener(MasterSettings(broker="mqtt://127.0.0.1:1884"), submitted.append)
+
+
+def test_pubacks_are_released_in_order_for_the_current_connection_only() -> None:
+    receiver = listener()
+    message = RawMessage("cluster/a/metrics", b"{}", False, 0.0)
+    receiver._connection = 1
+    receiver._hand_over([message] * 3, [11, 0, 12], 1)  # QoS 1, QoS 0, QoS 1
+    receiver._connection = 2  # reconnected: the broker resends what was not acknowledged
+    receiver._inflight = 0
+    receiver._hand_over([message], [5], 2)
+    receiver.acknowledge(4)
+    packets = [mqtt5.read(memoryview(p))[0] for p in receiver._outgoing]
+    assert [p.packet_id for p in packets if isinstance(p, mqtt5.PubAckPacket)] == [5]
+    assert receiver.in_flight == 0
+
+
+def test_more_in_flight_than_our_receive_maximum_is_refused() -> None:
+    receiver = listener()
+    receiver._inflight = RECEIVE_MAXIMUM
+    with pytest.raises(ProtocolViolationError) as raised:
+        receiver._hand_over([RawMessage("t", b"", False, 0.0)], [1], 0)
+    assert raised.value.reason == mqtt5.DisconnectReasonCode.RECEIVE_MAX_EXCEEDED
