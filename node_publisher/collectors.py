@@ -106,6 +106,10 @@ class SampleContext:
     no_temperature_at: float | None = None
     # /proc/meminfo, read directly when the agent runs the real psutil on Linux (None: ask ps)
     meminfo: Path | None = None
+    # psutil.cpu_times on Linux: both CPU figures from one read of /proc/stat (None: ask ps)
+    cpu_times: Callable[..., Any] | None = None
+    # per-core times of the previous sample, for cpu_times
+    previous_cpu: tuple[Any, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.arm_clock is None:
@@ -144,10 +148,40 @@ Collector = Callable[[PsutilLike, SampleContext], MetricsPayload]
 
 def collect_cpu(ps: PsutilLike, ctx: SampleContext) -> MetricsPayload:
     """CPU use since the previous call, overall and per core; never blocks."""
+    if ctx.cpu_times is not None:
+        return _cpu_from_times(ctx, ctx.cpu_times)
     return {
         "cpu_percent": ps.cpu_percent(interval=None),
         "cpu_percent_per_core": list(ps.cpu_percent(interval=None, percpu=True)),
     }
+
+
+def _cpu_from_times(ctx: SampleContext, cpu_times: Callable[..., Any]) -> MetricsPayload:
+    """Both cpu_percent figures from one per-core read (psutil reads /proc/stat for each).
+
+    psutil's arithmetic (`cpu_percent`): per field deltas floored at 0, total without the
+    guest times Linux already counts in user and nice, busy = total - idle - iowait, one
+    decimal. The overall figure sums the cores' deltas, as the kernel's "cpu" line does.
+    """
+    now = tuple(cpu_times(percpu=True))
+    before, ctx.previous_cpu = ctx.previous_cpu, now
+    if before is None or len(before) != len(now):  # first call, or a core came or went
+        return {"cpu_percent": 0.0, "cpu_percent_per_core": [0.0] * len(now)}
+    per_core: list[float] = []
+    busy_sum = total_sum = 0.0
+    for old, new in zip(before, now, strict=True):
+        deltas = [max(0.0, b - a) for a, b in zip(old, new, strict=True)]
+        fields = dict(zip(new._fields, deltas, strict=True))
+        total = sum(deltas) - fields.get("guest", 0.0) - fields.get("guest_nice", 0.0)
+        busy = total - fields["idle"] - fields.get("iowait", 0.0)
+        per_core.append(_busy_percent(busy, total))
+        busy_sum += busy
+        total_sum += total
+    return {"cpu_percent": _busy_percent(busy_sum, total_sum), "cpu_percent_per_core": per_core}
+
+
+def _busy_percent(busy: float, total: float) -> float:
+    return round(busy / total * 100, 1) if total else 0.0
 
 
 def collect_load(ps: PsutilLike, ctx: SampleContext) -> MetricsPayload:

@@ -40,11 +40,13 @@ class Sampler:
     ) -> None:
         self.details_check_every_s = details_check_every_s
         self._ps = ps
+        linux_psutil = ps is psutil and sys.platform == "linux"
         self._ctx = SampleContext(
             temperature_sensor=settings.temperature_sensor,
             throttle=pi.ThrottleReader(settings.vcgencmd),
-            # The file psutil itself reads on Linux, read once for RAM and swap together.
-            meminfo=PROC_MEMINFO if ps is psutil and sys.platform == "linux" else None,
+            # What psutil itself reads on Linux, read once where psutil reads it twice.
+            meminfo=PROC_MEMINFO if linux_psutil else None,
+            cpu_times=psutil.cpu_times if linux_psutil else None,
         )
         self._machine = MachineInfo(ps, settings.interval, machine_paths, tags=settings.tags)
         self._interval = settings.interval  # changed at run time by the set_interval command
