@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import shutil
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import MQTTErrorCode
 from pytest_mqtt.model import MqttSettings
 
 from master_service.storage.store import Store
@@ -16,6 +19,32 @@ from tests.support.watcher import Watcher
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def _release_wake_up_sockets_on_loop_stop() -> None:
+    """Make paho close its wake-up socket pair when its network thread has stopped.
+
+    paho's `loop_start` opens a loopback socket pair that only `Client.__del__` closes. A
+    test's client sits in a reference cycle (its callbacks are bound methods), so the garbage
+    collector may finalize the sockets before the client, and Python warns "unclosed
+    socket"; with warnings as errors that fails a run at random. The agents and the master
+    run in their own processes here, so this changes only the tests' own clients (and
+    in-process masters), and only after their thread has ended: a later `loop_start` opens
+    a new pair.
+    """
+    stop = mqtt.Client.loop_stop
+
+    def loop_stop(self: mqtt.Client) -> MQTTErrorCode:
+        thread = self._thread
+        result = stop(self)
+        if thread is not threading.current_thread():  # ended, or never started
+            self._reset_sockets(sockpair_only=True)
+        return result
+
+    mqtt.Client.loop_stop = loop_stop  # type: ignore[method-assign]
+
+
+_release_wake_up_sockets_on_loop_stop()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

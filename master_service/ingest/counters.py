@@ -9,6 +9,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, Final
 
+from cluster_protocol.errors import RejectCause
+
 logger = logging.getLogger(__name__)
 
 WARN_EVERY_S: Final = 10.0
@@ -41,7 +43,10 @@ class IngestCounters:
             self._last_warned[cause] = now
             suppressed = self._suppressed.pop(cause, 0)
         more = f" ({suppressed} more of this cause since the last warning)" if suppressed else ""
-        logger.warning("dropped message on %s [%s]: %s%s", topic, cause, reason, more)
+        # A cleared retained message is what `nodes remove` and `forget` leave behind on
+        # purpose: counted like any drop, but not worth a warning.
+        level = logging.INFO if cause == RejectCause.EMPTY else logging.WARNING
+        logger.log(level, "dropped message on %s [%s]: %s%s", topic, cause, reason, more)
 
     def snapshot(self) -> dict[str, Any]:
         """The counters as plain data for the API."""

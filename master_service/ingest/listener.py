@@ -62,6 +62,7 @@ class Listener:
     ) -> None:
         self.settings = settings
         self.submit = submit
+        self._stopping = False
         # False when another connection (Mqtt5Listener) receives cluster/#: this one then
         # publishes and takes only `extra_topics`, under a client id (session) of its own.
         self.receive = receive
@@ -124,6 +125,7 @@ class Listener:
 
     def stop(self) -> None:
         """Announce offline, disconnect cleanly and stop the network thread."""
+        self._stopping = True
         if self.connected.is_set():
             info = self.client.publish(
                 master_status_topic(self.settings.prefix), master_status("offline"), 1, True
@@ -224,6 +226,9 @@ class Listener:
             self.disconnected_since = time.monotonic()
         with self._ack_lock:
             self._connection += 1
+        if self._stopping:  # our own disconnect at stop: nothing to warn about
+            logger.info("disconnected from the broker: %s", reason_code)
+            return
         logger.warning("disconnected from the broker: %s; reconnecting", reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:

@@ -24,6 +24,7 @@ def test_master_says_online_while_running_and_offline_when_stopped(broker, tmp_p
     wait_until(lambda: "online" in states_seen(capmqtt), message="master online")
     assert master.stop() == 0
     wait_until(lambda: states_seen(capmqtt)[-1] == "offline", message="master offline")
+    assert "reconnecting" not in master.log()  # its own clean disconnect is no warning
     envelope = json.loads(
         next(m.payload for m in reversed(capmqtt.messages) if m.topic == MASTER_STATUS)
     )

@@ -151,6 +151,18 @@ def test_a_flood_of_one_cause_logs_one_line(ctx: Context, caplog: pytest.LogCapt
     assert "not_json" in lines[0]
 
 
+def test_a_cleared_retained_message_is_counted_but_not_warned_about(
+    ctx: Context, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What `nodes remove` and `forget` leave on purpose: no warning in the master's log.
+    caplog.set_level(logging.INFO, logger="master_service.ingest.counters")
+    dispatch(raw("cluster/pi-01/status", b"", retained=True), ctx)
+    assert ctx.counters.snapshot()["rejected"] == {"empty": 1}
+    [record] = caplog.records
+    assert record.levelno == logging.INFO
+    assert "cleared retained" in record.getMessage()
+
+
 def failing_message_handler(incoming: Incoming, ctx: Context) -> None:
     if incoming.envelope.payload == "boom":
         raise RuntimeError("handler bug")
