@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection
 from importlib import resources
-from typing import Annotated, Any, Literal, Protocol, cast
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import FastAPI, HTTPException, Query, Request
@@ -66,18 +65,6 @@ class HistoryBody(BaseModel):
     )
 
 
-class NodeListing(Protocol):
-    """Node views already encoded as JSON (master_service.state.ClusterState)."""
-
-    def nodes_json(self, tags: Collection[str] = ()) -> bytes:
-        """Every node's view as a JSON array sorted by id, only those with all `tags`."""
-        ...
-
-    def node_json(self, node_id: str) -> bytes | None:
-        """One node's view as JSON, or None when it is not known."""
-        ...
-
-
 def create_app(port: MasterPort) -> FastAPI:
     """Build the FastAPI application for one running master."""
     app = FastAPI(
@@ -91,8 +78,7 @@ def create_app(port: MasterPort) -> FastAPI:
     reader = access.reader
     read_errors = access.reader_errors
     history = HistoryReader(settings.db, settings.history_raw_days, port.clock)
-    # The port's state is a ClusterState, which also serves its views encoded.
-    listing = cast(NodeListing, port.state)
+    listing = port.state  # also serves its views already encoded as JSON
     app.include_router(metrics_router(port.metrics, settings.metrics_token))
     app.include_router(login_router(access, LoginThrottle()))
     app.include_router(catalog_router(), dependencies=reader)

@@ -6,7 +6,7 @@ shapes); the HTTP layer sees nothing else of it, so the two can change apart.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Protocol
 
 from cluster_protocol.payloads import ClusterSummary
@@ -33,6 +33,14 @@ class NodeReader(Protocol):
 
     def summary(self) -> ClusterSummary:
         """Cluster totals: nodes by state, cores, RAM, average CPU and load."""
+        ...
+
+    def nodes_json(self, tags: Collection[str] = ()) -> bytes:
+        """Every node's view as a JSON array sorted by id, only those with all `tags`."""
+        ...
+
+    def node_json(self, node_id: str) -> bytes | None:
+        """One node's view as JSON, or None when it is not known."""
         ...
 
 
