@@ -82,7 +82,7 @@ def database_path(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
 def read_password(from_stdin: bool) -> str:
     """The new password: one line of stdin, or typed twice at a prompt that does not echo."""
     if from_stdin:
-        password = sys.stdin.readline().rstrip("\n")
+        password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = getpass.getpass("Password: ")
         if getpass.getpass("Again: ") != password:
@@ -91,17 +91,22 @@ def read_password(from_stdin: bool) -> str:
     return password
 
 
-def _give_back_to_owner(db: str) -> None:
-    """Run as root on a head, leave the files the master's own (it runs as `picluster`)."""
-    if os.geteuid() != 0:
-        return
+def become_the_owner(db: str) -> None:
+    """Run as root on a head, become the user owning the database's directory first.
+
+    The master runs as `picluster` and owns those files; root writing them could leave
+    files it cannot open, and could follow a link the master's user planted (say
+    `master.db-wal` -> /etc/shadow). So root never touches them at all.
+    """
     directory = Path(db).parent
-    stat = directory.stat()
-    if stat.st_uid == 0:
+    if os.geteuid() != 0 or not directory.is_dir():
         return
-    for path in (Path(db), Path(f"{db}-wal"), Path(f"{db}-shm")):
-        if path.exists():
-            os.chown(path, stat.st_uid, stat.st_gid)
+    owner = directory.stat()
+    if owner.st_uid == 0:
+        return
+    os.setgroups([])
+    os.setgid(owner.st_gid)
+    os.setuid(owner.st_uid)
 
 
 def _when(ts: float) -> str:
@@ -153,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
         _err(f"cannot read the config: {error}")
         return 3
     try:
+        become_the_owner(db)
         connection = connect(db)
     except Exception as error:
         _err(f"cannot open the database {db}: {error}")
@@ -167,4 +173,3 @@ def run(args: argparse.Namespace) -> int:
         return 2
     finally:
         connection.close()
-        _give_back_to_owner(db)

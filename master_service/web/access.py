@@ -14,6 +14,7 @@ import hmac
 import logging
 from collections.abc import Callable
 from typing import Annotated, Final
+from urllib.parse import urlsplit
 
 from fastapi import HTTPException, Request, Security
 from fastapi.params import Depends
@@ -42,6 +43,13 @@ _cookie = APIKeyCookie(
 )
 
 
+def refuse_other_sites(request: Request) -> None:
+    """403 for a write a browser sent from another site's page (its `Origin` is not ours)."""
+    origin = request.headers.get("Origin")
+    if origin is not None and urlsplit(origin).netloc != request.headers.get("Host", ""):
+        raise HTTPException(403, "a write from another site's page is refused")
+
+
 def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
 
@@ -52,19 +60,23 @@ class Access:
     def __init__(self, accounts: Accounts, api_token: str | None, login_required: bool) -> None:
         self.accounts = accounts
         self.login_required = login_required
-        self._api_token = api_token.encode() if api_token else None
-        self.writes_open = not login_required and api_token is None
+        self._api_token = api_token.encode() if api_token else None  # "" is no token
+        self.writes_open = not login_required and self._api_token is None
         self.reader: list[Depends] = (
             [Security(self._require(Role.VIEWER))] if login_required else []
         )
+        # Open writes (localhost, no token) still refuse another site's page: a browser
+        # sends a form-like POST cross-site without asking first.
         self.admin: list[Depends] = (
-            [] if self.writes_open else [Security(self._require(Role.ADMIN))]
+            [Security(refuse_other_sites)]
+            if self.writes_open
+            else [Security(self._require(Role.ADMIN))]
         )
 
     @property
     def admin_errors(self) -> tuple[int, ...]:
         """The statuses an admin route can answer for want of rights."""
-        return () if self.writes_open else (401, 403)
+        return (403,) if self.writes_open else (401, 403)
 
     @property
     def reader_errors(self) -> tuple[int, ...]:

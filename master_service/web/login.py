@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
+import threading
 from html import escape
 from importlib import resources
 from string import Template
@@ -22,6 +23,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 
+from master_service.auth.accounts import Principal
 from master_service.auth.throttle import LoginThrottle
 from master_service.web.access import CSRF_COOKIE, SESSION_COOKIE, Access
 from master_service.web.errors import error_responses
@@ -30,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 LOGIN_CSRF_COOKIE: Final = "picluster_login_csrf"
 MAX_FORM_BYTES: Final = 4096
+CONCURRENT_CHECKS: Final = 2  # scrypt needs 16 MiB each: a flood must not exhaust a Pi
 _PAGE: Final = Template(
     (resources.files("master_service.web") / "static" / "login.html").read_text("utf-8")
 )
@@ -70,6 +73,19 @@ def same_origin(request: Request) -> bool:
     return urlsplit(origin).netloc == request.headers.get("Host", "")
 
 
+async def read_form(request: Request) -> dict[str, str]:
+    """A small urlencoded form; 413 as soon as it is larger than a login form can be."""
+    declared = request.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > MAX_FORM_BYTES:
+        raise HTTPException(413, "the form is too large")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:  # without a length, or lying about it
+            raise HTTPException(413, "the form is too large")
+    return {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+
+
 def login_page(
     status: int, csrf: str, *, message: str = "", name: str = "", next_path: str = "/"
 ) -> HTMLResponse:
@@ -87,6 +103,12 @@ def login_page(
 def login_router(access: Access, throttle: LoginThrottle) -> APIRouter:
     """Routes to log in and out, and to ask who is logged in."""
     router = APIRouter(tags=["login"])
+    checking = threading.BoundedSemaphore(CONCURRENT_CHECKS)
+
+    def check_password(name: str, password: str) -> Principal | None:
+        """The user if the password is right; at most CONCURRENT_CHECKS scrypt runs at once."""
+        with checking:
+            return access.accounts.authenticate(name, password)
 
     def fresh_form(request: Request, status: int = 200, **page: Any) -> HTMLResponse:
         csrf = secrets.token_urlsafe(24)
@@ -109,10 +131,7 @@ def login_router(access: Access, throttle: LoginThrottle) -> APIRouter:
 
     @router.post("/login", include_in_schema=False)
     async def log_in(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > MAX_FORM_BYTES:
-            raise HTTPException(413, "the login form is too large")
-        form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+        form = await read_form(request)
         name, password = form.get("name", ""), form.get("password", "")
         next_path = safe_next(form.get("next"))
         expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
@@ -124,7 +143,7 @@ def login_router(access: Access, throttle: LoginThrottle) -> APIRouter:
         if not same_origin(request):
             return fresh_form(request, 403, message="Log in from this site's own page.")
         address = client_address(request)
-        wait_s = throttle.retry_after(address, name)
+        wait_s = throttle.attempt(address, name)  # counted now: parallel tries cannot slip by
         if wait_s is not None:
             logger.warning("login for %r from %s refused: too many failed tries", name, address)
             response = fresh_form(
@@ -136,10 +155,9 @@ def login_router(access: Access, throttle: LoginThrottle) -> APIRouter:
             )
             response.headers["Retry-After"] = str(int(wait_s) + 1)
             return response
-        # scrypt takes tens of milliseconds: off the event loop.
-        principal = await run_in_threadpool(access.accounts.authenticate, name, password)
+        # scrypt takes tens of milliseconds and 16 MiB: off the event loop, two at a time.
+        principal = await run_in_threadpool(check_password, name, password)
         if principal is None:
-            throttle.failed(address, name)
             logger.warning("failed login for %r from %s", name, address)
             return fresh_form(
                 request,
@@ -175,8 +193,7 @@ def login_router(access: Access, throttle: LoginThrottle) -> APIRouter:
         secret = request.cookies.get(SESSION_COOKIE)
         session = await run_in_threadpool(access.accounts.session, secret) if secret else None
         if session is not None:
-            body = await request.body()
-            form = {k: v[0] for k, v in parse_qs(body[:MAX_FORM_BYTES].decode()).items()}
+            form = await read_form(request)
             sent = request.headers.get("X-CSRF-Token") or form.get("csrf", "")
             if not hmac.compare_digest(sent.encode(), session.csrf.encode()):
                 raise HTTPException(403, "log out from the dashboard's own button")

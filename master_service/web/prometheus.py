@@ -417,7 +417,7 @@ def metrics_router(metrics: MasterMetrics, token: str | None = None) -> APIRoute
     """The `/metrics` route; with a token, scrapes must send it as a bearer token."""
     router = APIRouter()
     guarded: list[Depends] = []
-    if token is not None:
+    if token:  # an empty metrics_token would let a scrape without one in: it means none
         expected = token.encode()
 
         def require_token(

@@ -7,6 +7,10 @@ users` as an admin on the head would, and an HTTP client that keeps cookies like
 
 from __future__ import annotations
 
+import os
+import pwd
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -273,3 +277,63 @@ def test_the_users_command_refuses_bad_input_with_a_clear_message(tmp_path: Path
     assert role.returncode == 0, role.stderr
     [bob] = [line for line in users_cli(db, "list").stdout.splitlines() if line.startswith("bob")]
     assert bob.split()[1] == "admin"
+
+
+def test_a_login_form_larger_than_any_login_is_refused_before_it_is_read(
+    make_master: MasterFactory,
+) -> None:
+    master = make_master()
+    with client_of(master) as browser:
+        csrf = login_form(browser)
+        huge = browser.post(
+            "/login", data={"name": "alice", "password": "x" * 100_000, "csrf": csrf}
+        )
+        assert huge.status_code == 413
+        assert log_in(browser, "alice", ADMIN_PW).status_code == 303  # the master is fine
+
+
+def test_an_open_local_master_refuses_writes_from_another_sites_page(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    # Localhost, no token, no login: writes are open, but not to a page of another site.
+    master = start_master(broker.url, tmp_path, "--no-ha-discovery", "--prefix", "openlocal")
+    try:
+        with client_of(master) as browser:
+            forged = browser.post(
+                "/api/alerts/silences", json=SILENCE, headers={"Origin": "http://evil.example"}
+            )
+            assert forged.status_code == 403
+            host = master.api.removeprefix("http://")
+            own = browser.post("/api/alerts/silences", json=SILENCE, headers={"Origin": master.api})
+            assert own.status_code == 201, (host, own.text)
+            assert len(browser.get("/api/alerts/silences").json()["silences"]) == 1
+    finally:
+        master.stop()
+
+
+def test_run_as_root_the_users_command_becomes_the_masters_user() -> None:
+    # On a head, `sudo cluster-master users ...` must leave the master's files its own and
+    # never write through a link the master's user planted. (Under /tmp: pytest's own
+    # directories are root's alone, and the master's user must reach its files.)
+    assert os.geteuid() == 0, "this test needs root, as CI runs it"
+    nobody = pwd.getpwnam("nobody")
+    outside = Path(tempfile.mkdtemp(prefix="picluster-root-", dir="/tmp"))
+    try:
+        outside.chmod(0o755)
+        home = outside / "picluster"
+        home.mkdir()
+        os.chown(home, nobody.pw_uid, nobody.pw_gid)
+        db = home / "master.db"
+        add_user(db, "alice", "admin", ADMIN_PW)
+        for path in home.iterdir():
+            assert path.stat().st_uid == nobody.pw_uid, path
+        precious = outside / "shadow"
+        precious.write_text("root's secret\n")
+        precious.chmod(0o644)
+        (home / "master.db-wal").unlink(missing_ok=True)
+        (home / "master.db-wal").symlink_to(precious)
+        users_cli(db, "add", "bob", "--role", "viewer", password="long enough pw")
+        assert precious.read_text() == "root's secret\n"
+        assert precious.stat().st_uid == 0
+    finally:
+        shutil.rmtree(outside)
