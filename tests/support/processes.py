@@ -104,7 +104,11 @@ def start_master(
         except (urllib.error.URLError, OSError):
             return False
 
-    wait_until(connected, 20, message="the master's API and broker connection")
+    try:
+        wait_until(connected, 20, message="the master's API and broker connection")
+    except BaseException:
+        master.stop()  # a master that never came up must not outlive the test
+        raise
     return master
 
 
