@@ -28,16 +28,20 @@ class Inbox(Generic[T]):
         self._consumer_waiting = False
         self._producers_waiting = 0
 
+    def _wait_for_room(self) -> None:
+        """Block while the inbox holds `limit` items or more (called only when it is full)."""
+        with self._not_full:
+            self._producers_waiting += 1
+            try:
+                while len(self._items) >= self._limit:
+                    self._not_full.wait()
+            finally:
+                self._producers_waiting -= 1
+
     def put(self, item: T) -> None:
         """Append one item; blocks only while the inbox holds `limit` items."""
         if len(self._items) >= self._limit:
-            with self._not_full:
-                self._producers_waiting += 1
-                try:
-                    while len(self._items) >= self._limit:
-                        self._not_full.wait()
-                finally:
-                    self._producers_waiting -= 1
+            self._wait_for_room()
         self._items.append(item)
         # Read after the append: a consumer that set the flag re-checks the deque under the
         # lock before it sleeps, so either it sees this item or we see the flag.
@@ -48,13 +52,7 @@ class Inbox(Generic[T]):
     def put_many(self, items: Sequence[T]) -> None:
         """Append a batch at once; blocks only while the inbox holds `limit` items or more."""
         if len(self._items) >= self._limit:
-            with self._not_full:
-                self._producers_waiting += 1
-                try:
-                    while len(self._items) >= self._limit:
-                        self._not_full.wait()
-                finally:
-                    self._producers_waiting -= 1
+            self._wait_for_room()
         self._items.extend(items)
         if self._consumer_waiting:
             with self._not_empty:
