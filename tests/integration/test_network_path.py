@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 import logging
 import os
 import secrets
@@ -35,7 +34,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 from tests.support.netns import Host, Lan, NetnsDynsecBroker, NetnsUnavailableError
-from tests.support.processes import Service
+from tests.support.processes import RunningMaster, Service
 from tests.support.waiting import wait_until
 
 logger = logging.getLogger(__name__)
@@ -85,27 +84,20 @@ class Head:
 
     host: Host
     broker: NetnsDynsecBroker
-    master: Service
-    api: str
-    token: str
+    master: RunningMaster  # its API over the LAN, with the API token
+
+    @property
+    def api(self) -> str:
+        """The master's API, as the nodes reach it."""
+        return self.master.api
 
     def get(self, path: str) -> Any:
-        """GET a JSON document from the master's API (over the LAN, with the API token)."""
-        request = urllib.request.Request(
-            self.api + path, headers={"Authorization": f"Bearer {self.token}"}
-        )
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return json.load(response)
+        """GET a JSON document from the master's API."""
+        return self.master.get(path)
 
     def node(self, node: str) -> dict[str, Any] | None:
         """One node's view, or None while the master does not know it."""
-        try:
-            view: dict[str, Any] = self.get(f"/api/nodes/{node}")
-        except urllib.error.HTTPError as error:
-            if error.code == 404:
-                return None
-            raise
-        return view
+        return self.master.node(node)
 
     def state(self, node: str) -> str | None:
         """The node's state as the API shows it."""
@@ -120,7 +112,7 @@ class Head:
             capture_output=True,
             text=True,
             timeout=60,
-            env={**os.environ, "CLUSTER_API_TOKEN": self.token},
+            env={**os.environ, "CLUSTER_API_TOKEN": self.master.token or ""},
             check=False,
         )  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
@@ -135,14 +127,15 @@ def head(lan: Lan, tmp_path: Path) -> Iterator[Head]:
     broker.start()
     token = secrets.token_urlsafe(16)
     api = f"http://{host.address}:8080"
-    master = host.spawn(
+    spawned = host.spawn(
         [sys.executable, "-m", "master_service", "run", "--broker", broker.admin_url(),
          "--db", str(tmp_path / "master" / "master.db"), "--http", f"{host.address}:8080",
          "--no-ha-discovery"],
         tmp_path / "master" / "master.log",
         env={"CLUSTER_PASSWORD": broker.admin_password, "CLUSTER_API_TOKEN": token},
     )  # fmt: skip
-    running = Head(host, broker, master, api, token)
+    master = RunningMaster(spawned.process, spawned.log_path, api=api, token=token)
+    running = Head(host, broker, master)
     try:
 
         def connected() -> bool:
