@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 
 from master_service.auth.accounts import Principal
 from master_service.auth.throttle import LoginThrottle
-from master_service.web.access import CSRF_COOKIE, SESSION_COOKIE, Access
+from master_service.web.access import CSRF_COOKIE, SESSION_COOKIE, Access, same_origin
 from master_service.web.errors import error_responses
 
 logger = logging.getLogger(__name__)
@@ -63,14 +63,6 @@ def is_secure(request: Request) -> bool:
 def client_address(request: Request) -> str:
     """The client's address, as uvicorn saw it (a trusted proxy's X-Forwarded-For applied)."""
     return request.client.host if request.client else "unknown"
-
-
-def same_origin(request: Request) -> bool:
-    """False when the browser says the request came from another site's page."""
-    origin = request.headers.get("Origin")
-    if origin is None:  # older browsers and scripts send none: the CSRF field still holds
-        return True
-    return urlsplit(origin).netloc == request.headers.get("Host", "")
 
 
 async def read_form(request: Request) -> dict[str, str]:
