@@ -98,9 +98,9 @@ class MasterSettings(BrokerClientSettings):
     )
     ha_per_entity: bool = setting(False, help="also use per-entity discovery topics")
     ingest_client: str = setting(
-        "paho",
-        help="MQTT client that receives cluster/#: paho, or mqtt5 (its own connection, "
-        "batched reads and PUBACKs; publishing stays on paho)",
+        "mqtt5",
+        help="MQTT client that receives cluster/#: mqtt5 (its own connection, batched reads "
+        "and PUBACKs; publishing stays on paho), or paho (one connection for both)",
         check=ingest_client,
         normalize=str.lower,
         metavar="CLIENT",

@@ -38,6 +38,7 @@ class Cluster:
     broker: ShippedBroker
     workdir: Path
     node_ids: list[str]
+    ingest_client: str
     master: RunningMaster | None = None
     nodes: dict[str, Service] = field(default_factory=dict)
 
@@ -52,6 +53,7 @@ class Cluster:
             self.master_url,
             self.workdir / "master",
             "--password-file", str(secret), "--no-ha-discovery",
+            "--ingest-client", self.ingest_client,
             db=self.workdir / "master.db",
         )  # fmt: skip
         return self.master
@@ -115,14 +117,17 @@ def _spool_value(workdir: Path, node_id: str, query: str) -> int:
     return int(row[0]) if row else 0
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, mosquitto_binary: str) -> Iterator[Cluster]:
+# Both receive paths keep the promise: mqtt5 (the default) and paho.
+@pytest.fixture(params=["mqtt5", "paho"])
+def cluster(
+    request: pytest.FixtureRequest, tmp_path: Path, mosquitto_binary: str
+) -> Iterator[Cluster]:
     suffix = uuid.uuid4().hex[:6]
     node_ids = [f"rec-{i}-{suffix}" for i in range(NODES)]
     users = {"picluster-master": MASTER_PASSWORD, **{n: NODE_PASSWORD for n in node_ids}}
     broker = ShippedBroker(tmp_path / "broker", users=users)
     broker.start()
-    running = Cluster(broker, tmp_path, node_ids)
+    running = Cluster(broker, tmp_path, node_ids, request.param)
     try:
         running.start_master()
         for node_id in node_ids:
