@@ -28,8 +28,9 @@ from bench import api_timing
 from bench.procstat import cpu_seconds, memory_kib, thread_cpu_seconds
 from bench.sizes import deep_size
 from master_service.app import MasterService, build
+from master_service.ingest.mqtt5_listener import Mqtt5Listener
 from master_service.ingest.router import RawMessage
-from master_service.settings import MasterSettings
+from master_service.settings import INGEST_CLIENTS, MasterSettings
 
 RSS_EVERY_S = 2.0
 RECEIVE_SAMPLE = 20
@@ -80,22 +81,38 @@ class Probe:
                 self.sample_ts.extend([row[1] for row in rows])
 
         ingestor.flush = flush  # type: ignore[method-assign]
-        # Every RECEIVE_SAMPLE-th message: node ts -> handed over by paho's network thread,
-        # to tell waiting in the broker and paho apart from waiting for the commit.
+        # Every RECEIVE_SAMPLE-th message: node ts -> handed to the ingest thread by the
+        # receiving connection, to tell waiting in the broker and the client apart from
+        # waiting for the commit.
         self.received: array[float] = array("d")
-        submit = service.listener.submit
         seen = 0
 
-        def sampled_submit(message: RawMessage) -> None:
+        def sample(message: RawMessage) -> None:
             nonlocal seen
             seen += 1
             if seen % RECEIVE_SAMPLE == 0:
                 found = TS_PATTERN.search(message.payload)
                 if found:
                     self.received.append(message.received_at - float(found.group(1)))
-            submit(message)
 
-        service.listener.submit = sampled_submit
+        receiver = service.receiver
+        if isinstance(receiver, Mqtt5Listener):
+            submit_many = receiver.submit_many
+
+            def sampled_submit_many(messages: list[RawMessage]) -> None:
+                for message in messages:
+                    sample(message)
+                submit_many(messages)
+
+            receiver.submit_many = sampled_submit_many
+        else:
+            submit = receiver.submit
+
+            def sampled_submit(message: RawMessage) -> None:
+                sample(message)
+                submit(message)
+
+            receiver.submit = sampled_submit
         ingestor.commit_listeners.append(self._committed)
 
     def latencies(self) -> dict[str, list[float]]:
@@ -129,6 +146,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--out", required=True)
     parser.add_argument("--no-ha", action="store_true", help="turn Home Assistant discovery off")
+    parser.add_argument(
+        "--ingest-client",
+        choices=INGEST_CLIENTS,
+        default=MasterSettings().ingest_client,
+        help="the client that receives cluster/# (default: the master's default)",
+    )
     parser.add_argument("--deep-size", action="store_true", help="measure state size per node")
     parser.add_argument(
         "--api-timing", action="store_true", help="then time GET /api/nodes and /metrics"
@@ -140,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         db=args.db,
         client_id="bench-master",
         ha_discovery=not args.no_ha,
+        ingest_client=args.ingest_client,
         log_level="WARNING",
     )
     service = build(settings)
