@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import io
 import threading
+from array import array
+from bisect import bisect_left
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Final, NamedTuple, TypedDict, TypeVar, cast
+from itertools import accumulate
+from typing import Any, Final, Generic, NamedTuple, Protocol, TypedDict, TypeVar, cast
 
 import orjson
 
@@ -18,6 +22,11 @@ from cluster_protocol.tags import valid_tags
 T = TypeVar("T")
 
 MAX_TRACKED_MISSING: Final = 10_000  # seqs still hoped for per node; beyond that only counted
+# A reader (the listing, /metrics) keeps its last build to make the next one from only while
+# it is read: unread this long (state clock), the build is dropped and the next one is full.
+IDLE_READER_S: Final = 300.0
+LISTING_READER: Final = "listing"
+_NEVER: Final = float("inf")
 
 
 class NodeStatus(StrEnum):
@@ -348,6 +357,19 @@ class NodeState:
             "master_tags": self.master_tags,
         }
 
+    def facts(self, now: float, stale_factor: float) -> NodeFacts:
+        """What an exporter reads of this node, as of `now` (metrics still encoded)."""
+        return NodeFacts(
+            self.node,
+            self.effective_status(now, stale_factor),
+            self.tags,
+            self.last_heard,
+            self.metrics_json,
+            self.seq_gaps,
+            self.received,
+            self.duplicates,
+        )
+
     def view(self, now: float, stale_factor: float) -> NodeView:
         """The node as the API shows it."""
         return _decoded(self.raw_view(now, stale_factor))
@@ -393,13 +415,84 @@ class NodeFacts(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class Basis:
+    """Which nodes a reader's build shows, in which order, and until when it holds."""
+
+    generation: int  # the state's generation when it was made
+    epoch: int  # the node set (and everyone's master tags) it was made with
+    ids: list[str]  # every node id, sorted
+    turns: array[float]  # per node: when its state turns by time alone (inf: not by time)
+    expires_at: float  # the first of them
+
+
+class Built(Protocol):
+    """A reader's build: what it shows, made from a `Basis`."""
+
+    @property
+    def basis(self) -> Basis:
+        """The nodes and times it was made from."""
+        ...
+
+
+B = TypeVar("B", bound=Built)
+
+
+@dataclass(frozen=True, slots=True)
+class Delta(Generic[B]):
+    """What a reader must remake of its last build (`ClusterState.rebuild`)."""
+
+    now: float
+    basis: Basis  # of the build to make
+    previous: B | None  # the build to copy every other node from; None: make it in full
+    positions: list[int]  # ascending, in basis.ids: the nodes to (re)make (every one if full)
+    states: list[NodeState]  # theirs, in the same order (read them under the cluster lock)
+
+
+@dataclass(eq=False, slots=True)
+class _Reader:
+    """One reader's last build and the nodes changed since it was made."""
+
+    read_at: float  # state clock
+    built: Any = None
+    changed: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one build at a time
+
+
+@dataclass(frozen=True, slots=True)
 class _Listing:
     """Every node's view, encoded once per commit generation (`ClusterState.nodes_json`)."""
 
-    generation: int
-    expires_at: float  # master clock: the first node whose state turns by time alone
+    basis: Basis
     body: bytes  # the JSON array of every view, sorted by node id
-    spans: tuple[tuple[tuple[str, ...], int, int], ...]  # (tags, start, end) of each in body
+    # Per node: its view's size plus one (the "," or "]" after it); it starts at 1 + the sum
+    # of the sizes before it. Sizes, not offsets: a node re-encoded to another length moves
+    # every offset after it, its size alone changes.
+    sizes: array[int]
+    tags: list[tuple[str, ...]]  # per node
+
+    def spans(self) -> Iterator[tuple[tuple[str, ...], int, int]]:
+        """(tags, start, end) of each node's view in `body`, in order."""
+        starts = accumulate(self.sizes, initial=1)
+        for node_tags, start, size in zip(self.tags, starts, self.sizes, strict=False):
+            yield node_tags, start, start + size - 1
+
+
+def _same(value: T) -> T:
+    return value
+
+
+def _positions(basis: Basis, changed: Iterable[str], now: float) -> list[int] | None:
+    """Where in `basis` the changed nodes and those turned by time since are; None: unknown."""
+    ids, count = basis.ids, len(basis.ids)
+    found = set()
+    for node_id in changed:
+        at = bisect_left(ids, node_id)
+        if at == count or ids[at] != node_id:
+            return None  # not in the build: only a full one shows it
+        found.add(at)
+    if now >= basis.expires_at:
+        found.update(at for at, turns_at in enumerate(basis.turns) if turns_at <= now)
+    return sorted(found)
 
 
 def _decoded(raw: RawNodeView) -> NodeView:
@@ -424,8 +517,14 @@ class ClusterState:
         # Bumped when a flush committed (`committed`) or nodes or tags changed outside one:
         # the node listing the API serves is rebuilt once per generation, not per request.
         self.generation = 0
-        self._listing: _Listing | None = None
-        self._kept: dict[str, tuple[float, object]] = {}  # `kept`: key -> (expires_at, value)
+        # Readers' builds are remade from their last one, only the nodes changed since anew
+        # (`rebuild`). `_touched` holds who ingest or the API changed since the readers last
+        # took note; bumping `_epoch` (a node added or dropped, every tag reloaded) makes the
+        # next build of each reader a full one.
+        self._epoch = 0
+        self._touched: set[str] = set()
+        self._readers: dict[str, _Reader] = {}
+        self.builds: Counter[tuple[str, str]] = Counter()  # (reader, "full"/"incremental")
 
     def committed(self, count: int = 0) -> None:
         """A flush committed ingest's changes (a commit listener): listings are out of date."""
@@ -433,29 +532,34 @@ class ClusterState:
             self._changed()
 
     def _changed(self) -> None:
-        # With the lock held. Dropping the listing here also frees it (the payload bytes it
-        # refers to may have been replaced since).
+        # With the lock held. A reader's last build is kept (the next is made from it) only
+        # while it is read: one unread for IDLE_READER_S is dropped, with the payloads it holds.
         self.generation += 1
-        self._listing = None
-        self._kept.clear()
+        self._note_touched()
+        if self._readers:
+            now = self.clock()
+            for name, reader in list(self._readers.items()):
+                if now - reader.read_at > IDLE_READER_S:
+                    del self._readers[name]
 
-    def kept(self, key: str, build: Callable[[], tuple[T, float]]) -> T:
-        """What `build` makes of the state (value, valid until), kept for this generation.
+    def _note_touched(self) -> None:
+        # With the lock held: every reader learns who changed since it last took note.
+        touched = self._touched
+        if touched:
+            for reader in self._readers.values():
+                reader.changed |= touched
+            touched.clear()
 
-        Dropped at the next commit (so it never holds on to replaced payloads for long) or
-        once the clock reaches its time (a node's state turning by time alone).
+    def take_dirty(self) -> list[str]:
+        """The nodes changed since the last call (to be saved), now forgotten as dirty.
+
+        They are noted as changed for the readers' next builds too.
         """
-        now = self.clock()
         with self.lock:
-            generation = self.generation
-            found = self._kept.get(key)
-        if found is not None and now < found[0]:
-            return cast(T, found[1])
-        value, expires_at = build()
-        with self.lock:
-            if self.generation == generation:  # nothing committed meanwhile
-                self._kept[key] = (expires_at, value)
-        return value
+            dirty = list(self.dirty)
+            self.dirty.clear()
+            self._touched.update(dirty)
+            return dirty
 
     def node(self, node_id: str) -> NodeState:
         """The state of a node, created on first sight (call with the lock held)."""
@@ -464,6 +568,9 @@ class ClusterState:
             state = self._nodes[node_id] = NodeState(
                 node=node_id, master_tags=self._master_tags.get(node_id, ())
             )
+            self._epoch += 1
+        # Whoever asks for a node may change it (a duplicate only counts, and is not dirty).
+        self._touched.add(node_id)
         return state
 
     def load_master_tags(self, tags: Mapping[str, Iterable[str]]) -> None:
@@ -472,6 +579,7 @@ class ClusterState:
             self._master_tags = {node: tuple(sorted(set(t))) for node, t in tags.items() if t}
             for node_id, state in self._nodes.items():
                 state.master_tags = self._master_tags.get(node_id, ())
+            self._epoch += 1
             self._changed()
 
     def set_master_tags(self, node_id: str, tags: Iterable[str]) -> None:
@@ -485,6 +593,7 @@ class ClusterState:
             state = self._nodes.get(node_id)
             if state is not None:
                 state.master_tags = settled
+                self._touched.add(node_id)
             self._changed()
 
     def master_tags(self, node_id: str) -> tuple[str, ...]:
@@ -502,6 +611,7 @@ class ClusterState:
             for state in states:
                 state.master_tags = self._master_tags.get(state.node, state.master_tags)
                 self._nodes[state.node] = state
+            self._epoch += 1
             self._changed()
 
     def forget(self, node_id: str) -> bool:
@@ -509,6 +619,7 @@ class ClusterState:
         with self.lock:
             self.dirty.discard(node_id)
             self._master_tags.pop(node_id, None)
+            self._epoch += 1
             self._changed()
             return self._nodes.pop(node_id, None) is not None
 
@@ -540,49 +651,122 @@ class ClusterState:
         changed is in the next one, and a node's state turning stale by time alone also
         rebuilds it. Details and metrics are copied in as the JSON they are kept as.
         """
-        listing = self._current_listing()
+        listing = self.rebuild(LISTING_READER, self._encode_listing, _same)
         if not tags:
             return listing.body
         wanted = set(tags)
         body = memoryview(listing.body)
-        chosen = [body[a:b] for node_tags, a, b in listing.spans if wanted.issubset(node_tags)]
+        chosen = [body[a:b] for node_tags, a, b in listing.spans() if wanted.issubset(node_tags)]
         return b"[" + b",".join(chosen) + b"]"
 
-    def _current_listing(self) -> _Listing:
+    def rebuild(
+        self, reader: str, under_lock: Callable[[Delta[B]], T], after: Callable[[T], B]
+    ) -> B:
+        """`reader`'s build of the state now: its last one while it holds, else remade from it.
+
+        A build holds for its generation and until a node's state turns by time alone.
+        `under_lock` reads the `Delta` (the nodes changed since the last build, or all of
+        them) with the cluster lock held, `after` makes the build from that without it.
+        """
         now = self.clock()
         with self.lock:
-            listing = self._listing
-            if listing is not None and now < listing.expires_at:
-                return listing
-            generation = self.generation
-            expires_at = float("inf")
-            factor = self.stale_factor
-            dumps = orjson.dumps
-            body = io.BytesIO()
-            body.write(b"[")
-            spans: list[tuple[tuple[str, ...], int, int]] = []
-            for node_id in sorted(self._nodes):
-                state = self._nodes[node_id]
-                # Encoded at once, under the lock (as long as views() held it to copy), and
-                # written straight into one buffer: no view dict, piece or orjson buffer (which
-                # keeps spare capacity) outlives its node, so building 10,000 of them triggers
-                # no garbage collection and leaves no small blocks behind.
-                if spans:
-                    body.write(b",")
-                start = body.tell()
-                body.write(dumps(state.fragment_view(now, factor)))
-                spans.append((state.tags, start, body.tell()))
-                # Inlined status_turns_at: the first node to turn stale by time alone.
-                if state.status != NodeStatus.OFFLINE and state.last_heard is not None:
-                    turns_at = state.last_heard + factor * state.interval_s
-                    if now <= turns_at < expires_at:
-                        expires_at = turns_at
-        body.write(b"]")
-        built = _Listing(generation, expires_at, body.getvalue(), tuple(spans))
-        with self.lock:
-            if self.generation == generation:  # nothing committed meanwhile: keep it
-                self._listing = built
-        return built
+            found = self._readers.get(reader)
+            if found is None:
+                found = self._readers[reader] = _Reader(now)
+            found.read_at = now
+            built = found.built
+            if built is not None and self._holds(built.basis, now):
+                return cast(B, built)
+        with found.lock:  # one build per reader at a time: each takes the changes it makes
+            with self.lock:
+                built = found.built
+                if built is not None and self._holds(built.basis, now):
+                    return cast(B, built)  # another request just made it
+                delta: Delta[B] = self._delta(found, now)
+                self.builds[reader, "full" if delta.previous is None else "incremental"] += 1
+                read = under_lock(delta)
+            try:
+                made = after(read)
+            except BaseException:
+                found.built = None  # its changes were taken: the next build is a full one
+                raise
+            found.built = made
+        return made
+
+    def _holds(self, basis: Basis, now: float) -> bool:
+        return basis.generation == self.generation and now < basis.expires_at
+
+    def _delta(self, reader: _Reader, now: float) -> Delta[B]:
+        """What `reader` must remake (lock held): the nodes changed or turned since its build."""
+        self._note_touched()
+        changed, reader.changed = reader.changed, set()
+        previous = reader.built
+        positions = None
+        if previous is not None and previous.basis.epoch == self._epoch:
+            positions = _positions(previous.basis, changed, now)
+        if positions is None:  # in full
+            previous = None
+            ids = sorted(self._nodes)
+            turns = array("d", [_NEVER]) * len(ids)
+            positions = list(range(len(ids)))
+        else:
+            ids = previous.basis.ids
+            turns = array("d", previous.basis.turns)
+        nodes, factor = self._nodes, self.stale_factor
+        states = [nodes[ids[at]] for at in positions]
+        offline = NodeStatus.OFFLINE
+        for at, state in zip(positions, states, strict=True):
+            # Inlined status_turns_at: when this node's state turns by time alone.
+            if state.status != offline and state.last_heard is not None:
+                turns_at = state.last_heard + factor * state.interval_s
+                turns[at] = turns_at if turns_at >= now else _NEVER
+            else:
+                turns[at] = _NEVER
+        expires_at = min(turns) if turns else _NEVER
+        basis = Basis(self.generation, self._epoch, ids, turns, expires_at)
+        return Delta(now, basis, previous, positions, states)
+
+    def _encode_listing(self, delta: Delta[_Listing]) -> _Listing:
+        """The listing of `delta` (lock held): changed nodes encoded, the others copied."""
+        now, factor, dumps = delta.now, self.stale_factor, orjson.dumps
+        previous, count = delta.previous, len(delta.basis.ids)
+        if previous is None:
+            # Encoded at once, under the lock, and written straight into one buffer: no view
+            # dict, piece or orjson buffer (which keeps spare capacity) outlives its node, so
+            # building 10,000 of them triggers no garbage collection, leaves no small blocks.
+            buffer = io.BytesIO()
+            buffer.write(b"[")
+            sizes = array("I")
+            tags = []
+            for at, state in enumerate(delta.states, 1):
+                size = buffer.write(dumps(state.fragment_view(now, factor)))
+                buffer.write(b"," if at < count else b"]")
+                sizes.append(size + 1)
+                tags.append(state.tags)
+            body = buffer.getvalue() if count else b"[]"
+            return _Listing(delta.basis, body, sizes, tags)
+        if not delta.positions:
+            return _Listing(delta.basis, previous.body, previous.sizes, previous.tags)
+        old, old_sizes = memoryview(previous.body), previous.sizes
+        sizes, tags = array("I", old_sizes), list(previous.tags)
+        parts: list[bytes | memoryview] = [b"["]
+        read = 1  # in the old body
+        done = 0  # old nodes copied or replaced
+        for at, state in zip(delta.positions, delta.states, strict=True):
+            if at > done:  # the unchanged run before it, copied as one slice
+                run = sum(old_sizes[done:at])
+                parts.append(old[read : read + run])
+                read += run
+            view = dumps(state.fragment_view(now, factor))
+            parts.append(view)
+            parts.append(b"," if at + 1 < count else b"]")
+            read += old_sizes[at]
+            sizes[at] = len(view) + 1
+            tags[at] = state.tags
+            done = at + 1
+        if done < count:
+            parts.append(old[read:])  # with the closing bracket
+        return _Listing(delta.basis, b"".join(parts), sizes, tags)
 
     def facts(self) -> tuple[int, float, list[NodeFacts]]:
         """(generation, when a node's state next turns by time alone, every node's facts).
@@ -597,18 +781,7 @@ class ClusterState:
             rows = []
             for node_id in sorted(self._nodes):
                 state = self._nodes[node_id]
-                rows.append(
-                    NodeFacts(
-                        node_id,
-                        state.effective_status(now, factor),
-                        state.tags,
-                        state.last_heard,
-                        state.metrics_json,
-                        state.seq_gaps,
-                        state.received,
-                        state.duplicates,
-                    )
-                )
+                rows.append(state.facts(now, factor))
                 turns_at = state.status_turns_at(now, factor)
                 if turns_at is not None and turns_at < expires_at:
                     expires_at = turns_at

@@ -278,9 +278,8 @@ class Ingestor(threading.Thread):
         state = self.ctx.state
         with state.lock:
             rows, self.ctx.pending_history = self.ctx.pending_history, []
-            dirty = list(state.dirty)
+            dirty = state.take_dirty()  # also noted as changed for the next listings
             nodes = [node for n in dirty if (node := state.get(n)) is not None]
-            state.dirty.clear()
         with self._writes_lock:
             writes, self._writes = self._writes, []
         outcomes: list[tuple[Any, BaseException | None]] = []

@@ -133,6 +133,12 @@ def test_a_committed_value_is_served_at_once(master: Master, broker: MosquittoBr
 
         assert master.get("/api/nodes/pi-nowhere").status_code == 404
         assert cpu_in_list(master, "?tag=nowhere") == {}
+        # After the first, each commit's listing and text were made from the last ones (the
+        # flush told the state which nodes changed), not encoded again in full.
+        builds = master.service.state.builds
+        assert builds["listing", "full"] == 1
+        assert builds["listing", "incremental"] >= 2
+        assert builds["prometheus-nodes", "incremental"] >= 1
     finally:
         rack.close()
         other.close()
