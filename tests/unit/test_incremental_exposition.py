@@ -7,6 +7,8 @@ own output), and the build must have been incremental unless the node set change
 
 from __future__ import annotations
 
+import sys
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -132,3 +134,39 @@ def test_a_failed_write_leaves_the_next_text_whole(monkeypatch: pytest.MonkeyPat
             metrics.node_text()
 
     assert metrics.node_text() == full_text(state)  # the change it had taken is not lost
+
+
+def test_scrapes_racing_a_busy_ingest_still_end_on_the_text_written_from_scratch() -> None:
+    fleet = Fleet(seed=14, nodes=200)
+    state = fleet.state
+    metrics = exporter(fleet)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def scrape() -> None:
+        try:
+            while not stop.is_set():
+                text = metrics.node_text()
+                assert text.count(b"picluster_node_up{") == 200
+        except BaseException as error:  # reported by the test, not lost in the thread
+            errors.append(error)
+
+    scrapers = [threading.Thread(target=scrape) for _ in range(3)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # threads switch every 10 us, not 5 ms: races show far more
+    for scraper in scrapers:
+        scraper.start()
+    try:
+        for _ in range(100):
+            for node in fleet.rng.sample(fleet.ids(), 10):
+                fleet.metrics(node)
+            fleet.commit()
+    finally:
+        stop.set()
+        for scraper in scrapers:
+            scraper.join()
+        sys.setswitchinterval(interval)
+
+    assert not errors
+    assert metrics.node_text() == full_text(state)
+    assert builds(state, "incremental") > builds(state, "full")

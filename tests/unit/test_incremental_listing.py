@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import random
+import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -271,3 +273,42 @@ def test_reloaded_tags_and_restored_nodes_show_at_once() -> None:
     state.restore(node for node in restored if node is not None)
     assert state.nodes_json() == full_listing(state)
     assert builds(state, "full") == 3
+
+
+def test_readers_racing_a_busy_ingest_still_end_on_the_listing_built_from_scratch() -> None:
+    fleet = Fleet(seed=13, nodes=200)
+    state = fleet.state
+    stop = threading.Event()
+    seen: list[int] = []
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            while not stop.is_set():
+                seen.append(len(json.loads(state.nodes_json())))
+                json.loads(state.nodes_json(("rack1",)))
+        except BaseException as error:  # reported by the test, not lost in the thread
+            errors.append(error)
+
+    readers = [threading.Thread(target=read) for _ in range(3)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # threads switch every 10 us, not 5 ms: races show far more
+    for reader in readers:
+        reader.start()
+    try:
+        for _ in range(150):
+            for node in fleet.rng.sample(fleet.ids(), 10):
+                fleet.metrics(node)
+            if fleet.rng.random() < 0.2:
+                fleet.state.set_master_tags(fleet.pick(), ["rack1"])
+            fleet.commit()
+    finally:
+        stop.set()
+        for reader in readers:
+            reader.join()
+        sys.setswitchinterval(interval)
+
+    assert not errors
+    assert set(seen) == {200}
+    assert state.nodes_json() == full_listing(state)
+    assert state.nodes_json(("rack1",)) == full_listing(state, ("rack1",))
