@@ -18,6 +18,7 @@ import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import call
 from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import orjson
@@ -318,11 +319,13 @@ def _node_lines() -> _NodeLines:
     return _NodeLines()
 
 
-def _sizes(pieces: list[str]) -> Iterable[int]:
-    """Each piece's size in bytes (UTF-8)."""
-    if all(map(str.isascii, pieces)):
-        return map(len, pieces)
-    return [len(piece.encode()) for piece in pieces]
+def _byte_sizes(text: str, sizes: array[int], family: int, families: int) -> None:
+    """Turn one family's sizes in `sizes` from characters of `text` into bytes (UTF-8)."""
+    start = 0
+    for at in range(family, len(sizes), families):
+        end = start + sizes[at]
+        sizes[at] = len(text[start:end].encode())
+        start = end
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,18 +347,19 @@ def _write_all(basis: Basis, facts: Sequence[NodeFacts]) -> NodeExposition:
     # 240,000 lines (10,000 nodes) leave no small blocks behind, only buffers freed whole.
     buffers = [io.StringIO() for _ in lines.headers]
     writes = [buffer.write for buffer in buffers]
-    sizes = array("I")
+    sizes = array("I")  # in characters first: what each write returns
     for fact in facts:
-        pieces = lines(fact)
-        for write, piece in zip(writes, pieces, strict=True):
-            write(piece)
-        sizes.extend(_sizes(pieces))
+        sizes.extend(map(call, writes, lines(fact)))
     parts: list[bytes] = []
     starts, ends = [], []
     at = 0
-    for header, buffer in zip(lines.headers, buffers, strict=True):
-        body = buffer.getvalue().encode()
+    families = len(buffers)
+    for family, (header, buffer) in enumerate(zip(lines.headers, buffers, strict=True)):
+        text = buffer.getvalue()
         buffer.close()
+        if not text.isascii():  # a mount or tag beyond ASCII: its sizes in bytes differ
+            _byte_sizes(text, sizes, family, families)
+        body = text.encode()
         at += len(header)
         starts.append(at)
         at += len(body)
