@@ -64,6 +64,7 @@ def connect_packet(
     address: BrokerAddress,
     keepalive: int,
     session_expiry: int,
+    receive_maximum: int = RECEIVE_MAXIMUM,
 ) -> bytes:
     """CONNECT for a persistent session: clean start off, an expiry, Receive Maximum."""
     password = address.password.encode() if address.password is not None else None
@@ -76,7 +77,7 @@ def connect_packet(
         clean_start=False,
         keep_alive=keepalive,
         session_expiry_interval=session_expiry,
-        receive_max=RECEIVE_MAXIMUM,
+        receive_max=receive_maximum,
         max_packet_size=MAX_PACKET_BYTES,
     )
     return packet.write()

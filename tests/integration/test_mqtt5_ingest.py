@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,10 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import mqtt5
+import orjson
 import pytest
 
 from master_service.app import MasterService, build
+from master_service.ingest.ingestor import FLUSH_EVERY_S
 from master_service.ingest.mqtt5_listener import Mqtt5Listener
+from master_service.ingest.router import RawMessage
 from master_service.settings import MasterSettings
 from tests.integration.test_hostile_input import (
     CASES,
@@ -164,6 +168,56 @@ def test_receive_maximum_and_no_puback_before_commit(
         wait_until(lambda: receiver.in_flight == 0, message="the PUBACKs after the commit")
         acked = [p for p in relay.client_packets() if isinstance(p, mqtt5.PubAckPacket)]
         assert len(acked) >= 300
+
+
+def test_a_broker_past_our_receive_maximum_costs_no_reconnect(
+    broker: MosquittoBroker,
+    publisher: RawPublisher,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Mosquitto 2.0 sends past a client's Receive Maximum when PUBACKs come in batches, as
+    # commits release them (here up to 3 x a maximum of 200). Refusing that cost a reconnect
+    # and a resend of everything in flight; every message must arrive once, on one connection.
+    caplog.set_level(logging.INFO, logger=LISTENER_LOG)
+    node, maximum, total = node_id(), 200, 5000
+    received: list[RawMessage] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def take(messages: list[RawMessage]) -> None:
+        with lock:
+            received.extend(messages)
+
+    def commit_every_flush() -> None:  # as the ingest thread's flushes release PUBACKs
+        acknowledged = 0
+        while not stop.wait(FLUSH_EVERY_S):
+            with lock:
+                count = len(received)
+            receiver.acknowledge(count - acknowledged)
+            acknowledged = count
+
+    receiver = Mqtt5Listener(settings_for(broker.url, tmp_path), take, receive_maximum=maximum)
+    committer = threading.Thread(target=commit_every_flush)
+    receiver.start()
+    committer.start()
+    try:
+        wait_until(receiver.connected.is_set, 15, message="the ingest connection")
+        send(publisher, node, range(1, total + 1))
+        ours = f"cluster/{node}/metrics"
+        wait_until(
+            lambda: sum(m.topic == ours for m in received) >= total,
+            30,
+            message="every message through a small Receive Maximum",
+        )
+    finally:
+        stop.set()
+        committer.join()
+        receiver.stop()
+    seqs = [orjson.loads(m.payload)["seq"] for m in received if m.topic == ours]
+    assert seqs == list(range(1, total + 1)), "each message once, in order"
+    assert receiver.connects == 1, f"reconnected (peak in flight {receiver.peak_in_flight})"
+    assert not [r for r in caplog.records if "closing the ingest connection" in r.getMessage()]
 
 
 def test_keepalive_sends_pingreq(

@@ -6,7 +6,12 @@ import mqtt5
 import pytest
 
 from master_service.ingest.mqtt5_connect import RECEIVE_MAXIMUM, connect_packet, reason_text
-from master_service.ingest.mqtt5_listener import BACKOFF_MAX_S, Mqtt5Listener, backoff_s
+from master_service.ingest.mqtt5_listener import (
+    BACKOFF_MAX_S,
+    OVERRUN_FACTOR,
+    Mqtt5Listener,
+    backoff_s,
+)
 from master_service.ingest.mqtt5_packets import ProtocolViolationError, decode_packets
 from master_service.ingest.router import RawMessage
 from master_service.settings import MasterSettings
@@ -117,9 +122,25 @@ def test_pubacks_are_released_in_order_for_the_current_connection_only() -> None
     assert receiver.in_flight == 0
 
 
-def test_more_in_flight_than_our_receive_maximum_is_refused() -> None:
+def test_a_broker_overrunning_our_receive_maximum_is_taken_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Mosquitto 2.0.11 sends a few hundred past it under load: a reconnect would make it
+    # resend everything in flight, so the messages are taken.
     receiver = listener()
     receiver._inflight = RECEIVE_MAXIMUM
+    message = RawMessage("t", b"", False, 0.0)
+    receiver._hand_over([message], [1], 0)
+    receiver._hand_over([message], [2], 0)
+    assert receiver.in_flight == RECEIVE_MAXIMUM + 2
+    assert receiver.overruns == 1
+    warnings = [r for r in caplog.records if "over our Receive Maximum" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_a_broker_ignoring_our_receive_maximum_is_refused() -> None:
+    receiver = listener()
+    receiver._inflight = OVERRUN_FACTOR * RECEIVE_MAXIMUM
     with pytest.raises(ProtocolViolationError) as raised:
         receiver._hand_over([RawMessage("t", b"", False, 0.0)], [1], 0)
     assert raised.value.reason == mqtt5.DisconnectReasonCode.RECEIVE_MAX_EXCEEDED
