@@ -89,3 +89,24 @@ def notify(
                 getattr(observer, notice.event)(notice.node, *notice.args)
             except Exception:
                 errors.failed(observer, notice)
+
+
+def notify_metrics(
+    observers: Sequence[Observer],
+    samples: Sequence[tuple[str, MetricsPayload]],
+    errors: ObserverErrors,
+) -> None:
+    """`node_metrics` for each (node, payload) to each observer that takes it, in order.
+
+    The hot path's `notify`: no `Notice` per sample (built only for a failure's report),
+    and an observer that keeps the base class's no-op is not called at all.
+    """
+    for observer in observers:
+        if type(observer).node_metrics is Observer.node_metrics:
+            continue
+        take = observer.node_metrics
+        for node, payload in samples:
+            try:
+                take(node, payload)
+            except Exception:
+                errors.failed(observer, Notice("node_metrics", node, (payload,)))

@@ -26,7 +26,7 @@ from master_service.ingest.handlers import (
     handle_reply,
     handle_status,
 )
-from master_service.ingest.observers import Notice, notify
+from master_service.ingest.observers import notify, notify_metrics
 from master_service.state import NodeState, SeqVerdict
 
 logger = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ def _metrics_run(
     pending, dirty = ctx.pending_history, state.dirty
     observe, routes = bool(ctx.observers), ctx.routes
     latest: dict[str, tuple[NodeState, Any]] = {}  # each node's newest payload in this run
-    notices: list[Notice] = []
+    samples: list[tuple[str, Any]] = []  # (node, payload) owed to the observers
     index, count = start, len(messages)
     received = accepted = 0
     with state.lock:
@@ -197,7 +197,7 @@ def _metrics_run(
                         node.metrics_ts = ts
                         latest[node_id] = (node, payload)
                         if observe:
-                            notices.append(Notice("node_metrics", node_id, (payload,)))
+                            samples.append((node_id, payload))
                     accepted += 1
                 except Exception as error:
                     counters.handler_errors += 1
@@ -207,7 +207,7 @@ def _metrics_run(
             counters.accepted += accepted
             for node, payload in latest.values():
                 node.metrics = payload
-    if notices:
+    if samples:
         # After the lock, as `dispatch` does: observers publish and write.
-        notify(ctx.observers, notices, ctx.observer_errors)
+        notify_metrics(ctx.observers, samples, ctx.observer_errors)
     return index
