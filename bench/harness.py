@@ -84,7 +84,11 @@ def _read_event(stream: IO[str], name: str, timeout_s: float) -> dict[str, Any]:
     return box[0]
 
 
-def _stop(process: subprocess.Popen[Any]) -> None:
+def _stop(process: subprocess.Popen[Any], grace_s: float = 0.0) -> None:
+    if grace_s:
+        # py-spy writes its profile when its child ends; SIGTERM before that loses it.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(grace_s)
     if process.poll() is None:
         process.terminate()
         try:
@@ -200,6 +204,7 @@ def run_load(
     broker.start()
     consumer: subprocess.Popen[str] | None = None
     generator: subprocess.Popen[str] | None = None
+    profiling = False
     try:
         # A retained probe reaches the consumer as soon as its subscription is in place.
         probe = wire.envelope_bytes("status", PROBE_NODE, time.time(), 0, {"state": "online"})
@@ -208,6 +213,7 @@ def run_load(
         argv = _consumer_argv(kind, broker, target, workdir, ha, master_args)
         profile_dir = os.environ.get("BENCH_PROFILE")
         if profile_dir and kind != "mosquitto_sub":
+            profiling = True
             # py-spy (pip install py-spy) samples the consumer; "raw" is folded stacks.
             output = Path(profile_dir) / f"{kind}-{plan.nodes}n-{int(time.time())}.txt"
             argv = ["py-spy", "record", "-r", "250", "-f", "raw", "-o", str(output), "--", *argv]
@@ -253,9 +259,10 @@ def run_load(
             kind, plan, started["t"], done["t_done"], done["count"], done["cpu_s"], generated
         )
     finally:
-        for process in (generator, consumer):
-            if process is not None:
-                _stop(process)
+        if generator is not None:
+            _stop(generator)
+        if consumer is not None:
+            _stop(consumer, grace_s=30.0 if profiling else 0.0)
         broker.stop()
 
 
