@@ -6,6 +6,7 @@ Each takes a value of the setting's type and returns None when it holds, else wh
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Final
 
@@ -13,6 +14,7 @@ from cluster_protocol.broker_url import BrokerUrlError, parse_broker_url
 from cluster_protocol.node_id import NodeIdError, validate_node_id
 
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_URL_SCHEME: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 def positive(value: float) -> str | None:
@@ -67,3 +69,17 @@ def not_empty(value: Any) -> str | None:
 def upper(value: str) -> str:
     """Normaliser for log levels: `debug` means `DEBUG`."""
     return value.upper()
+
+
+def database_file(value: str) -> str | None:
+    """A SQLite file's path, not a URL: `postgresql://...` would become a file `postgresql:`."""
+    if not value:
+        return "must be the path of a SQLite file, got an empty value"
+    found = _URL_SCHEME.match(value)
+    if found is None:
+        return None
+    # The URL itself is not repeated: it may hold a password.
+    return (
+        f"a {found.group(1)}:// URL is not a database the master can use: it keeps its data "
+        "in a SQLite file, so give that file's path (e.g. /var/lib/picluster/master.db)"
+    )

@@ -51,7 +51,10 @@ class MasterSettings(BrokerClientSettings):
     """Everything the master needs, validated before it connects anywhere."""
 
     db: str = setting(
-        default_factory=default_db_path, help="SQLite file for state and history", metavar="PATH"
+        default_factory=default_db_path,
+        help="SQLite file for state and history",
+        check=rules.database_file,
+        metavar="PATH",
     )
     http: str = setting(
         DEFAULT_HTTP,

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from cluster_protocol import setting_rules as rules
+from cluster_protocol.config import SettingsError
 from master_service.auth.accounts import AccountError, Accounts, Role
 from master_service.auth.passwords import PasswordError, check_new_password
 from master_service.cli_output import complainer, out
@@ -66,17 +68,25 @@ def add_parser(commands: Any) -> None:
 def database_path(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
     """The database: --db, CLUSTER_DB, the config file's `db`, else the master's default."""
     if args.db:
-        return str(args.db)
+        return _checked(str(args.db))
     if environ.get("CLUSTER_DB"):
-        return environ["CLUSTER_DB"]
+        return _checked(environ["CLUSTER_DB"])
     config = args.config or environ.get("CLUSTER_CONFIG")
     path = Path(config) if config else INSTALLED_CONFIG
     if config or path.is_file():
         with path.open("rb") as file:
             db = tomllib.load(file).get("db")
         if isinstance(db, str) and db:
-            return db
+            return _checked(db)
     return default_db_path()
+
+
+def _checked(db: str) -> str:
+    """`db` if it can be a SQLite file's path; SettingsError naming `db` otherwise."""
+    problem = rules.database_file(db)
+    if problem is not None:
+        raise SettingsError("db", problem)
+    return db
 
 
 def read_password(from_stdin: bool) -> str:
@@ -156,6 +166,9 @@ def run(args: argparse.Namespace) -> int:
         db = database_path(args, os.environ)
     except (OSError, tomllib.TOMLDecodeError) as error:
         _err(f"cannot read the config: {error}")
+        return 3
+    except SettingsError as error:
+        _err(f"bad setting {error}")
         return 3
     try:
         become_the_owner(db)

@@ -105,6 +105,39 @@ def test_cli_reports_an_unusable_database_without_a_traceback(tmp_path, capsys):
     assert "Traceback" not in err
 
 
+DATABASE_URLS = [
+    "postgresql://admin:hunter2@db.example:5432/picluster",
+    "sqlite:///var/lib/picluster/hunter2.db",
+]
+
+
+@pytest.mark.parametrize("url", DATABASE_URLS)
+def test_a_database_url_is_refused_and_no_file_is_made(url, tmp_path, capsys, monkeypatch):
+    # It used to become a SQLite file named after the scheme ("postgresql:") in the cwd.
+    from master_service.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--broker", "mqtt://127.0.0.1:9", "--db", url]) == 2
+    err = capsys.readouterr().err
+    scheme = url.split(":", 1)[0]
+    assert err.startswith(f"cluster-master: bad setting db: a {scheme}:// URL is not a database")
+    assert "hunter2" not in err  # the URL may hold a password: not repeated
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("url", DATABASE_URLS)
+def test_the_users_command_refuses_a_database_url_too(url, tmp_path, capsys, monkeypatch):
+    from master_service.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CLUSTER_DB", url)
+    assert main(["users", "list"]) == 3
+    err = capsys.readouterr().err
+    assert "bad setting db: a " in err
+    assert "hunter2" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("http", "extra", "required"),
     [
