@@ -53,6 +53,11 @@ def handle_status(incoming: Incoming, ctx: Context) -> None:
     envelope = incoming.envelope
     node = ctx.state.node(envelope.node)
     state = envelope.payload["state"]
+    if envelope.ts == node.status_ts and state == node.status:
+        # The status we hold, delivered again: a site broker's bridge resends its retained
+        # messages as live ones each time it reconnects. Taken as a birth, its older seq
+        # would restart the node's seq tracking and count every later sample as a gap.
+        return
     # An `offline` is usually the node's will, sent by the broker when the node was already
     # gone: it says nothing about when the node was last heard (`last_seen`).
     if not incoming.retained and state == NodeStatus.ONLINE:

@@ -109,10 +109,12 @@ def test_duplicates_are_dropped_and_counted_once_per_resend(ctx: Context) -> Non
     assert len(ctx.pending_history) == 3
 
 
+DETAILS = {"hostname": "pi", "cpu_percent_used": 1.0, "ram": 1, "cpu": "x", "cpu_cores": 1}
+
+
 def test_a_retained_replay_is_not_a_duplicate(ctx: Context) -> None:
-    details = {"hostname": "pi", "cpu_percent_used": 1.0, "ram": 1, "cpu": "x", "cpu_cores": 1}
-    dispatch(message("machine_details", seq=5, payload=details), ctx)
-    dispatch(message("machine_details", seq=5, payload=details, retained=True), ctx)
+    dispatch(message("machine_details", seq=5, payload=DETAILS), ctx)
+    dispatch(message("machine_details", seq=5, payload=DETAILS, retained=True), ctx)
     assert ctx.counters.snapshot()["duplicates"] == 0
 
 
@@ -206,3 +208,35 @@ def test_a_will_does_not_move_last_seen(ctx: Context) -> None:
     assert view is not None
     assert view["state"] == "offline"
     assert view["last_seen"] == NOW - 60  # when the node was last heard, not when its will came
+
+
+def test_a_birth_resent_by_a_bridge_restarts_nothing(ctx: Context) -> None:
+    # A site broker's bridge resends its retained birth as a live message on every reconnect:
+    # taken as a new birth, its old seq restarted the tracking and every later sample was a gap.
+    birth = message("status", seq=1, ts=NOW - 100)
+    details = message("machine_details", seq=2, payload=DETAILS, ts=NOW - 99)
+    dispatch(birth, ctx)
+    dispatch(details, ctx)
+    for seq in range(3, 12):
+        dispatch(message(seq=seq, ts=NOW - 100 + seq), ctx)
+    for copy in (birth, details):  # the bridge's copies, retained there, live here
+        dispatch(RawMessage(copy.topic, copy.payload, False, NOW + 5), ctx)
+    for seq in range(12, 15):
+        dispatch(message(seq=seq, ts=NOW - 100 + seq), ctx)
+    view = ctx.state.view(NODE)
+    assert view is not None
+    assert view["counters"]["seq_gaps"] == 0
+    assert view["counters"]["last_seq"] == 14
+    assert view["last_seen"] == NOW  # the copy says nothing about when the node was heard
+
+
+def test_a_real_restart_still_restarts_the_seq(ctx: Context) -> None:
+    dispatch(message("status", seq=1, ts=NOW - 100), ctx)
+    for seq in range(2, 12):
+        dispatch(message(seq=seq, ts=NOW - 100 + seq), ctx)
+    dispatch(message("status", seq=0, ts=NOW - 10), ctx)  # a new birth: a new ts
+    dispatch(message(seq=1, ts=NOW - 9), ctx)
+    view = ctx.state.view(NODE)
+    assert view is not None
+    assert view["counters"]["last_seq"] == 1
+    assert view["counters"]["seq_gaps"] == 0
