@@ -14,7 +14,7 @@ import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -47,6 +47,11 @@ class ShippedBroker(MosquittoBroker):
     """Mosquitto running mosquitto/mosquitto.conf with only the listener and paths rewritten."""
 
     password_file: Path | None = None
+    source: ClassVar[Path] = SHIPPED_CONF
+
+    def more_lines(self) -> dict[str, str]:
+        """Lines of `source` to rewrite beyond the listener and the paths (a subclass's)."""
+        return {}
 
     def write_config(self) -> Path:
         """Rewrite the shipped config's listener and paths into workdir; return its path."""
@@ -64,10 +69,11 @@ class ShippedBroker(MosquittoBroker):
             "acl_file /etc/mosquitto/acl": f"acl_file {acl_file}",
             "persistence_location /var/lib/mosquitto/": f"persistence_location {self.workdir}/",
             "log_dest file /var/log/mosquitto/mosquitto.log": f"log_dest file {self.log_path}",
+            **self.more_lines(),
         }
-        lines = SHIPPED_CONF.read_text().splitlines()
+        lines = self.source.read_text().splitlines()
         missing = sorted(set(replacements) - set(lines))
-        assert not missing, f"mosquitto.conf no longer has {missing}: update this test"
+        assert not missing, f"{self.source.name} no longer has {missing}: update this test"
         rewritten = [replacements.get(line, line) for line in lines]
         if os.geteuid() == 0:
             # Root-run Mosquitto drops to 'mosquitto' before reading the test's 0600 files.

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import selectors
 import signal
 import socket
 import sqlite3
-import subprocess
 import threading
 import time
 import urllib.request
@@ -23,20 +21,20 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.conftest import REPO_ROOT
+from tests.integration.test_mosquitto_config import ShippedBroker
 from tests.support.broker import MosquittoBroker
 from tests.support.processes import RunningMaster, Service, start_master, start_node
 from tests.support.waiting import wait_until
 from tests.support.watcher import Watcher
 
 EXAMPLE = REPO_ROOT / "mosquitto" / "bridge-site.conf.example"
-SHIPPED_ACL = REPO_ROOT / "mosquitto" / "acl"
 BRIDGE_ID = "picluster-site-a"
 BRIDGE_STATE = f"$SYS/broker/connection/{BRIDGE_ID}/state"
 NODE_PASSWORD = "site-node-secret"
@@ -131,43 +129,15 @@ class Link:
 
 
 @dataclass
-class SiteBroker(MosquittoBroker):
+class SiteBroker(ShippedBroker):
     """Mosquitto running the shipped bridge example, with only listener, address and paths set."""
 
     central_port: int = 0
+    source: ClassVar[Path] = EXAMPLE
 
-    def write_config(self) -> Path:
-        """Rewrite the example's site-specific lines into workdir; return the config's path."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        password_file = self.workdir / "passwd"
-        password_file.write_text("")
-        for name, password in (self.users or {}).items():
-            subprocess.run(
-                ["mosquitto_passwd", "-b", str(password_file), name, password], check=True
-            )
-        password_file.chmod(0o600)
-        acl_file = self.workdir / "acl"
-        acl_file.write_text(SHIPPED_ACL.read_text())
-        acl_file.chmod(0o600)
-        replacements = {
-            "pid_file /run/mosquitto/mosquitto.pid": "",
-            "listener 1883": f"listener {self.port} {self.host}",
-            "password_file /etc/mosquitto/passwd": f"password_file {password_file}",
-            "acl_file /etc/mosquitto/acl": f"acl_file {acl_file}",
-            "persistence_location /var/lib/mosquitto/": f"persistence_location {self.workdir}/",
-            "log_dest file /var/log/mosquitto/mosquitto.log": f"log_dest file {self.log_path}",
-            "address central.example.net:1883": f"address 127.0.0.1:{self.central_port}",
-        }
-        lines = EXAMPLE.read_text().splitlines()
-        missing = sorted(set(replacements) - set(lines))
-        assert not missing, f"bridge-site.conf.example no longer has {missing}: update this test"
-        rewritten = [replacements.get(line, line) for line in lines]
-        if os.geteuid() == 0:
-            # Root-run Mosquitto drops to 'mosquitto' before reading the test's 0600 files.
-            rewritten.insert(0, "user root")
-        config = self.workdir / "mosquitto.conf"
-        config.write_text("\n".join(rewritten) + "\n")
-        return config
+    def more_lines(self) -> dict[str, str]:
+        """The central broker's address: the test's relay to it."""
+        return {"address central.example.net:1883": f"address 127.0.0.1:{self.central_port}"}
 
 
 @dataclass
