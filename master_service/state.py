@@ -678,14 +678,14 @@ class ClusterState:
             if built is not None and self._holds(built.basis, now):
                 return cast(B, built)
         with found.lock:  # one build per reader at a time: each takes the changes it makes
-            with self.lock:
-                built = found.built
-                if built is not None and self._holds(built.basis, now):
-                    return cast(B, built)  # another request just made it
-                delta: Delta[B] = self._delta(found, now)
-                self.builds[reader, "full" if delta.previous is None else "incremental"] += 1
-                read = under_lock(delta)
             try:
+                with self.lock:
+                    built = found.built
+                    if built is not None and self._holds(built.basis, now):
+                        return cast(B, built)  # another request just made it
+                    delta: Delta[B] = self._delta(found, now)
+                    self.builds[reader, "full" if delta.previous is None else "incremental"] += 1
+                    read = under_lock(delta)
                 made = after(read)
             except BaseException:
                 found.built = None  # its changes were taken: the next build is a full one

@@ -258,6 +258,30 @@ def test_an_unread_listing_is_dropped_and_the_next_one_built_in_full() -> None:
     assert (builds(state, "full"), builds(state, "incremental")) == (2, 1)
 
 
+def test_a_listing_that_failed_under_the_lock_loses_no_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The encoder runs with the cluster lock held, after the changes were taken: a failure
+    # there must not leave the last listing to be copied with the changed node's old bytes.
+    fleet = Fleet(seed=12, nodes=20)
+    state = fleet.state
+    state.nodes_json()
+    fleet.metrics(fleet.pick())
+    fleet.commit()
+
+    def failing(delta: object) -> object:
+        raise MemoryError("no room for the listing")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(state, "_encode_listing", failing)
+        with pytest.raises(MemoryError):
+            state.nodes_json()
+    fleet.metrics(fleet.pick())
+    fleet.commit()
+
+    assert state.nodes_json() == full_listing(state)
+
+
 def test_reloaded_tags_and_restored_nodes_show_at_once() -> None:
     fleet = Fleet(seed=9, nodes=20)
     state = fleet.state
