@@ -63,8 +63,9 @@ _SUBSCRIBE_ID: Final = 1
 # Closing the connection with reason 147, as MQTT 5 has it, made the broker resend everything
 # in flight: under load, a reconnect every few seconds and each message stored twice over. So
 # an overrun is taken and logged once per connection; only one past this many times our
-# maximum (a broker that ignores it altogether) is refused. The inbox bounds the memory.
+# maximum, or past the 65,535 packet ids (a broker that ignores it), is refused.
 OVERRUN_FACTOR: Final = 4
+PACKET_IDS: Final = 65_535
 
 
 class ConnectionEndedError(Exception):
@@ -402,10 +403,11 @@ class Mqtt5Listener:
 
     def _overrun(self, inflight: int) -> None:
         """The broker sent past our Receive Maximum: take it (see OVERRUN_FACTOR), within reason."""
-        if inflight > OVERRUN_FACTOR * self.receive_maximum:
+        if inflight > min(OVERRUN_FACTOR * self.receive_maximum, PACKET_IDS):
             raise ProtocolViolationError(
                 Reason.RECEIVE_MAX_EXCEEDED,
-                f"{inflight} messages in flight, over {OVERRUN_FACTOR} x our Receive Maximum",
+                f"{inflight} messages in flight, over {OVERRUN_FACTOR} x our Receive Maximum "
+                f"of {self.receive_maximum} or the {PACKET_IDS} packet ids",
             )
         if not self._overrun_seen:
             self._overrun_seen = True

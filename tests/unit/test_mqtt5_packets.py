@@ -9,6 +9,7 @@ from master_service.ingest.mqtt5_connect import RECEIVE_MAXIMUM, connect_packet,
 from master_service.ingest.mqtt5_listener import (
     BACKOFF_MAX_S,
     OVERRUN_FACTOR,
+    PACKET_IDS,
     Mqtt5Listener,
     backoff_s,
 )
@@ -144,3 +145,15 @@ def test_a_broker_ignoring_our_receive_maximum_is_refused() -> None:
     with pytest.raises(ProtocolViolationError) as raised:
         receiver._hand_over([RawMessage("t", b"", False, 0.0)], [1], 0)
     assert raised.value.reason == mqtt5.DisconnectReasonCode.RECEIVE_MAX_EXCEEDED
+
+
+def test_an_overrun_is_never_taken_past_the_packet_ids() -> None:
+    # Past 65,535 in flight the broker must reuse an id still unacknowledged, and a PUBACK
+    # could then release the wrong message.
+    submitted: list[list[RawMessage]] = []
+    receiver = Mqtt5Listener(
+        MasterSettings(broker="mqtt://127.0.0.1:1884"), submitted.append, receive_maximum=60_000
+    )
+    receiver._inflight = PACKET_IDS
+    with pytest.raises(ProtocolViolationError):
+        receiver._hand_over([RawMessage("t", b"", False, 0.0)], [1], 0)
