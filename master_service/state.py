@@ -122,6 +122,7 @@ class NodeState:
     node: str
     status: str
     status_ts: float | None  # sender ts of the last announcement
+    status_live: bool  # that announcement came live (not as a retained copy), or in a record
     state_since: float | None
     last_heard: float | None  # master clock: last envelope of any kind
     details_json: bytes | None
@@ -165,6 +166,8 @@ class NodeState:
         self.master_tags = tuple(sorted(set(master_tags)))
         self.status = status  # last state the node (or its will) announced
         self.status_ts = status_ts
+        # A restored announcement was taken in an earlier run: a copy of it now is a replay.
+        self.status_live = status_ts is not None
         self.state_since = state_since
         self.last_heard = last_heard
         self.details = details

@@ -53,10 +53,11 @@ def handle_status(incoming: Incoming, ctx: Context) -> None:
     envelope = incoming.envelope
     node = ctx.state.node(envelope.node)
     state = envelope.payload["state"]
-    if envelope.ts == node.status_ts and state == node.status:
-        # The status we hold, delivered again: a site broker's bridge resends its retained
-        # messages as live ones each time it reconnects. Taken as a birth, its older seq
-        # would restart the node's seq tracking and count every later sample as a gap.
+    if node.status_live and envelope.ts == node.status_ts and state == node.status:
+        # The status we took live, delivered again: a site broker's bridge resends its
+        # retained messages as live ones each time it reconnects. Taken as a birth, its older
+        # seq would restart the node's seq tracking and count every later sample as a gap.
+        # (One held only as a retained copy is not a replay: its live copy is the birth.)
         return
     # An `offline` is usually the node's will, sent by the broker when the node was already
     # gone: it says nothing about when the node was last heard (`last_seen`).
@@ -68,7 +69,7 @@ def handle_status(incoming: Incoming, ctx: Context) -> None:
     if state != node.status:
         logger.info("node %s is %s", node.node, state)
         node.state_since = incoming.received_at
-    node.status, node.status_ts = state, envelope.ts
+    node.status, node.status_ts, node.status_live = state, envelope.ts, not incoming.retained
     if ctx.observers:
         ctx.notices.append(Notice("node_status", node.node, (state,)))
 

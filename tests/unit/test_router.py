@@ -240,3 +240,20 @@ def test_a_real_restart_still_restarts_the_seq(ctx: Context) -> None:
     assert view is not None
     assert view["counters"]["last_seq"] == 1
     assert view["counters"]["seq_gaps"] == 0
+
+
+def test_a_birth_seen_first_as_a_retained_copy_still_restarts_the_seq(ctx: Context) -> None:
+    # A node whose counter started again: its new birth may reach the master as the broker's
+    # retained copy before the live one. The live one is the birth, not a replay.
+    dispatch(message("status", seq=1, ts=NOW - 100), ctx)
+    for seq in range(2, 51):
+        dispatch(message(seq=seq, ts=NOW - 100 + seq), ctx)
+    birth = message("status", seq=0, ts=NOW - 10)
+    dispatch(RawMessage(birth.topic, birth.payload, True, NOW), ctx)  # retained copy first
+    dispatch(birth, ctx)  # then live
+    for seq in range(1, 4):
+        dispatch(message(seq=seq, ts=NOW - 10 + seq), ctx)
+    view = ctx.state.view(NODE)
+    assert view is not None
+    assert view["counters"]["last_seq"] == 3  # taken, not dropped as duplicates
+    assert view["counters"]["duplicates"] == 0
