@@ -138,7 +138,7 @@ def _old_metrics(service: MasterService) -> bytes:
 
 
 # Nodes changed by each commit before a timed read: 1,000 msg/s over 10,000 nodes, committed
-# every 0.03 s, changes ~30 nodes per commit; 100 leaves room for bursts.
+# every 0.1 s, changes ~100 nodes per commit.
 CHANGED_PER_COMMIT: Final = 100
 
 
