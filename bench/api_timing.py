@@ -196,7 +196,7 @@ def measure(service: MasterService) -> dict[str, Any]:
         figures["rss_after_api_kib"] = memory_kib()["VmRSS"]  # listing and text kept
         _commit(state, rng)  # as the next flush does (both stay kept: they were just read)
         gc.collect()
-        figures["rss_after_api_dropped_kib"] = memory_kib()["VmRSS"]
+        figures["rss_after_api_committed_kib"] = memory_kib()["VmRSS"]
         figures["rss_after_api_trimmed_kib"] = _trimmed_rss_kib()
         tagged = json.loads(http.get(paths["tagged"]))["nodes"]
         figures["tagged"]["nodes"] = len(tagged)

@@ -4,8 +4,8 @@
     .venv/bin/python -m bench.ingest_cost --messages 20000 --rounds 1
 
 Both paths run the real `Ingestor` loop (`_turn`: take a batch from the inbox, route it,
-flush state and history to SQLite every 1,000 rows or 0.1 s, release the PUBACKs) on a
-fresh database, with no observers and no MQTT: what the ingest thread spends per message.
+flush state and history to SQLite every 1,000 rows or when due by time, release the PUBACKs)
+on a fresh database, with no observers and no MQTT: what the ingest thread spends per message.
 The baseline is the per-message path the master used before (`router.dispatch` for each
 message: `decode_envelope`, an `Envelope` and an `Incoming`, the node's metrics re-encoded
 per message); the batch path is `router.dispatch_batch`. A third path, "master", is the batch

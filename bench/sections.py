@@ -208,8 +208,13 @@ def ingest(workdir: Path, messages: int, repeats: int) -> tuple[dict[str, Any], 
         ),
         Row(
             section,
+            # Netdata stores every sample it receives; the master keeps all of them as the
+            # node's latest metrics, and only these in its history.
             f"  of which stored as history columns ({stored_values})",
             _fmt(stored_per_core, ",.0f"),
+            "",
+            "",
+            f"{_fmt(ratio(stored_per_core, NETDATA_SAMPLES_PER_CORE_S), '.2f')} x",
         ),
         Row(
             section,
@@ -373,7 +378,7 @@ def _api_rows(section: str, api: dict[str, Any], tracked: int, rss_done_kib: int
             # Both are kept while read (dropped 5 minutes after the last read), so a commit
             # no longer frees them: the RSS after it is what a scraped master holds.
             "RSS per node once both were served (kept while read)",
-            f"+{(api['rss_after_api_dropped_kib'] - rss_done_kib) * 1024 / tracked:,.0f} B",
+            f"+{(api['rss_after_api_committed_kib'] - rss_done_kib) * 1024 / tracked:,.0f} B",
             "after malloc_trim "
             + (
                 f"+{(api['rss_after_api_trimmed_kib'] - rss_done_kib) * 1024 / tracked:,.0f} B"
