@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 # PUBACKs wait until a message's effects are committed, so the broker must let that many
 # messages be in flight to us at once (Mosquitto's default for clients that do not ask is 20).
-# A commit every 0.03-0.1 s leaves about 2,000 in flight at 20,000 msg/s; 16,384 leaves room
+# A commit every 0.02-0.1 s leaves about 2,000 in flight at 20,000 msg/s; 16,384 leaves room
 # for Mosquitto 2.0's overrun of it (mqtt5_listener.OVERRUN_FACTOR) within the 65,535 packet
 # ids that can be in flight at once: past that the broker must reuse an id still unacknowledged.
 # (Never 65,535: mqtt5 0.8 leaves the property out at the protocol's default value, and

@@ -102,11 +102,10 @@ def notify_metrics(
     and an observer that keeps the base class's no-op is not called at all.
     """
     for observer in observers:
-        if type(observer).node_metrics is Observer.node_metrics:
-            continue
-        take = observer.node_metrics
+        if getattr(type(observer), "node_metrics", None) is Observer.node_metrics:
+            continue  # an Observer subclass that keeps the base no-op
         for node, payload in samples:
             try:
-                take(node, payload)
-            except Exception:
+                observer.node_metrics(node, payload)
+            except Exception:  # a failure, as `notify` counts it (a missing method too)
                 errors.failed(observer, Notice("node_metrics", node, (payload,)))
