@@ -25,7 +25,7 @@ T = TypeVar("T")
 
 # A sample waits for the next commit. Every 0.1 s keeps a quiet cluster's writes few (each
 # commit is an fsync and WAL pages: an SD card's wear); once FLUSH_BUSY_ROWS messages wait,
-# every 0.02 s brings the p99 from node to commit at 5,000 msg/s from 200 ms to 62-65 ms
+# every 0.02 s brings the p99 from node to commit at 5,000 msg/s from 200 ms to 62-67 ms
 # (bench/README.md, latency; 0.03 s gave 80-106 ms).
 FLUSH_EVERY_S: Final = 0.1
 FLUSH_BUSY_S: Final = 0.02
