@@ -8,13 +8,9 @@ WAN link would be. A real node publishes to the site, a real master reads the ce
 
 from __future__ import annotations
 
-import contextlib
 import json
-import selectors
 import signal
-import socket
 import sqlite3
-import threading
 import time
 import urllib.request
 import uuid
@@ -30,6 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from tests.conftest import REPO_ROOT
 from tests.integration.test_mosquitto_config import ShippedBroker
 from tests.support.broker import MosquittoBroker
+from tests.support.mqtt_proxy import MqttProxy
 from tests.support.processes import RunningMaster, Service, start_master, start_node
 from tests.support.waiting import wait_until
 from tests.support.watcher import Watcher
@@ -39,93 +36,6 @@ BRIDGE_ID = "picluster-site-a"
 BRIDGE_STATE = f"$SYS/broker/connection/{BRIDGE_ID}/state"
 NODE_PASSWORD = "site-node-secret"
 CUT_SAMPLES = 6  # envelopes the node publishes while the link is cut (one a second)
-
-
-class Link:
-    """A TCP relay standing for the site's WAN link: `cut()` drops it, `restore()` heals it.
-
-    While cut, live connections are closed and new ones are accepted and closed at once, as a
-    router answering with a reset would; the bridge then retries on its restart_timeout.
-    """
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._server.getsockname()[1]
-        self._cut = threading.Event()
-        self._stopping = threading.Event()
-        self._lock = threading.Lock()
-        self._sockets: set[socket.socket] = set()
-        self.connections = 0  # connections relayed to the central broker
-        self._thread = threading.Thread(target=self._accept, name="site-link", daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        self._server.settimeout(0.2)
-        while not self._stopping.is_set():
-            try:
-                client, _ = self._server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if self._cut.is_set():
-                client.close()
-                continue
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._sockets |= {client, upstream}
-                self.connections += 1
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-
-    def _pump(self, client: socket.socket, upstream: socket.socket) -> None:
-        peer = {client: upstream, upstream: client}
-        with selectors.DefaultSelector() as selector:
-            for sock in peer:
-                selector.register(sock, selectors.EVENT_READ)
-            try:
-                while not self._stopping.is_set() and not self._cut.is_set():
-                    for key, _ in selector.select(0.05):
-                        source: socket.socket = key.fileobj  # type: ignore[assignment]
-                        chunk = source.recv(65536)
-                        if not chunk:
-                            return
-                        peer[source].sendall(chunk)
-            except OSError:
-                return
-            finally:
-                self._close(client, upstream)
-
-    def _close(self, *sockets: socket.socket) -> None:
-        with self._lock:
-            for sock in sockets:
-                self._sockets.discard(sock)
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                with contextlib.suppress(OSError):
-                    sock.close()
-
-    def cut(self) -> None:
-        """Drop every live connection and refuse new ones until restore()."""
-        self._cut.set()
-        with self._lock:
-            live = list(self._sockets)
-        self._close(*live)
-
-    def restore(self) -> None:
-        """Relay new connections again."""
-        self._cut.clear()
-
-    def close(self) -> None:
-        """Stop relaying and close everything."""
-        self.cut()
-        self._stopping.set()
-        self._server.close()
-        self._thread.join(timeout=5)
 
 
 @dataclass
@@ -145,7 +55,7 @@ class Site:
     """Central broker + master, the link, the site broker and one node publishing to it."""
 
     central: MosquittoBroker
-    link: Link
+    link: MqttProxy
     site: SiteBroker
     master: RunningMaster
     node_id: str
@@ -221,7 +131,7 @@ def site(tmp_path: Path, mosquitto_binary: str) -> Iterator[Site]:
     """Everything running, the node's first samples at the master through the bridge."""
     node_id = f"site-{uuid.uuid4().hex[:6]}"
     central = MosquittoBroker(tmp_path / "central").start()
-    link = Link(central.port)
+    link = MqttProxy(central.port)
     site_broker = SiteBroker(
         tmp_path / "site", users={node_id: NODE_PASSWORD}, central_port=link.port
     )

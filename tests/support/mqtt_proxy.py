@@ -2,7 +2,8 @@
 
 It records what each client connection sent (to read the client's DISCONNECT reason code)
 and, on request, writes bytes of the test's choosing to the client between two chunks from
-the broker: a malformed or unexpected packet, as if the broker had sent it.
+the broker: a malformed or unexpected packet, as if the broker had sent it. It can also be
+cut like a network link: live connections dropped, new ones refused until restored.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class MqttProxy:
         self.relays: list[Relay] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._cut = threading.Event()
         self._thread = threading.Thread(target=self._accept, name="mqtt-proxy", daemon=True)
         self._thread.start()
 
@@ -64,6 +66,9 @@ class MqttProxy:
                 continue
             except OSError:
                 return
+            if self._cut.is_set():  # as a router answering with a reset
+                client.close()
+                continue
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
             except OSError:
@@ -122,6 +127,27 @@ class MqttProxy:
         with self._lock:
             relay.inject.append(data)
         return relay
+
+    @property
+    def connections(self) -> int:
+        """Connections relayed to the broker so far."""
+        with self._lock:
+            return len(self.relays)
+
+    def cut(self) -> None:
+        """Drop every live connection and refuse new ones until `restore`."""
+        self._cut.set()
+        with self._lock:
+            live = [relay for relay in self.relays if not relay.closed.is_set()]
+        for relay in live:
+            for sock in (relay.client, relay.upstream):
+                # shutdown wakes the pump's select at once; close alone may not.
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def restore(self) -> None:
+        """Relay new connections again."""
+        self._cut.clear()
 
     def close(self) -> None:
         """Stop relaying and close every connection."""
