@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Iterator
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import Metric
-from prometheus_client.registry import Collector
 
 from master_service.ingest.counters import IngestCounters
 from master_service.state import IDLE_READER_S, ClusterState
@@ -24,21 +20,9 @@ from master_service.web.prometheus import (
     MasterMetrics,
     NodeExposition,
     node_exposition,
-    node_families,
 )
 from tests.unit.test_incremental_listing import Fleet
-
-
-def prometheus_client_text(state: ClusterState) -> bytes:
-    """The families as prometheus_client writes them from the decoded views."""
-
-    class Nodes(Collector):
-        def collect(self) -> Iterator[Metric]:
-            yield from node_families(state.views())
-
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(Nodes())
-    return generate_latest(registry)
+from tests.unit.test_prometheus_node_text import old_text
 
 
 def full_text(state: ClusterState) -> bytes:
@@ -59,7 +43,7 @@ def test_each_commit_gives_the_text_written_from_scratch(seed: int) -> None:
     fleet = Fleet(seed)
     state = fleet.state
     metrics = exporter(fleet)
-    assert metrics.node_text() == prometheus_client_text(state)
+    assert metrics.node_text() == old_text(state)
     for step in range(60):
         nodes_changed = fleet.step()
         if fleet.rng.random() < 0.3:
@@ -70,7 +54,7 @@ def test_each_commit_gives_the_text_written_from_scratch(seed: int) -> None:
         text = metrics.node_text()
         assert text == full_text(state)
         if step % 15 == 0:
-            assert text == prometheus_client_text(state)
+            assert text == old_text(state)
         assert builds(state, "full") == full + nodes_changed
         assert builds(state, "incremental") == incremental + (not nodes_changed)
 
