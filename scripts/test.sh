@@ -7,8 +7,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # mosquitto: the broker the tests start; shellcheck, docker-compose (config check only, no
 # engine) and systemd-analyze: deploy checks; chromium: the dashboard test; iproute2 (ip,
-# bridge): the network-namespace test; curl: the printed enrollment command.
-apt_install mosquitto mosquitto-clients shellcheck docker-compose chromium systemd python3-venv openssl iproute2 curl
+# bridge): the network-namespace test; curl: the printed enrollment command; postgresql: the
+# PostgreSQL server the storage tests start (initdb, pg_ctl).
+apt_install mosquitto mosquitto-clients shellcheck docker-compose chromium systemd python3-venv openssl iproute2 curl postgresql
 ensure_venv test
 
 cd "$ROOT"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from pytest_mqtt.model import MqttSettings
 
 from master_service.storage.store import Store
 from tests.support.broker import MosquittoBroker
+from tests.support.postgres import PostgresServer, postgres_bindir
 from tests.support.watcher import Watcher
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -95,6 +97,25 @@ def make_broker(
     yield start
     for running in started:
         running.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """One PostgreSQL server on a free loopback port for the session; missing is a failure."""
+    bindir = postgres_bindir()
+    if bindir is None:
+        pytest.fail(
+            "PostgreSQL is not installed (no initdb/pg_ctl): apt-get install postgresql,"
+            " or run the README's test command, which installs it"
+        )
+    with PostgresServer(tmp_path_factory.mktemp("postgres"), bindir=bindir) as running:
+        yield running
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The URL (password included) of a fresh, empty database of the session's server."""
+    return postgres_server.create_database(f"test_{uuid.uuid4().hex[:16]}")
 
 
 @pytest.fixture
