@@ -9,6 +9,7 @@ import math
 import re
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from cluster_protocol.broker_url import BrokerUrlError, parse_broker_url
 from cluster_protocol.node_id import NodeIdError, validate_node_id
@@ -71,15 +72,31 @@ def upper(value: str) -> str:
     return value.upper()
 
 
-def database_file(value: str) -> str | None:
-    """A SQLite file's path, not a URL: `postgresql://...` would become a file `postgresql:`."""
+def database(value: str) -> str | None:
+    """A SQLite file's path, or a `postgresql://user@host:port/dbname` URL without a password."""
     if not value:
-        return "must be the path of a SQLite file, got an empty value"
+        return "must be the path of a SQLite file or a postgresql:// URL, got an empty value"
     found = _URL_SCHEME.match(value)
     if found is None:
         return None
     # The URL itself is not repeated: it may hold a password.
-    return (
-        f"a {found.group(1)}:// URL is not a database the master can use: it keeps its data "
-        "in a SQLite file, so give that file's path (e.g. /var/lib/picluster/master.db)"
-    )
+    scheme = found.group(1).lower()
+    if scheme not in ("postgresql", "postgres"):
+        return (
+            f"a {found.group(1)}:// URL is not a database the master can use: give a SQLite "
+            "file's path (e.g. /var/lib/picluster/master.db) or a "
+            "postgresql://user@host:port/dbname URL"
+        )
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (raises on a port that is not a number)
+    except ValueError as error:
+        return f"is not a valid postgresql:// URL: {error}"
+    if parts.password is not None:
+        return (
+            "holds a password, which would show in `ps` and in config files: give it with "
+            "db_password_file or CLUSTER_DB_PASSWORD (or PGPASSWORD, ~/.pgpass)"
+        )
+    if not parts.path.strip("/"):
+        return "must name the database: postgresql://user@host:port/dbname"
+    return None

@@ -35,7 +35,7 @@ from master_service.state import ClusterState, NodeState
 from master_service.storage.command_log import CommandLog
 from master_service.storage.node_tags import NodeTags, delete_node_tags, load_node_tags
 from master_service.storage.retention import RetentionJob
-from master_service.storage.store import Store, open_connection
+from master_service.storage.store import Store
 from master_service.web.alert_metrics import AlertCollector
 from master_service.web.api import create_app
 from master_service.web.prometheus import IngestErrors, MasterMetrics
@@ -52,7 +52,7 @@ def build(settings: MasterSettings, clock: Callable[[], float] = time.time) -> M
     All the I/O of setting a master up happens here, so `MasterService(...)` itself stays a
     plain wiring of parts; raises `SettingsError` (e.g. a database from a newer release).
     """
-    store = Store(settings.db)
+    store = Store(settings.database)
     try:
         nodes = list(store.load_nodes())
         restored = Restored.load(store, clock())
@@ -162,7 +162,7 @@ class MasterService:
         )
         self.store.commit_observers.append(self.metrics.observe_committed)
         self.metrics.registry.register(AlertCollector(self.alerting))
-        self.accounts = Accounts(lambda: open_connection(settings.db), clock)
+        self.accounts = Accounts(lambda: settings.database.connect(autocommit=True), clock)
         if settings.login_required and not self.accounts.has_users():
             logger.warning(
                 "the dashboard and API at %s need a login, and there is no user yet: add one "

@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import os
-import sqlite3
 import sys
 import time
 import urllib.error
@@ -26,6 +25,7 @@ from master_service.control import fleet_cli
 from master_service.control.placement import render_placement
 from master_service.settings import build_parser, load_settings
 from master_service.status_table import render_table
+from master_service.storage.database import database_errors
 
 logger = logging.getLogger(__name__)
 
@@ -235,13 +235,14 @@ def run_master(args: argparse.Namespace) -> int:
     logging.getLogger("apprise").propagate = False
     from master_service.app import build  # the master extra is needed only here
 
+    unusable: tuple[type[BaseException], ...] = (OSError, *database_errors())
     try:
         service = build(settings)
     except SettingsError as error:  # e.g. a CA file that exists but does not load
         _err(f"bad setting {error}")
         return 2
-    except (OSError, sqlite3.Error) as error:
-        _err(f"cannot open the database {settings.db}: {error}")
+    except unusable as error:
+        _err(f"cannot open the database {settings.database.name}: {error}")
         return 1
     service.serve()
     return 0

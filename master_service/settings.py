@@ -16,6 +16,7 @@ from cluster_protocol.broker_settings import BrokerClientSettings
 from cluster_protocol.broker_url import BrokerAddress, parse_broker_url
 from cluster_protocol.settings import setting
 from master_service.alerts.settings import AlertSettings, parse_alerts
+from master_service.storage.database import Database
 
 DEFAULT_HTTP: Final = "127.0.0.1:8080"
 DEFAULT_CLIENT_ID: Final = "picluster-master"
@@ -52,9 +53,24 @@ class MasterSettings(BrokerClientSettings):
 
     db: str = setting(
         default_factory=default_db_path,
-        help="SQLite file for state and history",
-        check=rules.database_file,
-        metavar="PATH",
+        help="SQLite file for state and history, or postgresql://user@host:port/dbname "
+        "(docs/scale-out.md)",
+        check=rules.database,
+        metavar="PATH|URL",
+    )
+    # PostgreSQL's password: CLUSTER_DB_PASSWORD or db_password_file, never a flag or in the
+    # file (libpq's own PGPASSWORD and ~/.pgpass work too when neither is set).
+    db_password: str | None = setting(
+        None,
+        help="PostgreSQL password",
+        secret=True,
+        in_file="keep passwords out of config files: use db_password_file",
+    )
+    db_password_file: str | None = setting(
+        None,
+        help="file whose first line is the PostgreSQL password",
+        secret_file_of="db_password",
+        metavar="FILE",
     )
     http: str = setting(
         DEFAULT_HTTP,
@@ -117,6 +133,11 @@ class MasterSettings(BrokerClientSettings):
 
     def __post_init__(self) -> None:
         declared.finish(self)
+
+    @property
+    def database(self) -> Database:
+        """Where state and history are kept, with the PostgreSQL password if one is set."""
+        return Database(self.db, self.db_password)
 
     @property
     def http_host(self) -> str:

@@ -32,6 +32,7 @@ from master_service.alerts.outbox import (
 )
 from master_service.alerts.settings import AlertSettings, Channel
 from master_service.storage.command_log import Writer
+from master_service.storage.database import Database
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ class Delivery(threading.Thread):
     def __init__(
         self,
         settings: AlertSettings,
-        db_path: str,
+        database: str | Database,
         write: Writer,
         clock: Callable[[], float] = time.time,
         *,
@@ -142,7 +143,7 @@ class Delivery(threading.Thread):
         if backoff_s <= 0 or backoff_max_s < backoff_s or jitter < 0:
             raise ValueError("need 0 < backoff_s <= backoff_max_s and jitter >= 0")
         self.max_age_s = settings.max_age_s
-        self.reader = OutboxReader(db_path)
+        self.reader = OutboxReader(database)
         self._write = write
         self._clock = clock
         self._backoff_s = backoff_s

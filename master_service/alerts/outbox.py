@@ -13,15 +13,14 @@ tried and refused on its own.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 from master_service.alerts.model import Notification, NotifyType
 from master_service.alerts.settings import Channel
+from master_service.storage.database import Connection, Database, as_database
 from master_service.storage.store import Store
 
 _COLUMNS: Final = (
@@ -69,7 +68,7 @@ def wants(channel: Channel, channel_tags: Sequence[str]) -> bool:
 
 
 def enqueue(
-    connection: sqlite3.Connection,
+    connection: Connection,
     notification: Notification,
     channels: Sequence[Channel],
     now: float,
@@ -130,7 +129,7 @@ def drop_unknown_channels(keys: Collection[str]) -> Callable[[Store], dict[str, 
 
     def task(store: Store) -> dict[str, int]:
         marks = ", ".join("?" for _ in known)
-        where = f"channel NOT IN ({marks})" if known else "1"
+        where = f"channel NOT IN ({marks})" if known else "TRUE"
         counts = store.connection.execute(
             f"SELECT channel, COUNT(*) FROM alert_outbox WHERE {where} GROUP BY channel", known
         ).fetchall()
@@ -147,15 +146,15 @@ class OutboxReader:
     between threads (one lock around the connection).
     """
 
-    def __init__(self, db_path: str) -> None:
-        self._uri = Path(db_path).absolute().as_uri() + "?mode=ro"
+    def __init__(self, database: str | Database) -> None:
+        self._database = as_database(database)
         self._lock = threading.Lock()
-        self._connection: sqlite3.Connection | None = None
+        self._connection: Connection | None = None
 
-    def _db(self) -> sqlite3.Connection:
+    def _db(self) -> Connection:
         """The read-only connection (call with the lock held)."""
         if self._connection is None:
-            self._connection = sqlite3.connect(self._uri, uri=True, check_same_thread=False)
+            self._connection = self._database.connect(read_only=True)
         return self._connection
 
     def _all(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:

@@ -7,20 +7,22 @@ caused them. Reads for the API use a read-only connection of their own (`AlertRe
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Final
 
 from master_service.alerts.model import Alert, AlertState, Changes, Silence
 from master_service.alerts.outbox import enqueue
 from master_service.alerts.rules import Severity
 from master_service.alerts.settings import Channel
+from master_service.storage.database import Connection
 from master_service.storage.store import Store
 
 _ALERT_COLUMNS: Final = (
     "node, rule, severity, state, since, value, threshold, detail, notified, updated"
+)
+_ALERT_UPDATES: Final = ", ".join(
+    f"{name.strip()} = excluded.{name.strip()}" for name in _ALERT_COLUMNS.split(",")[2:]
 )
 _HISTORY_COLUMNS: Final = (
     "id, at, node, rule, severity, event, value, threshold, since, message, notified"
@@ -34,7 +36,7 @@ GAPS_REPORTED: Final = (
 )
 
 
-def load_alerts(connection: sqlite3.Connection) -> list[Alert]:
+def load_alerts(connection: Connection) -> list[Alert]:
     """Every stored alert row (firing, or with a resolve still owed)."""
     rows = connection.execute(f"SELECT {_ALERT_COLUMNS} FROM alerts").fetchall()
     return [
@@ -65,7 +67,7 @@ def load_alerts(connection: sqlite3.Connection) -> list[Alert]:
     ]
 
 
-def load_gaps_reported(connection: sqlite3.Connection) -> dict[str, int]:
+def load_gaps_reported(connection: Connection) -> dict[str, int]:
     """Per node, the seq gaps `data_loss` has reported."""
     rows = connection.execute(
         "SELECT key, value FROM history_meta WHERE key LIKE ?", (GAPS_REPORTED + "%",)
@@ -73,7 +75,7 @@ def load_gaps_reported(connection: sqlite3.Connection) -> dict[str, int]:
     return {key[len(GAPS_REPORTED) :]: int(value) for key, value in rows}
 
 
-def load_silences(connection: sqlite3.Connection, now: float) -> list[Silence]:
+def load_silences(connection: Connection, now: float) -> list[Silence]:
     """Silences that have not ended by `now`."""
     rows = connection.execute(
         "SELECT id, node, rule, starts, ends, comment FROM alert_silences WHERE ends > ?", (now,)
@@ -90,7 +92,8 @@ def save(store: Store, changes: Changes, channels: Sequence[Channel], now: float
         )
     if changes.upserts:
         connection.executemany(
-            f"INSERT OR REPLACE INTO alerts ({_ALERT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO alerts ({_ALERT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
+            f" ON CONFLICT (node, rule) DO UPDATE SET {_ALERT_UPDATES}",
             [
                 (a.node, a.rule, a.severity.value, a.state.value, a.since, a.value,
                  a.threshold, a.detail, int(a.notified), a.updated)
@@ -122,7 +125,9 @@ def save(store: Store, changes: Changes, channels: Sequence[Channel], now: float
             connection.execute("DELETE FROM history_meta WHERE key = ?", (key,))
         else:
             connection.execute(
-                "INSERT OR REPLACE INTO history_meta (key, value) VALUES (?, ?)", (key, count)
+                "INSERT INTO history_meta (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, count),
             )
     added = 0
     for event in changes.events:
@@ -137,12 +142,12 @@ def insert_silence(
     store: Store, node: str, rule: str | None, starts: float, ends: float, comment: str
 ) -> Silence:
     """Store a new silence (a write task); returns it with its id."""
-    cursor = store.connection.execute(
-        "INSERT INTO alert_silences (node, rule, starts, ends, comment) VALUES (?,?,?,?,?)",
+    (silence_id,) = store.connection.execute(
+        "INSERT INTO alert_silences (node, rule, starts, ends, comment) VALUES (?,?,?,?,?)"
+        " RETURNING id",
         (node, rule, starts, ends, comment),
-    )
-    assert cursor.lastrowid is not None
-    return Silence(cursor.lastrowid, node, rule, starts, ends, comment)
+    ).fetchone()
+    return Silence(int(silence_id), node, rule, starts, ends, comment)
 
 
 def delete_silence(store: Store, silence_id: int) -> bool:
@@ -156,15 +161,15 @@ class AlertReader:
 
     def __init__(self, store: Store) -> None:
         self._lock = threading.Lock()
-        self._uri = Path(store.path).absolute().as_uri() + "?mode=ro"
-        self._reader: sqlite3.Connection | None = None
+        self._database = store.database
+        self._reader: Connection | None = None
 
     def history(self, limit: int, node: str | None = None) -> list[dict[str, Any]]:
         """The latest events, newest first, as committed."""
         where, params = ("WHERE node = ?", (node, limit)) if node else ("", (limit,))
         with self._lock:
             if self._reader is None:
-                self._reader = sqlite3.connect(self._uri, uri=True, check_same_thread=False)
+                self._reader = self._database.connect(read_only=True)
             rows = self._reader.execute(
                 f"SELECT {_HISTORY_COLUMNS} FROM alert_history {where} ORDER BY id DESC LIMIT ?",
                 params,

@@ -102,7 +102,7 @@ class Alerting:
             monotonic=time.monotonic,
         )
         delivery = (
-            Delivery(settings, store.path, ingestor.write, clock) if settings.channels else None
+            Delivery(settings, store.database, ingestor.write, clock) if settings.channels else None
         )
         observer = AlertObserver(
             engine,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from master_service.auth.passwords import (
     hash_password,
     verify_password,
 )
+from master_service.storage.database import Connection, integrity_errors
 
 SESSION_TTL_S: Final = 30 * 86400.0
 USER_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
@@ -114,7 +114,7 @@ class Accounts:
 
     def __init__(
         self,
-        connect: Callable[[], sqlite3.Connection],
+        connect: Callable[[], Connection],
         clock: Callable[[], float] = time.time,
         session_ttl_s: float = SESSION_TTL_S,
     ) -> None:
@@ -128,8 +128,8 @@ class Accounts:
         """How long a session lasts after its login."""
         return self._session_ttl_s
 
-    def _db(self) -> sqlite3.Connection:
-        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+    def _db(self) -> Connection:
+        connection: Connection | None = getattr(self._local, "connection", None)
         if connection is None:
             connection = self._local.connection = self._connect()
         return connection
@@ -147,7 +147,7 @@ class Accounts:
                     "INSERT INTO users (name, role, password, created) VALUES (?, ?, ?, ?)",
                     (name, role.value, hash_password(password), now),
                 )
-        except sqlite3.IntegrityError as error:
+        except integrity_errors() as error:
             raise AccountError(f"a user {name!r} exists already") from error
         return User(name, role, now)
 
@@ -160,7 +160,7 @@ class Accounts:
             ).rowcount
             if not changed:
                 raise AccountError(f"no user {name!r}")
-            db.execute("DELETE FROM user_sessions WHERE user = ?", (name,))
+            db.execute('DELETE FROM user_sessions WHERE "user" = ?', (name,))
 
     def set_role(self, name: str, role: Role) -> None:
         """Change a user's role; their sessions and tokens follow at their next request."""
@@ -172,8 +172,8 @@ class Accounts:
     def remove_user(self, name: str) -> bool:
         """Delete a user with their sessions and tokens; False if there was none."""
         with self._db() as db:
-            db.execute("DELETE FROM user_sessions WHERE user = ?", (name,))
-            db.execute("DELETE FROM user_tokens WHERE user = ?", (name,))
+            db.execute('DELETE FROM user_sessions WHERE "user" = ?', (name,))
+            db.execute('DELETE FROM user_tokens WHERE "user" = ?', (name,))
             return db.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount == 1
 
     def users(self) -> list[User]:
@@ -208,7 +208,7 @@ class Accounts:
         with self._db() as db:
             db.execute("DELETE FROM user_sessions WHERE expires < ?", (now,))
             db.execute(
-                "INSERT INTO user_sessions (id_hash, user, csrf, created, expires)"
+                'INSERT INTO user_sessions (id_hash, "user", csrf, created, expires)'
                 " VALUES (?, ?, ?, ?, ?)",
                 (secret_hash(secret), principal.name, csrf, now, expires),
             )
@@ -219,7 +219,8 @@ class Accounts:
         row = (
             self._db()
             .execute(
-                "SELECT u.name, u.role, s.csrf FROM user_sessions s JOIN users u ON u.name = s.user"
+                "SELECT u.name, u.role, s.csrf FROM user_sessions s"
+                ' JOIN users u ON u.name = s."user"'
                 " WHERE s.id_hash = ? AND s.expires > ?",
                 (secret_hash(secret), self._clock()),
             )
@@ -243,18 +244,18 @@ class Accounts:
         with self._db() as db:
             if db.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone() is None:
                 raise AccountError(f"no user {name!r}")
-            cursor = db.execute(
-                "INSERT INTO user_tokens (token_hash, user, label, created) VALUES (?, ?, ?, ?)",
+            (token_id,) = db.execute(
+                'INSERT INTO user_tokens (token_hash, "user", label, created) VALUES (?, ?, ?, ?)'
+                " RETURNING id",
                 (secret_hash(token), name, label, self._clock()),
-            )
-        assert cursor.lastrowid is not None  # an INSERT into a rowid table always sets it
-        return cursor.lastrowid, token
+            ).fetchone()
+        return int(token_id), token
 
     def tokens(self, name: str | None = None) -> list[TokenInfo]:
         """API tokens (of one user, or all), oldest first."""
-        sql = "SELECT id, user, label, created FROM user_tokens"
+        sql = 'SELECT id, "user", label, created FROM user_tokens'
         rows = (
-            self._db().execute(f"{sql} WHERE user = ? ORDER BY id", (name,))
+            self._db().execute(f'{sql} WHERE "user" = ? ORDER BY id', (name,))
             if name is not None
             else self._db().execute(f"{sql} ORDER BY id")
         )
@@ -270,7 +271,7 @@ class Accounts:
         row = (
             self._db()
             .execute(
-                "SELECT u.name, u.role FROM user_tokens t JOIN users u ON u.name = t.user"
+                'SELECT u.name, u.role FROM user_tokens t JOIN users u ON u.name = t."user"'
                 " WHERE t.token_hash = ?",
                 (secret_hash(token),),
             )

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any, Final
 
 from cluster_protocol import setting_rules as rules
-from cluster_protocol.config import SettingsError
+from cluster_protocol.config import SettingsError, read_secret_file
 from master_service.auth.accounts import AccountError, Accounts, Role
 from master_service.auth.passwords import PasswordError, check_new_password
 from master_service.cli_output import complainer, out
 from master_service.settings import default_db_path
+from master_service.storage.database import Database, Engine, engine_of
 from master_service.storage.store import connect
 
 INSTALLED_CONFIG: Final = Path("/etc/picluster/master.toml")
@@ -81,9 +82,26 @@ def database_path(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
     return default_db_path()
 
 
+def database_password(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
+    """PostgreSQL's password as the master reads it: CLUSTER_DB_PASSWORD, or db_password_file.
+
+    None leaves it to libpq (PGPASSWORD, ~/.pgpass).
+    """
+    if environ.get("CLUSTER_DB_PASSWORD"):
+        return environ["CLUSTER_DB_PASSWORD"]
+    secret_file = environ.get("CLUSTER_DB_PASSWORD_FILE")
+    config = args.config or environ.get("CLUSTER_CONFIG")
+    path = Path(config) if config else INSTALLED_CONFIG
+    if not secret_file and (config or path.is_file()):
+        with path.open("rb") as file:
+            found = tomllib.load(file).get("db_password_file")
+        secret_file = found if isinstance(found, str) and found else None
+    return read_secret_file("db_password_file", secret_file) if secret_file else None
+
+
 def _checked(db: str) -> str:
-    """`db` if it can be a SQLite file's path; SettingsError naming `db` otherwise."""
-    problem = rules.database_file(db)
+    """`db` if it can be a SQLite file's path or a PostgreSQL URL; else SettingsError."""
+    problem = rules.database(db)
     if problem is not None:
         raise SettingsError("db", problem)
     return db
@@ -109,7 +127,7 @@ def become_the_owner(db: str) -> None:
     `master.db-wal` -> /etc/shadow). So root never touches them at all.
     """
     directory = Path(db).parent
-    if os.geteuid() != 0 or not directory.is_dir():
+    if engine_of(db) is not Engine.SQLITE or os.geteuid() != 0 or not directory.is_dir():
         return
     owner = directory.stat()
     if owner.st_uid == 0:
@@ -164,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
     """Run one `users` subcommand: 0 done, 1 nothing to remove, 2 refused, 3 bad database."""
     try:
         db = database_path(args, os.environ)
+        database = Database(db, database_password(args, os.environ))
     except (OSError, tomllib.TOMLDecodeError) as error:
         _err(f"cannot read the config: {error}")
         return 3
@@ -172,9 +191,9 @@ def run(args: argparse.Namespace) -> int:
         return 3
     try:
         become_the_owner(db)
-        connection = connect(db)
+        connection = connect(database)
     except Exception as error:
-        _err(f"cannot open the database {db}: {error}")
+        _err(f"cannot open the database {database.name}: {error}")
         return 3
     try:
         return _run(Accounts(lambda: connection), args)

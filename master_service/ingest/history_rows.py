@@ -10,13 +10,13 @@ so); only derived columns (`root_disk_percent`) still go through `metric_value`.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 from cluster_protocol import HISTORY_METRICS, Metric, metric, metric_value
 from cluster_protocol.metrics import root_disk_percent
 from cluster_protocol.schemas import METRICS_FIELDS
+from master_service.storage.database import Connection
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ _DERIVE: Final = tuple(_derive(m) for m in DERIVED)
 
 
 def insert_history(
-    connection: sqlite3.Connection, rows: Iterable[tuple[str, float, Mapping[str, Any]]]
+    connection: Connection, rows: Iterable[tuple[str, float, Mapping[str, Any]]]
 ) -> list[float]:
     """Insert the samples in one statement (not committed); return their sender `ts`."""
     values = [history_values(node, ts, payload) for node, ts, payload in rows]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from collections import deque
@@ -17,6 +16,7 @@ from master_service.ingest.history_rows import insert_history
 from master_service.ingest.inbox import Inbox
 from master_service.ingest.router import RawMessage, dispatch, dispatch_batch
 from master_service.state import NodeState
+from master_service.storage.database import outage_errors
 from master_service.storage.store import Store
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,8 @@ RETRY_MAX_S: Final = 2.0  # longest wait between two flush attempts while the st
 LOOP_RETRY_S: Final = 0.2
 
 Write = tuple[Callable[[Store], Any], "Future[Any]"]
+# The store's own trouble (disk full, locked, server gone): the whole batch is retried.
+_STORE_TROUBLE: Final[tuple[type[BaseException], ...]] = (*outage_errors(), OSError)
 
 
 class Ingestor(threading.Thread):
@@ -270,7 +272,9 @@ class Ingestor(threading.Thread):
         self.store_errors += 1
         self._outage_failures += 1
         if self.store_error is None:  # once per outage, not once per flush
-            logger.error("cannot write to the store %s: %s; retrying", self.store.path, error)
+            logger.error(
+                "cannot write to the store %s: %s; retrying", self.store.database.name, error
+            )
         self.store_error = str(error) or type(error).__name__
         self._last_flush = time.monotonic()
         backoff = min(FLUSH_EVERY_S * 2 ** (self._outage_failures - 1), RETRY_MAX_S)
@@ -359,7 +363,7 @@ class Ingestor(threading.Thread):
         connection.execute("SAVEPOINT queued_write")
         try:
             result = task(self.store)
-        except (sqlite3.OperationalError, OSError):
+        except _STORE_TROUBLE:
             raise  # the store's trouble (disk full, locked): the whole batch is retried
         except Exception as error:
             # The task's own fault (a constraint, a value SQLite cannot bind): retrying

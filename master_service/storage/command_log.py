@@ -9,14 +9,13 @@ connection of their own, which WAL lets run beside the writer.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
 
+from master_service.storage.database import Connection
 from master_service.storage.store import Store
 
 T = TypeVar("T")
@@ -84,13 +83,13 @@ class CommandLog:
     def __init__(self, store: Store, write: Writer) -> None:
         self._write = write
         self._lock = threading.Lock()
-        self._uri = Path(store.path).absolute().as_uri() + "?mode=ro"
-        self._reader: sqlite3.Connection | None = None
+        self._database = store.database
+        self._reader: Connection | None = None
 
-    def _db(self) -> sqlite3.Connection:
+    def _db(self) -> Connection:
         """The read-only connection (call with the lock held)."""
         if self._reader is None:
-            self._reader = sqlite3.connect(self._uri, uri=True, check_same_thread=False)
+            self._reader = self._database.connect(read_only=True)
         return self._reader
 
     def add(self, record: CommandRecord) -> Future[None]:

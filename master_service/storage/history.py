@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -13,7 +12,8 @@ from typing import Final
 
 from cluster_protocol import HISTORY_METRICS
 from cluster_protocol.settings import DEFAULT_INTERVAL_S
-from master_service.storage.store import META_ROLLED_UNTIL, ROLLUP_STEP_S, open_connection
+from master_service.storage.database import Connection, Database, Engine, as_database, open_sqlite
+from master_service.storage.store import META_ROLLED_UNTIL, ROLLUP_STEP_S, floor_int
 
 MAX_POINTS: Final = 2000
 """Without a step, a range that would give more raw points than this is averaged into this many."""
@@ -89,7 +89,7 @@ def plan(query: HistoryQuery, raw_since: float) -> tuple[float | None, Source]:
 
 
 def read_history(
-    connection: sqlite3.Connection, query: HistoryQuery, raw_since: float = -math.inf
+    connection: Connection, query: HistoryQuery, raw_since: float = -math.inf
 ) -> HistoryResult:
     """Answer a query from raw samples or the 1-minute rollup, whichever `plan` picks."""
     step, source = plan(query, raw_since)
@@ -100,15 +100,13 @@ def read_history(
 
 
 def query_history(
-    connection: sqlite3.Connection, query: HistoryQuery, raw_since: float = -math.inf
+    connection: Connection, query: HistoryQuery, raw_since: float = -math.inf
 ) -> list[Point]:
     """Points `(ts, value)` in time order; averaged per step bucket when a step applies."""
     return read_history(connection, query, raw_since).points
 
 
-def _from_raw(
-    connection: sqlite3.Connection, query: HistoryQuery, step: float | None
-) -> list[Point]:
+def _from_raw(connection: Connection, query: HistoryQuery, step: float | None) -> list[Point]:
     column = query.metric  # validated against HISTORY_METRICS: safe to place in SQL
     if step is None:
         rows = connection.execute(
@@ -117,8 +115,9 @@ def _from_raw(
             (query.node, query.since, query.until),
         ).fetchall()
         return [(float(ts), value) for ts, value in rows]
+    bucket = floor_int(connection, "(ts - ?) / ?")
     rows = connection.execute(
-        f"SELECT CAST((ts - ?) / ? AS INTEGER) AS bucket, AVG({column}) "
+        f"SELECT {bucket} AS bucket, AVG({column}) "
         "FROM metrics_raw WHERE node = ? AND ts >= ? AND ts < ? "
         "GROUP BY bucket ORDER BY bucket",
         (query.since, step, query.node, query.since, query.until),
@@ -126,7 +125,7 @@ def _from_raw(
     return [(query.since + bucket * step, value) for bucket, value in rows]
 
 
-def _from_rollup(connection: sqlite3.Connection, query: HistoryQuery, step: float) -> list[Point]:
+def _from_rollup(connection: Connection, query: HistoryQuery, step: float) -> list[Point]:
     column = query.metric
     row = connection.execute(
         "SELECT value FROM history_meta WHERE key = ?", (META_ROLLED_UNTIL,)
@@ -134,16 +133,17 @@ def _from_rollup(connection: sqlite3.Connection, query: HistoryQuery, step: floa
     rolled_until = float(row[0]) if row else 0.0
     # Minutes the retention job has not rolled up yet come from the raw table, so the
     # newest part of a long chart is never missing. Averages are weighted by sample count.
+    bucket = floor_int(connection, "(ts - :since) / :step")
     rows = connection.execute(
         "SELECT bucket, SUM(total) / SUM(weight) FROM ("
-        f" SELECT CAST((ts - :since) / :step AS INTEGER) AS bucket, {column} * samples AS total,"
+        f" SELECT {bucket} AS bucket, {column} * samples AS total,"
         f"  CASE WHEN {column} IS NULL THEN NULL ELSE samples END AS weight"
         "  FROM metrics_1m WHERE node = :node AND ts >= :since AND ts < :rolled_end"
         " UNION ALL"
-        f" SELECT CAST((ts - :since) / :step AS INTEGER), {column},"
+        f" SELECT {bucket}, {column},"
         f"  CASE WHEN {column} IS NULL THEN NULL ELSE 1 END"
         "  FROM metrics_raw WHERE node = :node AND ts >= :raw_start AND ts < :until"
-        ") GROUP BY bucket ORDER BY bucket",
+        ") AS points GROUP BY bucket ORDER BY bucket",
         {
             "since": query.since,
             "until": query.until,
@@ -156,12 +156,16 @@ def _from_rollup(connection: sqlite3.Connection, query: HistoryQuery, step: floa
     return [(query.since + bucket * step, value) for bucket, value in rows]
 
 
-def open_reader(path: str) -> sqlite3.Connection:
-    """A connection for the API's read side (WAL lets it read while the writer writes).
+def open_reader(target: str | Database) -> Connection:
+    """A read-only connection for the API's read side (it reads while the writer writes).
 
-    It never migrates: the Store, opened first, brought the file to the current schema.
+    It never migrates: the Store, opened first, brought the database to the current schema.
     """
-    connection = open_connection(path)
+    database = as_database(target)
+    if database.engine is Engine.POSTGRESQL:
+        return database.connect(read_only=True)
+    # SQLite: a plain open of the file, with writes refused by query_only.
+    connection = open_sqlite(database.target)
     connection.execute("PRAGMA query_only = ON")
     return connection
 
@@ -169,15 +173,28 @@ def open_reader(path: str) -> sqlite3.Connection:
 class HistoryReader:
     """Answers history queries for the API: one read-only connection per server thread."""
 
-    def __init__(self, path: str, raw_days: float, clock: Callable[[], float] = time.time) -> None:
-        self.path = path
+    def __init__(
+        self, target: str | Database, raw_days: float, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.database = as_database(target)
         self.raw_retention_s = raw_days * 86400.0
         self.clock = clock
         self._local = threading.local()
+        self._opened: list[Connection] = []
+        self._opened_lock = threading.Lock()
 
     def read(self, query: HistoryQuery) -> HistoryResult:
         """Answer one query (raw samples still kept are newer than now - history_raw_days)."""
-        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        connection: Connection | None = getattr(self._local, "connection", None)
         if connection is None:
-            connection = self._local.connection = open_reader(self.path)
+            connection = self._local.connection = open_reader(self.database)
+            with self._opened_lock:
+                self._opened.append(connection)
         return read_history(connection, query, self.clock() - self.raw_retention_s)
+
+    def close(self) -> None:
+        """Close every thread's connection (at shutdown, once no request runs)."""
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+        for connection in opened:
+            connection.close()

@@ -50,7 +50,9 @@ class NodeTags:
 
     def add(self, node: str, tag: str) -> bool:
         """Tag a node (known or not yet heard of); False when it already had the tag."""
-        return self._change(node, tag, "INSERT OR IGNORE INTO node_tags (node, tag) VALUES (?, ?)")
+        return self._change(
+            node, tag, "INSERT INTO node_tags (node, tag) VALUES (?, ?) ON CONFLICT DO NOTHING"
+        )
 
     def remove(self, node: str, tag: str) -> bool:
         """Remove a master-side tag; False when the node did not have it."""

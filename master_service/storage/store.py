@@ -1,18 +1,29 @@
-"""SQLite persistence: node state (so a restarted master still knows every node) and history."""
+"""Persistence: node state (so a restarted master still knows every node) and history.
+
+In a SQLite file by default, or in PostgreSQL (storage/database.py says how they differ).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from pathlib import Path
 from typing import Any, Final
 
 from cluster_protocol import HISTORY_METRICS as HISTORY_METRICS  # re-exported for readers
 from cluster_protocol import metric, metric_value
 from master_service.state import NodeState
-from master_service.storage.migrations import migrate, refuse_if_too_new
+from master_service.storage import migrations, partitions, postgres_schema
+from master_service.storage.database import (
+    Connection,
+    Database,
+    Engine,
+    PostgresConnection,
+    as_database,
+    engine_of,
+    open_sqlite,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +45,19 @@ _PLACEHOLDERS: Final = ", ".join("?" for _ in range(len(HISTORY_METRICS) + 2))
 _INSERT_RAW: Final = f"INSERT INTO metrics_raw ({_COLUMNS}) VALUES ({_PLACEHOLDERS})"
 _HISTORY: Final = tuple(metric(key) for key in HISTORY_METRICS)
 
+ROW_ID: Final = {Engine.SQLITE: "rowid", Engine.POSTGRESQL: "id"}
+"""The column that numbers metrics_raw's rows in insertion order, per engine."""
+
+
+def floor_int(connection: Connection, expression: str) -> str:
+    """SQL for the whole part of a non-negative `expression`, as an integer.
+
+    SQLite's CAST to INTEGER truncates; PostgreSQL's rounds, so it gets FLOOR first.
+    """
+    if engine_of(connection) is Engine.POSTGRESQL:
+        return f"CAST(FLOOR({expression}) AS BIGINT)"
+    return f"CAST({expression} AS INTEGER)"
+
 
 def history_row(node: str, ts: float, payload: Mapping[str, Any]) -> tuple[Any, ...]:
     """The history columns of one metrics payload (missing or non-numeric values become NULL)."""
@@ -45,36 +69,40 @@ def history_row(node: str, ts: float, payload: Mapping[str, Any]) -> tuple[Any, 
     return tuple(values)
 
 
-def connect(path: str) -> sqlite3.Connection:
-    """Open the database (WAL, so readers never block the writer) at the current schema.
+def connect(target: str | Database) -> Connection:
+    """Open the database at the current schema (SQLite: WAL, so readers never block the writer).
 
-    A file written by a newer picluster raises SchemaTooNewError before anything is written.
+    A database written by a newer picluster raises SchemaTooNewError before anything is
+    written; an unreachable PostgreSQL raises DatabaseUnavailableError.
     """
-    refuse_if_too_new(path)
-    connection = open_connection(path)
-    migrate(connection, path)
-    return connection
-
-
-def open_connection(path: str) -> sqlite3.Connection:
-    """Open the database file as it is (WAL, synchronous=FULL), creating its directory."""
-    if path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    connection = sqlite3.connect(path, check_same_thread=False)
-    connection.execute("PRAGMA journal_mode=WAL")
-    # FULL: a commit is on the disk before it returns, and the PUBACKs of a batch go out only
-    # after its commit, so a power cut of the head cannot undo what the broker let go of.
-    # (NORMAL in WAL mode can roll the last commits back on power loss.) One fsync per flush.
-    connection.execute("PRAGMA synchronous=FULL")
-    return connection
+    database = as_database(target)
+    if database.engine is Engine.POSTGRESQL:
+        connection = database.connect()
+        try:
+            postgres_schema.migrate(connection, database.name)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+    migrations.refuse_if_too_new(database.target)
+    sqlite = open_sqlite(database.target)
+    migrations.migrate(sqlite, database.target)
+    return sqlite
 
 
 class Store:
     """The writer side: used from the ingest thread only."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.connection = connect(path)
+    def __init__(self, target: str | Database) -> None:
+        self.database = as_database(target)
+        self.path = self.database.target
+        self.engine = self.database.engine
+        self.connection = connect(self.database)
+        if self.engine is Engine.POSTGRESQL:
+            # Today's partition and the next days' exist before the first sample comes.
+            partitions.ensure_partitions(self.connection, time.time())
+            self.connection.commit()
+        self._row_id = ROW_ID[self.engine]
         self.commit_observers: list[CommitObserver] = []
         self._uncommitted_ts: list[float] = []
 
@@ -88,6 +116,8 @@ class Store:
     def save_nodes(self, states: Iterable[NodeState], now: float) -> None:
         """Upsert node states (not committed until `commit`)."""
         rows = [(s.node, _state_json(s), now) for s in states]
+        if not rows:
+            return
         self.connection.executemany(
             "INSERT INTO nodes (node, state, updated_at) VALUES (?, ?, ?) "
             "ON CONFLICT(node) DO UPDATE SET state=excluded.state, updated_at=excluded.updated_at",
@@ -117,22 +147,27 @@ class Store:
         Minutes before `raw_since` (the raw retention) are left alone: their raw rows are gone,
         so a sample that late would replace a full minute's average with itself.
         """
+        if self.engine is Engine.POSTGRESQL:
+            partitions.ensure_partitions(self.connection, now)  # days ahead, made in time
         done = self._meta(META_ROLLED_ROWID, 0.0)
+        row_id = self._row_id
         (last,) = self.connection.execute(
-            "SELECT COALESCE(MAX(rowid), 0) FROM metrics_raw"
+            f"SELECT COALESCE(MAX({row_id}), 0) FROM metrics_raw"
         ).fetchone()
         if last <= done:
             self._set_meta(META_ROLLED_UNTIL, _minute(now - ROLLUP_GRACE_S))
             return 0
         averages = ", ".join(f"AVG(r.{name})" for name in HISTORY_METRICS)
+        updates = ", ".join(f"{name} = excluded.{name}" for name in ("samples", *HISTORY_METRICS))
+        minute = floor_int(self.connection, f"ts / {ROLLUP_STEP_S}")
         cursor = self.connection.execute(
-            f"INSERT OR REPLACE INTO metrics_1m (node, ts, samples, {', '.join(HISTORY_METRICS)}) "
+            f"INSERT INTO metrics_1m (node, ts, samples, {', '.join(HISTORY_METRICS)}) "
             f"SELECT t.node, t.minute, COUNT(*), {averages} FROM ("
-            f"  SELECT DISTINCT node, CAST(ts / {ROLLUP_STEP_S} AS INTEGER) * {ROLLUP_STEP_S}"
-            "   AS minute FROM metrics_raw WHERE rowid > ? AND rowid <= ? AND ts >= ?"
+            f"  SELECT DISTINCT node, {minute} * {ROLLUP_STEP_S}"
+            f"   AS minute FROM metrics_raw WHERE {row_id} > ? AND {row_id} <= ? AND ts >= ?"
             ") AS t JOIN metrics_raw AS r "
             f"ON r.node = t.node AND r.ts >= t.minute AND r.ts < t.minute + {ROLLUP_STEP_S} "
-            "GROUP BY t.node, t.minute",
+            f"GROUP BY t.node, t.minute ON CONFLICT (node, ts) DO UPDATE SET {updates}",
             (done, last, raw_since),
         )
         self._set_meta(META_ROLLED_ROWID, float(last))
@@ -141,8 +176,11 @@ class Store:
 
     def prune(self, raw_before: float, rollup_before: float) -> tuple[int, int]:
         """Delete raw samples and rollup buckets older than the given times; return counts."""
-        nodes = [n for (n,) in self.connection.execute("SELECT node FROM nodes")]
         raw = rolled = 0
+        if self.engine is Engine.POSTGRESQL:
+            # Whole days go as partitions; the rows left are those of the partly-old day.
+            raw += partitions.drop_partitions_before(self.connection, raw_before)
+        nodes = [n for (n,) in self.connection.execute("SELECT node FROM nodes")]
         # Per node, so each delete walks the (node, ts) index instead of the whole table.
         for node in nodes:
             raw += self.connection.execute(
@@ -181,6 +219,9 @@ class Store:
     def _clamp_rolled_rowid(self) -> None:
         # SQLite reuses rowids above the largest one left after a delete: without this,
         # rows inserted after deleting the newest ones could hide below the mark forever.
+        # (A PostgreSQL sequence never hands a number out twice.)
+        if self.engine is not Engine.SQLITE:
+            return
         (last,) = self.connection.execute(
             "SELECT COALESCE(MAX(rowid), 0) FROM metrics_raw"
         ).fetchone()
@@ -188,8 +229,13 @@ class Store:
             self._set_meta(META_ROLLED_ROWID, float(last))
 
     def rollback(self) -> None:
-        """Drop what was written since the last commit."""
+        """Drop what was written since the last commit (reconnecting to a restarted server)."""
         self.connection.rollback()
+        if isinstance(self.connection, PostgresConnection) and self.connection.broken:
+            # The next flush retries on a new connection; if the server is still away this
+            # raises DatabaseUnavailableError, and the ingestor retries again later.
+            self.connection.close()
+            self.connection = self.database.connect()
 
     def close(self) -> None:
         """Commit and close."""

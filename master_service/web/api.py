@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any, Literal
 
@@ -67,17 +69,24 @@ class HistoryBody(BaseModel):
 
 def create_app(port: MasterPort) -> FastAPI:
     """Build the FastAPI application for one running master."""
+    settings = port.settings
+    history = HistoryReader(settings.database, settings.history_raw_days, port.clock)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        history.close()  # the server threads' read connections
+
     app = FastAPI(
+        lifespan=lifespan,
         title="picluster master",
         version="1",
         description="State, history and control of a picluster (nodes publishing over MQTT).",
     )
     install_error_handlers(app)
-    settings = port.settings
     access = Access(port.accounts, settings.api_token, settings.login_required)
     reader = access.reader
     read_errors = access.reader_errors
-    history = HistoryReader(settings.db, settings.history_raw_days, port.clock)
     listing = port.state  # also serves its views already encoded as JSON
     app.include_router(metrics_router(port.metrics, settings.metrics_token))
     app.include_router(login_router(access, LoginThrottle()))

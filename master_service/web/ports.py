@@ -17,6 +17,7 @@ from master_service.enrollment.service import Enrollment
 from master_service.ingest.health import Health
 from master_service.state import NodeView
 from master_service.storage.command_log import CommandRecord
+from master_service.storage.database import Database
 from master_service.web.prometheus import MasterMetrics
 
 
@@ -90,8 +91,8 @@ class WebSettings(Protocol):
     """The settings the HTTP layer reads: where history lives, how long raw samples stay, token."""
 
     @property
-    def db(self) -> str:
-        """The SQLite file holding the history."""
+    def database(self) -> Database:
+        """The database holding the history (SQLite or PostgreSQL)."""
         ...
 
     @property

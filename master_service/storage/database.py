@@ -1,0 +1,308 @@
+"""The master's database: a SQLite file (the default) or a PostgreSQL server.
+
+The `db` setting names it: a path is a SQLite file, `postgresql://user@host:port/dbname` a
+PostgreSQL database. Every module writes its SQL once, in the dialect both engines share
+(`?` placeholders, `INSERT ... ON CONFLICT`, `RETURNING`); a PostgreSQL connection turns the
+placeholders into psycopg's. What differs (row ids, partitions, pragmas, the schema's types)
+is chosen by `engine_of` in the few places that need it.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import re
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Protocol, Self
+from urllib.parse import urlsplit
+
+from cluster_protocol.config import SettingsError
+
+if TYPE_CHECKING:
+    import psycopg
+
+logger = logging.getLogger(__name__)
+
+POSTGRES_SCHEMES: Final = ("postgresql", "postgres")
+CONNECT_TIMEOUT_S: Final = 10
+"""How long a PostgreSQL connection attempt may take before the master reports it."""
+
+
+class Engine(enum.Enum):
+    """The database engines the master can keep its data in."""
+
+    SQLITE = "sqlite"
+    POSTGRESQL = "postgresql"
+
+
+class Cursor(Protocol):
+    """What the storage code reads from an executed statement (both engines' cursors)."""
+
+    @property
+    def rowcount(self) -> int:
+        """Rows the statement changed."""
+
+    def fetchone(self) -> Any:
+        """The next row, or None."""
+
+    def fetchall(self) -> list[Any]:
+        """The rows left."""
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Connection(Protocol):
+    """The part of a DB-API connection the storage code uses, with `?` placeholders."""
+
+    @property
+    def in_transaction(self) -> bool:
+        """True while a transaction is open (SAVEPOINTs then nest in it)."""
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Cursor:
+        """Run one statement."""
+
+    def executemany(self, sql: str, seq_of_parameters: Iterable[Any], /) -> Cursor:
+        """Run one statement once per parameter row."""
+
+    def commit(self) -> None:
+        """Commit the open transaction."""
+
+    def rollback(self) -> None:
+        """Roll the open transaction back."""
+
+    def close(self) -> None:
+        """Close the connection."""
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc_info: Any) -> Any: ...
+
+
+class DatabaseUnavailableError(SettingsError):
+    """The database named by `db` cannot be opened: unreachable, login refused, no driver."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__("db", problem)
+
+
+def engine_of(target: str | Connection) -> Engine:
+    """The engine of a `db` value (a path or a URL) or of an open connection."""
+    if isinstance(target, sqlite3.Connection):
+        return Engine.SQLITE
+    if isinstance(target, str):
+        scheme, sep, _ = target.partition("://")
+        return Engine.POSTGRESQL if sep and scheme.lower() in POSTGRES_SCHEMES else Engine.SQLITE
+    return Engine.POSTGRESQL
+
+
+def redacted(target: str) -> str:
+    """`target` fit for a log line or an error: a URL's password replaced by `***`."""
+    if engine_of(target) is Engine.SQLITE:
+        return target
+    parts = urlsplit(target)
+    if parts.password is None:
+        return target
+    userinfo = f"{parts.username or ''}:***@"
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=userinfo + host).geturl()
+
+
+@dataclass(frozen=True, slots=True)
+class Database:
+    """Where the master keeps its data, and how to open connections to it.
+
+    `password` is used for PostgreSQL when given (from `db_password_file` or
+    `CLUSTER_DB_PASSWORD`); otherwise libpq looks in `PGPASSWORD` and `~/.pgpass` itself.
+    """
+
+    target: str
+    password: str | None = None
+
+    @property
+    def engine(self) -> Engine:
+        """SQLite or PostgreSQL."""
+        return engine_of(self.target)
+
+    @property
+    def name(self) -> str:
+        """The target without a password, for messages."""
+        return redacted(self.target)
+
+    def connect(self, *, read_only: bool = False, autocommit: bool = False) -> Connection:
+        """A new connection; read-only ones see each commit as soon as it is made.
+
+        `with connection:` is a transaction on either engine (committed unless it raises);
+        on an `autocommit` PostgreSQL connection, statements outside one commit at once.
+        """
+        if self.engine is Engine.POSTGRESQL:
+            return PostgresConnection.open(
+                self.target, self.password, read_only=read_only, autocommit=autocommit
+            )
+        if read_only:
+            uri = Path(self.target).absolute().as_uri() + "?mode=ro"
+            return sqlite3.connect(uri, uri=True, check_same_thread=False)
+        return open_sqlite(self.target)
+
+
+def as_database(target: str | Database) -> Database:
+    """A `Database` for a `db` value, or the one given."""
+    return target if isinstance(target, Database) else Database(target)
+
+
+def open_sqlite(path: str) -> sqlite3.Connection:
+    """Open the SQLite file as it is (WAL, synchronous=FULL), creating its directory."""
+    if path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(path, check_same_thread=False)
+    connection.execute("PRAGMA journal_mode=WAL")
+    # FULL: a commit is on the disk before it returns, and the PUBACKs of a batch go out only
+    # after its commit, so a power cut of the head cannot undo what the broker let go of.
+    # (NORMAL in WAL mode can roll the last commits back on power loss.) One fsync per flush.
+    connection.execute("PRAGMA synchronous=FULL")
+    return connection
+
+
+def database_errors() -> tuple[type[Exception], ...]:
+    """The exceptions a failing database raises, for the engines installed."""
+    try:
+        import psycopg
+    except ImportError:
+        return (sqlite3.Error,)
+    return (sqlite3.Error, psycopg.Error)
+
+
+def outage_errors() -> tuple[type[Exception], ...]:
+    """The exceptions of a database in trouble (disk full, locked, server gone), not of a query."""
+    try:
+        import psycopg
+    except ImportError:
+        return (sqlite3.OperationalError,)
+    return (sqlite3.OperationalError, psycopg.OperationalError, psycopg.InterfaceError)
+
+
+def integrity_errors() -> tuple[type[Exception], ...]:
+    """The exceptions a broken constraint (a duplicate key) raises, for either engine."""
+    try:
+        import psycopg
+    except ImportError:
+        return (sqlite3.IntegrityError,)
+    return (sqlite3.IntegrityError, psycopg.IntegrityError)
+
+
+# A placeholder outside quotes: `?`, or `:name` (not the `::` of a cast); and `%`, which
+# psycopg would read as the start of one of its own.
+_PLACEHOLDER: Final = re.compile(r"'[^']*'|\?|(?<![:\w]):([A-Za-z_]\w*)|%")
+
+
+@lru_cache(maxsize=512)
+def psycopg_sql(sql: str) -> str:
+    """`sql` with SQLite's `?` and `:name` placeholders written as psycopg's `%s`, `%(name)s`."""
+
+    def replace(found: re.Match[str]) -> str:
+        text = found.group(0)
+        if text.startswith("'"):
+            return text.replace("%", "%%")
+        if text == "?":
+            return "%s"
+        if text == "%":
+            return "%%"
+        return f"%({found.group(1)})s"
+
+    return _PLACEHOLDER.sub(replace, sql)
+
+
+class PostgresConnection:
+    """A psycopg 3 connection that takes the storage code's `?` placeholders."""
+
+    def __init__(self, raw: psycopg.Connection[Any]) -> None:
+        self.raw = raw
+        self._transactions: list[AbstractContextManager[Any]] = []
+
+    @classmethod
+    def open(
+        cls, url: str, password: str | None, *, read_only: bool, autocommit: bool = False
+    ) -> PostgresConnection:
+        """Connect, or raise DatabaseUnavailableError with libpq's reason."""
+        try:
+            import psycopg
+        except ImportError as error:
+            raise DatabaseUnavailableError(
+                "PostgreSQL needs psycopg: install picluster with its master extra "
+                "(pip install 'picluster[master]')"
+            ) from error
+        extra: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S}
+        if password is not None:
+            extra["password"] = password
+        try:
+            # Readers commit after every statement: an open transaction would hold locks
+            # that the retention job's partition drops wait for.
+            raw = psycopg.connect(url, autocommit=read_only or autocommit, **extra)
+        except psycopg.Error as error:
+            raise DatabaseUnavailableError(
+                f"cannot connect to PostgreSQL at {redacted(url)}: {_first_line(error)}"
+            ) from error
+        if read_only:
+            # Not `raw.read_only`: that marks the transactions psycopg begins, and in
+            # autocommit it begins none.
+            raw.execute("SET default_transaction_read_only = on")
+        return cls(raw)
+
+    @property
+    def in_transaction(self) -> bool:
+        """Always True outside autocommit: psycopg opens one before the first statement."""
+        return not self.raw.autocommit
+
+    def execute(self, sql: str, parameters: Sequence[Any] | Mapping[str, Any] = (), /) -> Cursor:
+        """Run one statement; return its cursor."""
+        # Parameters are always given, even empty: psycopg then reads `%%` as one `%`.
+        return self.raw.execute(psycopg_sql(sql), parameters)
+
+    def executemany(self, sql: str, seq_of_parameters: Iterable[Any], /) -> Cursor:
+        """Run one statement per parameter row (psycopg pipelines them: one round trip)."""
+        cursor = self.raw.cursor()
+        cursor.executemany(psycopg_sql(sql), seq_of_parameters)
+        return cursor
+
+    @property
+    def broken(self) -> bool:
+        """True once the server is gone: the connection cannot be used again."""
+        return self.raw.broken or self.raw.closed
+
+    def commit(self) -> None:
+        """Commit the open transaction."""
+        self.raw.commit()
+
+    def rollback(self) -> None:
+        """Roll the open transaction back (nothing to do on a broken connection)."""
+        if not self.broken:
+            self.raw.rollback()
+
+    def close(self) -> None:
+        """Close the connection (what is not committed is rolled back)."""
+        self.raw.close()
+
+    def __enter__(self) -> PostgresConnection:
+        # As sqlite3's: a transaction, not (as psycopg's own) the connection's lifetime.
+        if self.raw.autocommit:
+            transaction = self.raw.transaction()
+            transaction.__enter__()
+            self._transactions.append(transaction)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._transactions:
+            self._transactions.pop().__exit__(*exc_info)
+        elif exc_info[0] is None:
+            self.raw.commit()
+        else:
+            self.raw.rollback()
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
