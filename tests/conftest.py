@@ -14,8 +14,10 @@ import pytest
 from paho.mqtt.enums import MQTTErrorCode
 from pytest_mqtt.model import MqttSettings
 
+from master_service.storage.database import Engine
 from master_service.storage.store import Store
 from tests.support.broker import MosquittoBroker
+from tests.support.databases import MasterDatabase
 from tests.support.postgres import PostgresServer, postgres_bindir
 from tests.support.watcher import Watcher
 
@@ -56,10 +58,28 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+@pytest.fixture(params=[Engine.SQLITE, Engine.POSTGRESQL], ids=lambda engine: engine.value)
+def db_target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new, empty master database on each engine: a SQLite file's path, a PostgreSQL URL.
+
+    Tests of what is stored take this (or `store`) so that they run on both engines.
+    """
+    if request.param is Engine.SQLITE:
+        return str(tmp_path / "master.db")
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    """A master database in a temporary directory, migrated to the current schema."""
-    opened = Store(str(tmp_path / "master.db"))
+def master_database(db_target: str) -> MasterDatabase:
+    """A new master database on each engine, ready for `start_master(db=..., env=...)`."""
+    return MasterDatabase.of(db_target)
+
+
+@pytest.fixture
+def store(db_target: str) -> Iterator[Store]:
+    """A master database (SQLite file, then PostgreSQL), migrated to the current schema."""
+    opened = Store(db_target)
     yield opened
     opened.close()
 

@@ -80,7 +80,7 @@ class Cluster:
 
 
 def start_prefixed_master(
-    broker: MosquittoBroker, workdir: Path, prefix: str, db: Path | None = None
+    broker: MosquittoBroker, workdir: Path, prefix: str, db: Path | str | None = None
 ) -> RunningMaster:
     """A master on its own topic prefix and session (so tests can share a broker), HA off."""
     return start_master(

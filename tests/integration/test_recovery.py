@@ -18,7 +18,9 @@ from typing import Any
 
 import pytest
 
+from master_service.storage.database import Engine
 from tests.integration.test_mosquitto_config import ShippedBroker
+from tests.support.databases import MasterDatabase
 from tests.support.processes import RunningMaster, Service, start_master, start_node
 from tests.support.waiting import wait_until
 
@@ -39,6 +41,7 @@ class Cluster:
     workdir: Path
     node_ids: list[str]
     ingest_client: str
+    database: MasterDatabase
     master: RunningMaster | None = None
     nodes: dict[str, Service] = field(default_factory=dict)
 
@@ -54,7 +57,8 @@ class Cluster:
             self.workdir / "master",
             "--password-file", str(secret), "--no-ha-discovery",
             "--ingest-client", self.ingest_client,
-            db=self.workdir / "master.db",
+            db=self.database.target,
+            env=self.database.env,
         )  # fmt: skip
         return self.master
 
@@ -117,17 +121,25 @@ def _spool_value(workdir: Path, node_id: str, query: str) -> int:
     return int(row[0]) if row else 0
 
 
-# Both receive paths keep the promise: mqtt5 (the default) and paho.
-@pytest.fixture(params=["mqtt5", "paho"])
+# Both receive paths keep the promise, mqtt5 (the default) and paho, and both engines.
+@pytest.fixture(
+    params=[("mqtt5", Engine.SQLITE), ("paho", Engine.SQLITE), ("mqtt5", Engine.POSTGRESQL)],
+    ids=lambda p: f"{p[0]}-{p[1].value}",
+)
 def cluster(
     request: pytest.FixtureRequest, tmp_path: Path, mosquitto_binary: str
 ) -> Iterator[Cluster]:
+    ingest_client, engine = request.param
+    if engine is Engine.SQLITE:
+        database = MasterDatabase.of(str(tmp_path / "master.db"))
+    else:
+        database = MasterDatabase.of(request.getfixturevalue("postgres_url"))
     suffix = uuid.uuid4().hex[:6]
     node_ids = [f"rec-{i}-{suffix}" for i in range(NODES)]
     users = {"picluster-master": MASTER_PASSWORD, **{n: NODE_PASSWORD for n in node_ids}}
     broker = ShippedBroker(tmp_path / "broker", users=users)
     broker.start()
-    running = Cluster(broker, tmp_path, node_ids, request.param)
+    running = Cluster(broker, tmp_path, node_ids, ingest_client, database)
     try:
         running.start_master()
         for node_id in node_ids:

@@ -15,7 +15,7 @@ CSRF_FIELD = re.compile(r'name="csrf" value="([^"]+)"')
 
 
 def users_cli(
-    db: Path, *args: str, password: str | None = None
+    db: Path | str, *args: str, password: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run `cluster-master users ARGS --db DB`, a password (if any) on stdin."""
     stdin_flag = ["--password-stdin"] if password is not None else []
@@ -30,7 +30,7 @@ def users_cli(
     )
 
 
-def add_user(db: Path, name: str, role: str, password: str) -> None:
+def add_user(db: Path | str, name: str, role: str, password: str) -> None:
     """Add a user through the CLI, as an admin on the head would."""
     done = users_cli(db, "add", name, "--role", role, password=password)
     assert done.returncode == 0, done.stderr

@@ -45,7 +45,7 @@ class RunningMaster(Service):
     """`cluster-master run` with its API on a free port."""
 
     api: str = ""
-    db: Path = field(default_factory=Path)
+    db: Path | str = field(default_factory=Path)  # a SQLite file, or a postgresql:// URL
 
     token: str | None = None
 
@@ -82,7 +82,7 @@ def start_master(
     workdir: Path,
     *extra: str,
     env: dict[str, str] | None = None,
-    db: Path | None = None,
+    db: Path | str | None = None,
 ) -> RunningMaster:
     """Start a master against a broker and wait until its API answers and it is connected."""
     workdir.mkdir(parents=True, exist_ok=True)

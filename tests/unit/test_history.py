@@ -26,8 +26,8 @@ T0 = 1_764_000_000.0  # a minute boundary (divisible by 60)
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = Store(str(tmp_path / "master.db"))
+def store(db_target: str) -> Iterator[Store]:
+    opened = Store(db_target)
     opened.save_nodes([NodeState("pi-01"), NodeState("pi-02")], T0)
     yield opened
     opened.close()
@@ -66,7 +66,9 @@ def test_rollup_keeps_minute_averages_and_answers_coarse_steps(store: Store) -> 
     add(store, "pi-01", [(T0 + 60 + s, 40.0) for s in range(0, 60, 10)])
     assert store.roll_up(now=T0 + 600, raw_since=0) == 2
     store.commit()
-    rows = store.connection.execute("SELECT ts, samples, cpu_percent FROM metrics_1m").fetchall()
+    rows = store.connection.execute(
+        "SELECT ts, samples, cpu_percent FROM metrics_1m ORDER BY ts"
+    ).fetchall()
     assert rows == [(T0, 6, 10.0), (T0 + 60, 6, 40.0)]
 
     result = read_history(store.connection, cpu("pi-01", T0, T0 + 120, step=120))
@@ -112,7 +114,9 @@ def test_a_late_sample_for_a_rolled_up_minute_is_folded_into_it(store: Store) ->
 
     store.roll_up(now=T0 + 660, raw_since=0)
 
-    rows = store.connection.execute("SELECT ts, samples, cpu_percent FROM metrics_1m").fetchall()
+    rows = store.connection.execute(
+        "SELECT ts, samples, cpu_percent FROM metrics_1m ORDER BY ts"
+    ).fetchall()
     assert rows == [(T0, 2, 20.0)]
 
 
@@ -145,7 +149,9 @@ def test_a_sample_older_than_raw_retention_never_replaces_a_minute_average(store
 
     run_retention(store, now=later + 60, raw_days=1, rollup_days=10)
 
-    rows = store.connection.execute("SELECT ts, samples, cpu_percent FROM metrics_1m").fetchall()
+    rows = store.connection.execute(
+        "SELECT ts, samples, cpu_percent FROM metrics_1m ORDER BY ts"
+    ).fetchall()
     assert rows == [(T0, 6, 20.0)]
 
 
@@ -228,11 +234,12 @@ def test_reader_switches_to_the_rollup_once_raw_retention_has_passed(
     store.roll_up(now=T0 + 600, raw_since=0)
     store.commit()
     now = [T0 + 120]
-    reader = HistoryReader(store.path, raw_days=1, clock=lambda: now[0])
+    reader = HistoryReader(store.database, raw_days=1, clock=lambda: now[0])
 
     recent = reader.read(cpu("pi-01", T0, T0 + 60))
     now[0] = T0 + 2 * DAY_S
     old = reader.read(cpu("pi-01", T0, T0 + 60))
+    reader.close()
 
     assert (recent.source, len(recent.points)) == (Source.RAW, 6)
     assert (old.source, old.points) == (Source.ROLLUP, [(T0, 30.0)])

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import sqlite3
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -109,7 +107,7 @@ def test_one_pass_decoder_takes_a_pi_payload() -> None:
         {},
     ],
 )
-def test_history_values_are_the_stores_rows(payload: dict[str, Any], tmp_path: Path) -> None:
+def test_history_values_are_the_stores_rows(payload: dict[str, Any], db_target: str) -> None:
     columns = ("node", "ts", *DIRECT, *(m.key for m in DERIVED))
     mine = dict(zip(columns, history_values("n", 2.0, payload), strict=True))
     theirs = dict(
@@ -117,13 +115,11 @@ def test_history_values_are_the_stores_rows(payload: dict[str, Any], tmp_path: P
     )
     assert mine == theirs
     # Stored, an int becomes the float history_row makes of it (every history column is REAL).
-    store = Store(str(tmp_path / "h.db"))
+    store = Store(db_target)
     insert_history(store.connection, [("n", 2.0, payload)])
-    store.connection.row_factory = sqlite3.Row
-    row = store.connection.execute(
-        f"SELECT {', '.join(('node', 'ts', *HISTORY_METRICS))} FROM metrics_raw"
-    ).fetchone()
-    stored = dict(row)
+    names = ("node", "ts", *HISTORY_METRICS)
+    row = store.connection.execute(f"SELECT {', '.join(names)} FROM metrics_raw").fetchone()
+    stored = dict(zip(names, row, strict=True))
     store.close()
     assert stored == theirs
     assert [type(v) for v in stored.values()] == [type(v) for v in theirs.values()]

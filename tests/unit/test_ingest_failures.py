@@ -6,8 +6,6 @@ import logging
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import closing
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +19,7 @@ from master_service.ingest.inbox import Inbox
 from master_service.ingest.ingestor import GIVE_UP_AFTER, Ingestor
 from master_service.ingest.router import RawMessage
 from master_service.state import ClusterState, NodeState
+from master_service.storage.database import database_errors
 from master_service.storage.store import Store
 from tests.support.waiting import wait_until
 
@@ -38,7 +37,7 @@ class NodeRowsFailStore(Store):
 
 
 class FullStore(Store):
-    """A real SQLite store whose commits fail (counted) while `full` is set."""
+    """A real store whose commits fail (counted) while `full` is set."""
 
     full = False
     attempts = 0
@@ -69,8 +68,11 @@ def metrics(node: str, seq: int) -> RawMessage:
 
 def read(store: Store, sql: str) -> list[tuple[Any, ...]]:
     """Rows as committed, on a read-only connection of the test's own."""
-    with closing(sqlite3.connect(f"file:{store.path}?mode=ro", uri=True)) as db:
+    db = store.database.connect(read_only=True)
+    try:
         return db.execute(sql).fetchall()
+    finally:
+        db.close()
 
 
 def history(store: Store) -> list[float]:
@@ -78,11 +80,9 @@ def history(store: Store) -> list[float]:
 
 
 @pytest.fixture
-def running(tmp_path: Path) -> Iterator[tuple[Ingestor, list[int]]]:
+def running(db_target: str) -> Iterator[tuple[Ingestor, list[int]]]:
     """A started ingest thread over a real store; the list collects acknowledged counts."""
-    ingestor = Ingestor(
-        Context(ClusterState(time.time), IngestCounters()), Store(str(tmp_path / "m.db"))
-    )
+    ingestor = Ingestor(Context(ClusterState(time.time), IngestCounters()), Store(db_target))
     acked: list[int] = []
     ingestor.commit_listeners.append(acked.append)
     ingestor.start()
@@ -91,9 +91,9 @@ def running(tmp_path: Path) -> Iterator[tuple[Ingestor, list[int]]]:
     ingestor.store.close()
 
 
-def test_failing_node_rows_keep_the_batch_and_acknowledge_nothing(tmp_path, caplog):
+def test_failing_node_rows_keep_the_batch_and_acknowledge_nothing(db_target, caplog):
     caplog.set_level(logging.ERROR, logger="master_service.ingest.ingestor")
-    store = NodeRowsFailStore(str(tmp_path / "m.db"))
+    store = NodeRowsFailStore(db_target)
     ingestor = Ingestor(Context(ClusterState(time.time), IngestCounters()), store)
     acked: list[int] = []
     ingestor.commit_listeners.append(acked.append)
@@ -110,6 +110,7 @@ def test_failing_node_rows_keep_the_batch_and_acknowledge_nothing(tmp_path, capl
     assert ingestor.store_error is None
     assert history(store) == [1000.0, 1001.0, 1002.0]
     assert {s.node: s.last_seq for s in store.load_nodes()} == {"nr-1": 2}
+    store.close()
 
 
 def test_a_failing_commit_listener_does_not_stop_the_storing(running, caplog):
@@ -129,8 +130,8 @@ def test_a_failing_commit_listener_does_not_stop_the_storing(running, caplog):
     assert any(r.exc_info for r in caplog.records if "commit listener" in r.getMessage())
 
 
-def test_an_unexpected_failure_of_the_loop_is_logged_and_the_loop_goes_on(tmp_path, caplog):
-    store = Store(str(tmp_path / "m.db"))
+def test_an_unexpected_failure_of_the_loop_is_logged_and_the_loop_goes_on(db_target, caplog):
+    store = Store(db_target)
     ingestor = Ingestor(Context(ClusterState(time.time), IngestCounters()), store)
     inbox = FlakyInbox(ingestor_module.QUEUE_LIMIT)
     ingestor.queue = inbox
@@ -147,10 +148,11 @@ def test_an_unexpected_failure_of_the_loop_is_logged_and_the_loop_goes_on(tmp_pa
         assert record.exc_info is not None  # with its traceback
     finally:
         ingestor.stop()
+        store.close()
 
 
-def test_a_loop_that_keeps_failing_ends_says_why_and_never_blocks_the_network(tmp_path):
-    store = Store(str(tmp_path / "m.db"))
+def test_a_loop_that_keeps_failing_ends_says_why_and_never_blocks_the_network(db_target):
+    store = Store(db_target)
     ingestor = Ingestor(Context(ClusterState(time.time), IngestCounters()), store)
     inbox = FlakyInbox(ingestor_module.QUEUE_LIMIT)
     ingestor.queue = inbox
@@ -174,6 +176,7 @@ def test_a_loop_that_keeps_failing_ends_says_why_and_never_blocks_the_network(tm
     for seq in range(ingestor_module.QUEUE_LIMIT + 10):
         ingestor.submit(metrics("lp-2", seq))
     ingestor.stop()
+    store.close()
 
 
 def test_an_unexpected_dispatch_error_is_counted_not_kept(running):
@@ -199,7 +202,7 @@ def test_a_faulty_queued_write_fails_alone_and_the_batch_is_stored(running):
     ingestor.submit(metrics("qw-1", 1))
     bad_write, good_write = ingestor.write(faulty), ingestor.write(good)
     assert good_write.result(5) == 1
-    assert isinstance(bad_write.exception(5), sqlite3.Error)
+    assert isinstance(bad_write.exception(5), database_errors())
     ingestor.submit(metrics("qw-1", 2))
     wait_until(lambda: sum(acked) == 2, message="both messages committed")
     assert history(ingestor.store) == [1001.0, 1002.0]
@@ -207,8 +210,8 @@ def test_a_faulty_queued_write_fails_alone_and_the_batch_is_stored(running):
     assert ingestor.store_error is None  # the store itself was fine all along
 
 
-def test_retries_back_off_while_the_store_fails_and_resume_when_it_heals(tmp_path):
-    store = FullStore(str(tmp_path / "m.db"))
+def test_retries_back_off_while_the_store_fails_and_resume_when_it_heals(db_target):
+    store = FullStore(db_target)
     ingestor = Ingestor(Context(ClusterState(time.time), IngestCounters()), store)
     acked: list[int] = []
     ingestor.commit_listeners.append(acked.append)
@@ -230,3 +233,4 @@ def test_retries_back_off_while_the_store_fails_and_resume_when_it_heals(tmp_pat
         assert len(history(store)) == ingestor_module.FLUSH_ROWS * 3 - 1
     finally:
         ingestor.stop()
+        store.close()

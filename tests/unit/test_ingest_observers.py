@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -104,6 +105,7 @@ def commands(tmp_path: Path) -> Iterator[tuple[CommandService, Ingestor, list[tu
         state.node("ob-3").status = NodeStatus.ONLINE
     store = Store(str(tmp_path / "m.db"))
     statements: list[tuple[str, str]] = []
+    assert isinstance(store.connection, sqlite3.Connection)  # SQLite's trace: the statements
     store.connection.set_trace_callback(
         lambda sql: statements.append((threading.current_thread().name, sql))
     )

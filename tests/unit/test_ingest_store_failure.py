@@ -33,8 +33,8 @@ def metrics(node: str, seq: int) -> RawMessage:
     return RawMessage(f"cluster/{node}/metrics", encode_envelope(envelope), False, time.time())
 
 
-def test_a_failed_flush_keeps_its_rows_and_acknowledges_only_after_the_retry(tmp_path, caplog):
-    store = FailingStore(str(tmp_path / "m.db"))
+def test_a_failed_flush_keeps_its_rows_and_acknowledges_only_after_the_retry(db_target, caplog):
+    store = FailingStore(db_target)
     ctx = Context(ClusterState(time.time), IngestCounters())
     ingestor = Ingestor(ctx, store)
     acked: list[int] = []
@@ -54,6 +54,7 @@ def test_a_failed_flush_keeps_its_rows_and_acknowledges_only_after_the_retry(tmp
     rows = store.connection.execute("SELECT ts FROM metrics_raw ORDER BY ts").fetchall()
     assert [ts for (ts,) in rows] == [1000.0, 1001.0, 1002.0]  # none lost, none twice
     saved = {state.node: state for state in store.load_nodes()}
+    store.close()
     assert saved["sf-1"].last_seq == 2
 
 

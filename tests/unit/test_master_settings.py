@@ -4,6 +4,7 @@ import pytest
 
 from cluster_protocol.config import SettingsError
 from master_service.settings import parse_settings
+from master_service.storage.database import Database, Engine
 
 
 def test_defaults_are_usable():
@@ -105,37 +106,61 @@ def test_cli_reports_an_unusable_database_without_a_traceback(tmp_path, capsys):
     assert "Traceback" not in err
 
 
-DATABASE_URLS = [
-    "postgresql://admin:hunter2@db.example:5432/picluster",
-    "sqlite:///var/lib/picluster/hunter2.db",
+# (--db value, the start of the complaint): refused before anything is opened or created.
+REFUSED_DATABASES = [
+    ("sqlite:///var/lib/picluster/hunter2.db", "a sqlite:// URL is not a database"),
+    ("mysql://admin@db.example/hunter2", "a mysql:// URL is not a database"),
+    ("postgresql://admin:hunter2@db.example:5432/picluster", "holds a password"),
+    ("postgresql://admin@db.example:5432", "must name the database"),
+    ("postgresql://admin@db.example:port/hunter2", "is not a valid postgresql:// URL"),
 ]
 
 
-@pytest.mark.parametrize("url", DATABASE_URLS)
-def test_a_database_url_is_refused_and_no_file_is_made(url, tmp_path, capsys, monkeypatch):
-    # It used to become a SQLite file named after the scheme ("postgresql:") in the cwd.
+@pytest.mark.parametrize(("url", "complaint"), REFUSED_DATABASES)
+def test_an_unusable_database_url_is_refused_and_no_file_is_made(
+    url, complaint, tmp_path, capsys, monkeypatch
+):
+    # A URL used to become a SQLite file named after the scheme ("postgresql:") in the cwd.
     from master_service.cli import main
 
     monkeypatch.chdir(tmp_path)
     assert main(["run", "--broker", "mqtt://127.0.0.1:9", "--db", url]) == 2
     err = capsys.readouterr().err
-    scheme = url.split(":", 1)[0]
-    assert err.startswith(f"cluster-master: bad setting db: a {scheme}:// URL is not a database")
+    assert err.startswith(f"cluster-master: bad setting db: {complaint}")
     assert "hunter2" not in err  # the URL may hold a password: not repeated
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("url", DATABASE_URLS)
-def test_the_users_command_refuses_a_database_url_too(url, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize(("url", "complaint"), REFUSED_DATABASES)
+def test_the_users_command_refuses_an_unusable_database_url_too(
+    url, complaint, tmp_path, capsys, monkeypatch
+):
     from master_service.cli import main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CLUSTER_DB", url)
     assert main(["users", "list"]) == 3
     err = capsys.readouterr().err
-    assert "bad setting db: a " in err
+    assert f"bad setting db: {complaint}" in err
     assert "hunter2" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_postgresql_url_is_taken_and_its_password_comes_from_its_own_settings(tmp_path):
+    secret = tmp_path / "db.password"
+    secret.write_text("s3cret\n")
+    url = "postgresql://picluster@db.example:5432/picluster"
+    settings = parse_settings(["--db", url], {"CLUSTER_DB_PASSWORD_FILE": str(secret)})
+    assert settings.database == Database(url, "s3cret")
+    assert settings.database.engine is Engine.POSTGRESQL
+    assert "s3cret" not in repr(settings)
+
+
+def test_the_database_password_is_refused_in_the_config_file(tmp_path):
+    config = tmp_path / "master.toml"
+    config.write_text('db = "postgresql://picluster@db.example/picluster"\ndb_password = "x"\n')
+    with pytest.raises(SettingsError, match="db_password: keep passwords out of config files"):
+        parse_settings(["--config", str(config)], {})
 
 
 @pytest.mark.parametrize(

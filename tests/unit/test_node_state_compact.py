@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import cast
 
 import pytest
@@ -38,10 +37,10 @@ def test_a_returned_dict_is_a_copy() -> None:
     assert node.metrics["cpu_percent"] == METRICS_PAYLOAD["cpu_percent"]  # type: ignore[index]
 
 
-def test_state_survives_a_master_restart(tmp_path: Path) -> None:
+def test_state_survives_a_master_restart(db_target: str) -> None:
     node = tracked_node()
     node.observe_seq(10)  # seqs 8 and 9 now missing
-    store = Store(str(tmp_path / "master.db"))
+    store = Store(db_target)
     store.save_nodes([node], 200.0)
     store.commit()
     (restored,) = store.load_nodes()

@@ -42,6 +42,7 @@ FLAG_SAMPLES: dict[str, tuple[str, Any]] = {
     "keepalive": ("12", 12),
     "spool_max": ("99", 99),
     "password_file": ("PASSWORD_FILE", "PASSWORD_FILE"),
+    "db_password_file": ("PASSWORD_FILE", "PASSWORD_FILE"),
     "ca_file": ("CA_FILE", "CA_FILE"),
     "temperature_sensor": ("none", "none"),
     "vcgencmd": ("/opt/vc/bin/vcgencmd", "/opt/vc/bin/vcgencmd"),

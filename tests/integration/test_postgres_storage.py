@@ -1,0 +1,175 @@
+"""PostgreSQL storage as such: schema versions, day partitions, retention, readers, errors.
+
+What both engines share (history, rollups, the command log, alerts...) runs on both through
+the `store` and `db_target` fixtures; this file holds what only PostgreSQL has.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from master_service.state import NodeState
+from master_service.storage import partitions
+from master_service.storage.database import Database, DatabaseUnavailableError, psycopg_sql
+from master_service.storage.migrations import SCHEMA_VERSION, SchemaTooNewError
+from master_service.storage.retention import run_retention
+from master_service.storage.store import Store
+from tests.support.broker import free_port
+from tests.support.postgres import PostgresServer
+
+DAY = partitions.DAY_S
+T0 = 1_764_028_800.0  # 2025-11-25 00:00:00 UTC, a day boundary
+
+
+@pytest.fixture
+def pg_store(postgres_url: str) -> Iterator[Store]:
+    opened = Store(postgres_url)
+    yield opened
+    opened.close()
+
+
+def tables(store: Store) -> set[str]:
+    rows = store.connection.execute(
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+    ).fetchall()
+    return {name for (name,) in rows}
+
+
+def rows_in(store: Store, table: str) -> int:
+    (count,) = store.connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
+    return int(count)
+
+
+def add(store: Store, node: str, *stamps: float) -> None:
+    store.append_history((node, ts, {"cpu_percent": 1.0}) for ts in stamps)
+    store.commit()
+
+
+def test_a_new_database_gets_every_version_and_a_second_open_changes_nothing(
+    postgres_url: str,
+) -> None:
+    first = Store(postgres_url)
+    (version,) = first.connection.execute("SELECT version FROM schema_version").fetchone()
+    first.close()
+    again = Store(postgres_url)
+    rows = again.connection.execute("SELECT version FROM schema_version").fetchall()
+    again.close()
+    assert version == SCHEMA_VERSION
+    assert rows == [(SCHEMA_VERSION,)]
+
+
+def test_masters_starting_together_migrate_one_after_the_other(postgres_url: str) -> None:
+    opened: list[Store] = []
+    failures: list[BaseException] = []
+    start = threading.Barrier(3)
+
+    def open_store() -> None:
+        start.wait()
+        try:
+            opened.append(Store(postgres_url))
+        except BaseException as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=open_store) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    for store in opened:
+        store.close()
+    assert failures == []
+    assert len(opened) == 3
+
+
+def test_a_database_from_a_newer_release_is_refused_unchanged(postgres_url: str) -> None:
+    Store(postgres_url).close()
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        db.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION + 1,))
+    with pytest.raises(SchemaTooNewError, match=f"schema version {SCHEMA_VERSION + 1}"):
+        Store(postgres_url)
+    with psycopg.connect(postgres_url) as db:
+        row = db.execute("SELECT version FROM schema_version").fetchone()
+    assert row == (SCHEMA_VERSION + 1,)
+
+
+def test_today_and_the_next_days_have_partitions_before_any_sample(pg_store: Store) -> None:
+    today = partitions.day_of(time.time())
+    expected = {partitions.partition_name(today + n * DAY) for n in range(3)}
+    assert expected <= tables(pg_store)
+    assert "metrics_raw_default" in tables(pg_store)
+
+
+def test_samples_land_in_their_days_partition(pg_store: Store) -> None:
+    now = time.time()
+    add(pg_store, "pi-01", now, now + DAY)
+    today = partitions.partition_name(partitions.day_of(now))
+    tomorrow = partitions.partition_name(partitions.day_of(now + DAY))
+    assert (rows_in(pg_store, today), rows_in(pg_store, tomorrow)) == (1, 1)
+    assert rows_in(pg_store, "metrics_raw_default") == 0
+
+
+def test_a_sample_of_a_day_without_partition_is_kept_and_moves_in_when_it_gets_one(
+    pg_store: Store,
+) -> None:
+    # A spool replayed from long ago, or a node whose clock is off: never refused.
+    add(pg_store, "pi-01", T0 + 5, T0 + 10)
+    assert rows_in(pg_store, "metrics_raw_default") == 2
+    created = partitions.ensure_partitions(pg_store.connection, T0)
+    pg_store.commit()
+    assert partitions.partition_name(int(T0)) in created
+    assert rows_in(pg_store, "metrics_raw_default") == 0
+    assert rows_in(pg_store, partitions.partition_name(int(T0))) == 2
+    assert rows_in(pg_store, "metrics_raw") == 2
+
+
+def test_retention_drops_whole_days_and_prunes_the_rest_by_row(pg_store: Store) -> None:
+    partitions.ensure_partitions(pg_store.connection, T0)
+    pg_store.save_nodes([NodeState("pi-01")], T0)
+    add(pg_store, "pi-01", T0 + 60, T0 + DAY + 60, T0 + DAY + 7200, T0 + 2 * DAY + 60)
+    pg_store.roll_up(T0 + 2 * DAY + 120, raw_since=0)
+    pg_store.commit()
+    now = T0 + 2 * DAY + 3600 + 120
+    # Raw samples kept a day and an hour: day 0 goes whole, day 1 partly, day 2 stays.
+    report = run_retention(pg_store, now, raw_days=1 + 1 / 24, rollup_days=30)
+    left = pg_store.connection.execute("SELECT ts FROM metrics_raw ORDER BY ts").fetchall()
+    assert [ts for (ts,) in left] == [T0 + DAY + 7200, T0 + 2 * DAY + 60]
+    assert report.raw_deleted == 2
+    assert partitions.partition_name(int(T0)) not in tables(pg_store)
+    assert partitions.partition_name(int(T0 + DAY)) in tables(pg_store)
+    # The minutes were rolled up before their raw samples went.
+    assert rows_in(pg_store, "metrics_1m") == 4
+
+
+def test_a_reader_cannot_write(pg_store: Store) -> None:
+    reader = pg_store.database.connect(read_only=True)
+    try:
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            reader.execute("DELETE FROM nodes")
+    finally:
+        reader.close()
+
+
+def test_an_unreachable_server_is_reported_with_its_address() -> None:
+    url = f"postgresql://picluster@127.0.0.1:{free_port()}/picluster"
+    with pytest.raises(DatabaseUnavailableError, match="cannot connect to PostgreSQL at") as error:
+        Database(url).connect()
+    assert url in str(error.value)
+    assert str(error.value).startswith("db: ")
+
+
+def test_a_refused_login_is_reported_without_the_password(postgres_server: PostgresServer) -> None:
+    with pytest.raises(DatabaseUnavailableError, match="password authentication failed") as error:
+        Database(postgres_server.url, "not-the-password").connect()
+    assert "not-the-password" not in str(error.value)
+
+
+def test_placeholders_outside_quotes_become_psycopgs() -> None:
+    assert psycopg_sql("SELECT ? WHERE a = ? AND b LIKE 'x?%'") == (
+        "SELECT %s WHERE a = %s AND b LIKE 'x?%%'"
+    )
+    assert psycopg_sql("SELECT :since, x::bigint, 5 % 2") == ("SELECT %(since)s, x::bigint, 5 %% 2")
