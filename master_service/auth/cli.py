@@ -192,6 +192,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         become_the_owner(db)
         connection = connect(database)
+    except SettingsError as error:  # a newer schema, a server that refuses the login
+        _err(f"bad setting {error}")
+        return 3
     except Exception as error:
         _err(f"cannot open the database {database.name}: {error}")
         return 3
