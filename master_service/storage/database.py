@@ -13,7 +13,7 @@ import enum
 import logging
 import re
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -219,8 +219,16 @@ def psycopg_sql(sql: str) -> str:
 class PostgresConnection:
     """A psycopg 3 connection that takes the storage code's `?` placeholders."""
 
-    def __init__(self, raw: psycopg.Connection[Any]) -> None:
+    def __init__(
+        self,
+        raw: psycopg.Connection[Any],
+        reopen: Callable[[], psycopg.Connection[Any]],
+        *,
+        read_only: bool = False,
+    ) -> None:
         self.raw = raw
+        self.read_only = read_only
+        self._reopen = reopen
         self._transactions: list[AbstractContextManager[Any]] = []
 
     @classmethod
@@ -228,29 +236,11 @@ class PostgresConnection:
         cls, url: str, password: str | None, *, read_only: bool, autocommit: bool = False
     ) -> PostgresConnection:
         """Connect, or raise DatabaseUnavailableError with libpq's reason."""
-        try:
-            import psycopg
-        except ImportError as error:
-            raise DatabaseUnavailableError(
-                "PostgreSQL needs psycopg: install picluster with its master extra "
-                "(pip install 'picluster[master]')"
-            ) from error
-        extra: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S}
-        if password is not None:
-            extra["password"] = password
-        try:
-            # Readers commit after every statement: an open transaction would hold locks
-            # that the retention job's partition drops wait for.
-            raw = psycopg.connect(url, autocommit=read_only or autocommit, **extra)
-        except psycopg.Error as error:
-            raise DatabaseUnavailableError(
-                f"cannot connect to PostgreSQL at {redacted(url)}: {_first_line(error)}"
-            ) from error
-        if read_only:
-            # Not `raw.read_only`: that marks the transactions psycopg begins, and in
-            # autocommit it begins none.
-            raw.execute("SET default_transaction_read_only = on")
-        return cls(raw)
+
+        def reopen() -> psycopg.Connection[Any]:
+            return _connect(url, password, read_only=read_only, autocommit=autocommit)
+
+        return cls(reopen(), reopen, read_only=read_only)
 
     @property
     def in_transaction(self) -> bool:
@@ -258,9 +248,28 @@ class PostgresConnection:
         return not self.raw.autocommit
 
     def execute(self, sql: str, parameters: Sequence[Any] | Mapping[str, Any] = (), /) -> Cursor:
-        """Run one statement; return its cursor."""
+        """Run one statement; return its cursor.
+
+        An autocommit connection (the API's readers, logins) that the server dropped, say
+        in a restart, connects again before the statement: no transaction can be lost there.
+        A read-only one also retries the statement that found it dropped.
+        """
+        import psycopg
+
+        if self.broken and self.raw.autocommit and not self._transactions:
+            self._reconnect()
         # Parameters are always given, even empty: psycopg then reads `%%` as one `%`.
+        try:
+            return self.raw.execute(psycopg_sql(sql), parameters)
+        except psycopg.OperationalError:
+            if not (self.read_only and self.broken):
+                raise
+        self._reconnect()
         return self.raw.execute(psycopg_sql(sql), parameters)
+
+    def _reconnect(self) -> None:
+        self.raw.close()
+        self.raw = self._reopen()
 
     def executemany(self, sql: str, seq_of_parameters: Iterable[Any], /) -> Cursor:
         """Run one statement per parameter row (psycopg pipelines them: one round trip)."""
@@ -301,6 +310,35 @@ class PostgresConnection:
             self.raw.commit()
         else:
             self.raw.rollback()
+
+
+def _connect(
+    url: str, password: str | None, *, read_only: bool, autocommit: bool
+) -> psycopg.Connection[Any]:
+    """A psycopg connection, or DatabaseUnavailableError with libpq's reason."""
+    try:
+        import psycopg
+    except ImportError as error:
+        raise DatabaseUnavailableError(
+            "PostgreSQL needs psycopg: install picluster with its master extra "
+            "(pip install 'picluster[master]')"
+        ) from error
+    extra: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    if password is not None:
+        extra["password"] = password
+    try:
+        # Readers commit after every statement: an open transaction would hold locks that
+        # the retention job's partition drops wait for.
+        raw = psycopg.connect(url, autocommit=read_only or autocommit, **extra)
+    except psycopg.Error as error:
+        raise DatabaseUnavailableError(
+            f"cannot connect to PostgreSQL at {redacted(url)}: {_first_line(error)}"
+        ) from error
+    if read_only:
+        # Not `raw.read_only`: that marks the transactions psycopg begins, and in autocommit
+        # it begins none.
+        raw.execute("SET default_transaction_read_only = on")
+    return raw
 
 
 def _first_line(error: Exception) -> str:

@@ -139,6 +139,8 @@ def test_a_database_crash_under_load_loses_nothing(
     ]
     try:
         wait_until(lambda: all((counters(master, n)["last_seq"] or 0) >= 3 for n in node_ids), 20)
+        # A history read before the crash: the API now holds a read connection.
+        assert master.get(f"/api/nodes/{node_ids[0]}/history?metric=cpu_percent")["points"]
         own_server.kill()
         wait_until(
             lambda: any(
@@ -163,6 +165,9 @@ def test_a_database_crash_under_load_loses_nothing(
 
         wait_until(caught_up, 30, interval_s=0.2, message=f"every node up to {target}, no gap")
         assert health(master)["ok"] is True
+        # The API's read connections were dropped with the server: they connect again.
+        history = master.get(f"/api/nodes/{node_ids[0]}/history?metric=cpu_percent")
+        assert any(value is not None for _, value in history["points"])
     finally:
         for node in nodes:
             node.stop()
