@@ -51,11 +51,27 @@ def _release_wake_up_sockets_on_loop_stop() -> None:
 _release_wake_up_sockets_on_loop_stop()
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark everything under tests/integration as `integration`."""
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """--master-db: the engine of the master processes the integration tests start."""
+    parser.addoption(
+        "--master-db",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="the masters' database in the integration tests: a SQLite file (default), or a"
+        " fresh database of the session's PostgreSQL server (deselects sqlite_file tests)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark everything under tests/integration as `integration`; deselect sqlite_file on PG."""
     for item in items:
         if "integration" in item.path.parts:
             item.add_marker(pytest.mark.integration)
+    if config.getoption("master_db") == "postgresql":
+        deselected = [item for item in items if item.get_closest_marker("sqlite_file")]
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+            items[:] = [item for item in items if item not in deselected]
 
 
 @pytest.fixture(params=[Engine.SQLITE, Engine.POSTGRESQL], ids=lambda engine: engine.value)

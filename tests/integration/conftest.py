@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import urllib.error
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,13 +16,32 @@ from typing import Any
 
 import pytest
 
+from tests.support import processes
 from tests.support.broker import MosquittoBroker
+from tests.support.databases import MasterDatabase
+from tests.support.postgres import PostgresServer
 from tests.support.processes import RunningMaster, Service, start_master, start_node
 from tests.support.waiting import wait_until
 
 NODE_IDS = ("dash-01", "dash-02", "dash-03")
 NODE_KEEPALIVE_S = 2
 NODE_INTERVAL_S = 1.0
+
+
+@pytest.fixture(scope="session", autouse=True)
+def masters_database(request: pytest.FixtureRequest) -> Iterator[None]:
+    """With --master-db postgresql, a master started without `db=` gets a fresh PostgreSQL DB."""
+    if request.config.getoption("master_db") != "postgresql":
+        yield
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+
+    def fresh_database(workdir: Path) -> MasterDatabase:
+        return MasterDatabase.of(server.create_database(f"master_{uuid.uuid4().hex[:16]}"))
+
+    processes.default_master_database = fresh_database
+    yield
+    processes.default_master_database = None
 
 
 @pytest.fixture(scope="session")
@@ -80,7 +100,10 @@ class Cluster:
 
 
 def start_prefixed_master(
-    broker: MosquittoBroker, workdir: Path, prefix: str, db: Path | str | None = None
+    broker: MosquittoBroker,
+    workdir: Path,
+    prefix: str,
+    db: Path | str | MasterDatabase | None = None,
 ) -> RunningMaster:
     """A master on its own topic prefix and session (so tests can share a broker), HA off."""
     return start_master(

@@ -9,12 +9,27 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tests.support.broker import free_port
+from tests.support.databases import MasterDatabase
 from tests.support.waiting import wait_until
+
+default_master_database: Callable[[Path], MasterDatabase] | None = None
+"""Makes the database of a master started in a workdir without `db=`; None: its master.db.
+
+`--master-db postgresql` sets it (tests/integration/conftest.py) to fresh PostgreSQL databases.
+"""
+
+
+def master_database(workdir: Path) -> MasterDatabase:
+    """The database a master started in `workdir` without `db=` gets on this run."""
+    if default_master_database is None:
+        return MasterDatabase(str(workdir / "master.db"), {})
+    return default_master_database(workdir)
 
 
 @dataclass
@@ -46,6 +61,7 @@ class RunningMaster(Service):
 
     api: str = ""
     db: Path | str = field(default_factory=Path)  # a SQLite file, or a postgresql:// URL
+    database: MasterDatabase = field(default_factory=lambda: MasterDatabase("", {}))  # db, its env
 
     token: str | None = None
 
@@ -82,18 +98,32 @@ def start_master(
     workdir: Path,
     *extra: str,
     env: dict[str, str] | None = None,
-    db: Path | str | None = None,
+    db: Path | str | MasterDatabase | None = None,
 ) -> RunningMaster:
-    """Start a master against a broker and wait until its API answers and it is connected."""
+    """Start a master against a broker and wait until its API answers and it is connected.
+
+    Without `db` it gets `master_database(workdir)`; a MasterDatabase brings its environment
+    (a PostgreSQL password), under the `env` given.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    database = db or workdir / "master.db"
+    if db is None:
+        database = master_database(workdir)
+    elif isinstance(db, MasterDatabase):
+        database = db
+    else:
+        database = MasterDatabase(str(db), {})
+    env = {**database.env, **(env or {})}
     log_path = workdir / f"master-{port}.log"
-    args = ["run", "--broker", broker_url, "--db", str(database), "--http", f"127.0.0.1:{port}"]
+    args = ["run", "--broker", broker_url, "--db", database.target, "--http", f"127.0.0.1:{port}"]
     process = _spawn("master_service", [*args, *extra], log_path, env)
-    token = (env or {}).get("CLUSTER_API_TOKEN")
     master = RunningMaster(
-        process, log_path, api=f"http://127.0.0.1:{port}", db=database, token=token
+        process,
+        log_path,
+        api=f"http://127.0.0.1:{port}",
+        db=database.target,
+        database=database,
+        token=env.get("CLUSTER_API_TOKEN"),
     )
 
     def connected() -> bool:
