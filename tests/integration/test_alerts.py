@@ -26,7 +26,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from cluster_protocol import Envelope, encode_envelope, topic_for
 from tests.integration.conftest import start_prefixed_master
 from tests.support.broker import MosquittoBroker
-from tests.support.processes import RunningMaster, start_master, start_node
+from tests.support.databases import MasterDatabase
+from tests.support.processes import RunningMaster, master_database, start_master, start_node
 from tests.support.receiver import Receiver
 from tests.support.waiting import wait_until
 from tests.support.watcher import Watcher
@@ -77,12 +78,16 @@ class Site:
     config: Path
     prefix: str = field(default_factory=lambda: f"al{uuid.uuid4().hex[:6]}")
     master: RunningMaster | None = None
+    database: MasterDatabase = field(init=False)  # kept across the master's restarts
     seqs: dict[str, int] = field(default_factory=dict)
     _client: mqtt.Client | None = None
 
+    def __post_init__(self) -> None:
+        self.database = master_database(self.workdir)
+
     def start_master(self) -> RunningMaster:
         self.master = start_prefixed_master(
-            self.broker, self.workdir, self.prefix, db=self.workdir / "master.db"
+            self.broker, self.workdir, self.prefix, db=self.database
         )
         return self.master
 
@@ -149,7 +154,7 @@ def start_alerting_master(site: Site) -> RunningMaster:
         "--client-id", f"picluster-master-{site.prefix}",
         "--no-ha-discovery",
         "--config", str(site.config),
-        db=site.workdir / "master.db",
+        db=site.database,
     )  # fmt: skip
     return site.master
 

@@ -33,10 +33,14 @@ PASSWORDS = {"alice": "alice-admin-pass", "victor": "victor-viewer-pass"}
 
 
 @pytest.fixture
-def locked_rack(broker: MosquittoBroker, tmp_path: Path) -> Iterator[Rack]:
+def locked_rack(
+    broker: MosquittoBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Rack]:
     """The rack, its master requiring a login, with admin `alice` and viewer `victor`."""
     env = {"CLUSTER_REQUIRE_LOGIN": "true", "CLUSTER_API_TOKEN": API_TOKEN}
     started = start_rack(broker, tmp_path / "rack", ("a", "b", "c"), env)
+    for name, value in started.master.database.env.items():  # for `cluster-master users`
+        monkeypatch.setenv(name, value)
     add_user(started.master.db, "alice", "admin", PASSWORDS["alice"])
     add_user(started.master.db, "victor", "viewer", PASSWORDS["victor"])
     yield started

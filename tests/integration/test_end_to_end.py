@@ -137,7 +137,7 @@ def test_master_restart_loses_nothing_published_while_it_was_down(broker, tmp_pa
     publish_envelopes(broker, node_id, 1, 1000)
 
     master = start_master(
-        broker.url, tmp_path, "--client-id", "picluster-master-restart", db=master.db
+        broker.url, tmp_path, "--client-id", "picluster-master-restart", db=master.database
     )
     try:
         counters = wait_until(

@@ -28,6 +28,10 @@ from tests.support.processes import RunningMaster, Service, start_master, start_
 from tests.support.waiting import wait_until
 from tests.support.watcher import Watcher
 
+pytestmark = pytest.mark.sqlite_file(
+    "fills the disk under the SQLite file and reads it with sqlite3"
+)
+
 INTERVAL_S = 0.5
 TMPFS_SIZE = "8m"
 

@@ -19,7 +19,7 @@ import pytest
 
 from tests.support.broker import MosquittoBroker
 from tests.support.logins import add_user, csrf_header, log_in, login_form, users_cli
-from tests.support.processes import RunningMaster, start_master
+from tests.support.processes import RunningMaster, master_database, start_master
 
 API_TOKEN = "the-masters-admin-token"
 METRICS_TOKEN = "prometheus-scrape-token"
@@ -31,13 +31,18 @@ MasterFactory = Callable[..., RunningMaster]
 
 
 @pytest.fixture
-def make_master(broker: MosquittoBroker, tmp_path: Path) -> Iterator[MasterFactory]:
+def make_master(
+    broker: MosquittoBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[MasterFactory]:
     """Start masters that require a login, with an admin `alice` and a viewer `victor`."""
     started: list[RunningMaster] = []
 
     def make(*extra: str, env: dict[str, str] | None = None) -> RunningMaster:
         workdir = tmp_path / f"master{len(started)}"
-        db = workdir / "master.db"
+        database = master_database(workdir)
+        db = database.target
+        for name, value in database.env.items():  # for `cluster-master users` too
+            monkeypatch.setenv(name, value)
         workdir.mkdir()
         add_user(db, "alice", "admin", ADMIN_PW)  # before the master: the first admin
         add_user(db, "victor", "viewer", VIEWER_PW)
@@ -50,7 +55,7 @@ def make_master(broker: MosquittoBroker, tmp_path: Path) -> Iterator[MasterFacto
             "--client-id", f"picluster-master-login{len(started)}-{tmp_path.name[-8:]}",
             *extra,
             env={"CLUSTER_API_TOKEN": API_TOKEN, **(env or {})},
-            db=db,
+            db=database,
         )  # fmt: skip
         started.append(master)
         return master
@@ -260,8 +265,13 @@ def test_logout_ends_the_session_and_a_new_password_ends_the_others(
         assert log_in(phone, "alice", "a brand new passphrase").status_code == 303
 
 
-def test_the_users_command_refuses_bad_input_with_a_clear_message(tmp_path: Path) -> None:
-    db = tmp_path / "master.db"
+def test_the_users_command_refuses_bad_input_with_a_clear_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = master_database(tmp_path)
+    db = database.target
+    for name, value in database.env.items():
+        monkeypatch.setenv(name, value)
     short = users_cli(db, "add", "bob", "--role", "viewer", password="short")
     assert short.returncode == 2
     assert "at least 8 characters" in short.stderr
@@ -311,6 +321,7 @@ def test_an_open_local_master_refuses_writes_from_another_sites_page(
         master.stop()
 
 
+@pytest.mark.sqlite_file("the master's files on the head, and a link planted as its -wal file")
 def test_run_as_root_the_users_command_becomes_the_masters_user() -> None:
     # On a head, `sudo cluster-master users ...` must leave the master's files its own and
     # never write through a link the master's user planted. (Under /tmp: pytest's own

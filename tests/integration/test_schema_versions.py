@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from master_service.storage.migrations import SCHEMA_VERSION
 from tests.support.broker import MosquittoBroker, free_port
 from tests.support.processes import start_master
@@ -17,6 +19,7 @@ FIXTURE = Path(__file__).parents[1] / "fixtures" / "db" / "master-v1.sqlite"
 T0 = 1_764_000_000  # as in tests/fixtures/db/make_master_v1.py
 
 
+@pytest.mark.sqlite_file("a SQLite file whose PRAGMA user_version is from a newer release")
 def test_the_master_refuses_a_database_from_a_newer_release_and_exits_2(tmp_path: Path) -> None:
     db = tmp_path / "master.db"
     connection = sqlite3.connect(db)
@@ -46,6 +49,7 @@ def test_the_master_refuses_a_database_from_a_newer_release_and_exits_2(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["master.db"]
 
 
+@pytest.mark.sqlite_file("an older release's SQLite file (v1) copied in as the database")
 def test_the_master_upgrades_an_old_database_and_serves_its_nodes_and_history(
     broker: MosquittoBroker, tmp_path: Path
 ) -> None:

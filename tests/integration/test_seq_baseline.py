@@ -201,7 +201,7 @@ def test_a_restarted_master_counts_a_gap_in_what_its_session_queued(
     simulated.metrics(4, 5, 7)  # queued for the master's session; 6 never comes
     simulated.send("machine_details", 8, DETAILS, retain=True)  # queued and retained
 
-    master = start_prefixed_master(broker, tmp_path, prefix, db=master.db)
+    master = start_prefixed_master(broker, tmp_path, prefix, db=master.database)
     try:
         seen = wait_counters(master, "sim-01", lambda c: c["last_seq"] == 8, "seq 8")
         assert seen["seq_gaps"] == 1

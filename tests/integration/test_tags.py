@@ -108,7 +108,7 @@ def test_tags_from_the_node_and_the_master(broker: MosquittoBroker, tmp_path: Pa
         master.stop()
 
     # Master-side tags are in the database: a new master shows them at once.
-    master = start_master(broker.url, tmp_path, *args, env=env, db=master.db)
+    master = start_master(broker.url, tmp_path, *args, env=env, db=master.database)
     try:
         view = master.node(a)
         assert view is not None
