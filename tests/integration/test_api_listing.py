@@ -24,6 +24,7 @@ from cluster_protocol import Envelope, encode_envelope, topic_for
 from master_service.app import MasterService, build
 from master_service.settings import MasterSettings
 from tests.support.broker import MosquittoBroker
+from tests.support.processes import master_database
 from tests.support.waiting import wait_until
 
 DETAILS: dict[str, Any] = {
@@ -85,9 +86,11 @@ class Node:
 
 @pytest.fixture
 def master(broker: MosquittoBroker, tmp_path: Path) -> Iterator[Master]:
+    database = master_database(tmp_path)
     settings = MasterSettings(
         broker=broker.url,
-        db=str(tmp_path / "master.db"),
+        db=database.target,
+        db_password=database.env.get("CLUSTER_DB_PASSWORD"),
         client_id=f"test-master-{uuid.uuid4().hex[:8]}",
         prefix=f"ls{uuid.uuid4().hex[:8]}",
         ha_discovery=False,

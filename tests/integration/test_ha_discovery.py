@@ -18,6 +18,7 @@ from master_service.home_assistant import discovery as hd
 from master_service.home_assistant.publisher import DiscoveryPublisher
 from master_service.settings import MasterSettings
 from tests.support.broker import MosquittoBroker
+from tests.support.processes import master_database
 from tests.support.watcher import Seen, Watcher
 
 GIB = 1024**3
@@ -284,9 +285,11 @@ def test_forget_on_a_running_master_clears_the_node_from_home_assistant(
     """Found against a real Home Assistant (scripts/verify-home-assistant.sh): `cluster-master
     forget` answered "forgot" while the node's device stayed in Home Assistant."""
     prefix, cluster = prefixes
+    database = master_database(tmp_path)
     settings = MasterSettings(
         broker=broker.url,
-        db=str(tmp_path / "master.db"),
+        db=database.target,
+        db_password=database.env.get("CLUSTER_DB_PASSWORD"),
         client_id=f"test-master-{uuid.uuid4().hex[:8]}",
         prefix=cluster,
         ha_prefix=prefix,

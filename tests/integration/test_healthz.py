@@ -26,7 +26,7 @@ from master_service.ingest.ingestor import QUEUE_LIMIT
 from master_service.ingest.router import RawMessage
 from master_service.settings import MasterSettings
 from tests.support.broker import MosquittoBroker, free_port
-from tests.support.processes import RunningMaster, start_master
+from tests.support.processes import RunningMaster, master_database, start_master
 from tests.support.waiting import wait_until
 from tests.unit.test_deploy_configs import load_compose
 
@@ -60,9 +60,11 @@ def compose_health_check(master: RunningMaster) -> int:
 
 def in_process_master(broker: MosquittoBroker, workdir: Path) -> MasterService:
     """A master whose ingest loop fails on every turn."""
+    database = master_database(workdir)
     settings = MasterSettings(
         broker=broker.url,
-        db=str(workdir / "master.db"),
+        db=database.target,
+        db_password=database.env.get("CLUSTER_DB_PASSWORD"),
         http=f"127.0.0.1:{free_port()}",
         client_id=f"health-{uuid.uuid4().hex[:8]}",
         prefix=f"hz{uuid.uuid4().hex[:6]}",

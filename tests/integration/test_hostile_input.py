@@ -30,6 +30,7 @@ from master_service.ingest.handlers import Context, Incoming
 from master_service.settings import MasterSettings
 from master_service.state import NodeView
 from tests.support.broker import MosquittoBroker
+from tests.support.processes import master_database
 from tests.support.waiting import wait_until
 
 NODE = "hostile-pi"
@@ -41,9 +42,11 @@ def running_master(
     broker_url: str, workdir: Path, reraise: bool = True, **options: Any
 ) -> Iterator[MasterService]:
     """An in-process master connected to the broker; its handler errors re-raise by default."""
+    database = master_database(workdir / f"master-{uuid.uuid4().hex[:6]}")
     settings = MasterSettings(
         broker=broker_url,
-        db=str(workdir / f"master-{uuid.uuid4().hex[:6]}.db"),
+        db=database.target,
+        db_password=database.env.get("CLUSTER_DB_PASSWORD"),
         client_id=options.pop("client_id", f"test-master-{uuid.uuid4().hex[:8]}"),
         ha_discovery=False,
         **options,

@@ -37,17 +37,23 @@ from tests.integration.test_hostile_input import (
 )
 from tests.support.broker import MosquittoBroker
 from tests.support.certs import TestPki, make_pki
+from tests.support.databases import MasterDatabase
 from tests.support.mqtt_proxy import MqttProxy
+from tests.support.processes import master_database
 from tests.support.waiting import wait_until
 
 LISTENER_LOG = "master_service.ingest.mqtt5_listener"
 PASSWORD = "m5-master-secret"
 
 
-def settings_for(url: str, workdir: Path, **options: Any) -> MasterSettings:
+def settings_for(
+    url: str, workdir: Path, database: MasterDatabase | None = None, **options: Any
+) -> MasterSettings:
+    database = database or master_database(workdir / f"m5-{uuid.uuid4().hex[:6]}")
     return MasterSettings(
         broker=url,
-        db=options.pop("db", str(workdir / f"m5-{uuid.uuid4().hex[:6]}.db")),
+        db=database.target,
+        db_password=database.env.get("CLUSTER_DB_PASSWORD"),
         client_id=options.pop("client_id", f"m5-master-{uuid.uuid4().hex[:8]}"),
         ha_discovery=False,
         ingest_client="mqtt5",
@@ -129,14 +135,15 @@ def test_session_and_its_queue_survive_a_master_restart(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger=LISTENER_LOG)
-    node, client_id, db = node_id(), f"m5-session-{uuid.uuid4().hex[:6]}", tmp_path / "m.db"
-    with mqtt5_master(broker.url, tmp_path, client_id=client_id, db=str(db)) as master:
+    node, client_id = node_id(), f"m5-session-{uuid.uuid4().hex[:6]}"
+    database = master_database(tmp_path / "m")
+    with mqtt5_master(broker.url, tmp_path, client_id=client_id, database=database) as master:
         send(publisher, node, range(1, 3))
         wait_seq(master, node, 2)
     # The master is away: the broker queues for its persistent session.
     send(publisher, node, range(3, 503))
     caplog.clear()
-    with mqtt5_master(broker.url, tmp_path, client_id=client_id, db=str(db)) as master:
+    with mqtt5_master(broker.url, tmp_path, client_id=client_id, database=database) as master:
         wait_seq(master, node, 502)
         view = master.state.view(node)
         assert view is not None
