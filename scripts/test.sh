@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run every check: ruff, mypy --strict, and the tests (unit and integration, against real
-# Mosquitto brokers the tests start themselves). Does its own set-up on a fresh Debian or
-# Raspberry Pi OS machine. Extra arguments go to pytest (e.g. -k end_to_end).
+# Mosquitto brokers the tests start themselves), then the integration tests again with the
+# masters on PostgreSQL (--master-db postgresql). Does its own set-up on a fresh Debian or
+# Raspberry Pi OS machine. Extra arguments go to both pytest runs (e.g. -k end_to_end).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -20,3 +21,6 @@ say "mypy --strict"
 "$VENV/bin/mypy"
 say "pytest"
 "$VENV/bin/pytest" "$@"
+say "pytest (integration, masters on PostgreSQL)"
+# Exit status 5: the arguments (-k ...) selected none of the integration tests.
+"$VENV/bin/pytest" tests/integration --master-db postgresql "$@" || [ $? -eq 5 ]
