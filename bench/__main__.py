@@ -4,6 +4,7 @@
     .venv/bin/python -m bench --quick         # shorter phases, for a smoke check (~3 min)
     .venv/bin/python -m bench --only ingest,node
     .venv/bin/python -m bench --only alerts   # rule cost per sample, event -> webhook POST
+    .venv/bin/python -m bench --only storage  # SQLite beside PostgreSQL (not in the default)
 
 Set BENCH_PROFILE=DIR to record each Python consumer with py-spy (folded stacks in DIR).
 """
@@ -28,9 +29,13 @@ from bench import sections
 from bench.alerts import alerts
 from bench.nodebench import node_footprint
 from bench.sections import Row
+from bench.storage import storage
+from tests.support.postgres import postgres_bindir
 
 RESULTS: Final = Path(__file__).resolve().parent / "results"
-SECTIONS: Final = ("ingest", "latency", "scale", "node", "history", "alerts")
+SECTIONS: Final = ("ingest", "latency", "scale", "node", "history", "alerts", "storage")
+# storage starts a PostgreSQL server of its own and takes ~6 minutes: only with --only.
+DEFAULT_SECTIONS: Final = SECTIONS[:-1]
 
 
 def machine() -> dict[str, Any]:
@@ -77,7 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the chosen sections, print the table, write the JSON."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter phases (a smoke check)")
-    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
+    parser.add_argument(
+        "--only", default=",".join(DEFAULT_SECTIONS), help="comma-separated sections"
+    )
     parser.add_argument("--messages", type=int, help="messages per ingest run")
     parser.add_argument("--repeats", type=int, help="ingest runs per consumer")
     args = parser.parse_args(argv)
@@ -88,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for tool in ("mosquitto", "mosquitto_sub"):
         if shutil.which(tool) is None:
             parser.error(f"{tool} not found: apt-get install -y mosquitto mosquitto-clients")
+    if "storage" in chosen and postgres_bindir() is None:
+        parser.error("storage needs the PostgreSQL server: apt-get install -y postgresql")
     quick = args.quick
     messages = args.messages or (30_000 if quick else 100_000)
     repeats = args.repeats or (1 if quick else 3)
@@ -99,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "node": lambda: node_footprint(workdir / "node", 20.0 if quick else 60.0),
         "history": lambda: sections.history(5 if quick else 11),
         "alerts": lambda: alerts(workdir, quick),
+        "storage": lambda: storage(workdir, messages, repeats, 10.0 if quick else 20.0),
     }
     started = time.monotonic()
     figures: dict[str, Any] = {"machine": machine(), "quick": quick}

@@ -130,6 +130,7 @@ def _consumer_argv(
     workdir: Path,
     ha: bool,
     master_args: Sequence[str] = (),
+    db: str | None = None,
 ) -> list[str]:
     timeout = "600"
     if kind in MASTER_CLIENTS:
@@ -140,7 +141,7 @@ def _consumer_argv(
             "--broker",
             broker.url,
             "--db",
-            str(workdir / "master.db"),
+            db or str(workdir / "master.db"),
             "--target",
             str(target),
             "--timeout",
@@ -191,11 +192,14 @@ def run_load(
     timeout_s: float = 300.0,
     ha: bool = True,
     master_args: Sequence[str] = (),
+    db: str | None = None,
 ) -> RunResult:
     """Start a broker and `kind`, wait until it is subscribed, drive `plan`, collect figures.
 
     `ha=False` runs the master with Home Assistant discovery off; `master_args` go to
-    `bench/master_proc.py` (e.g. `--api-timing`).
+    `bench/master_proc.py` (e.g. `--api-timing`); `db` is the master's database (default: a
+    fresh SQLite file in `workdir`; a PostgreSQL URL takes its password from
+    `CLUSTER_DB_PASSWORD`, as `cluster-master` does).
     """
     if workdir.exists():
         shutil.rmtree(workdir)
@@ -210,7 +214,7 @@ def run_load(
         probe = wire.envelope_bytes("status", PROBE_NODE, time.time(), 0, {"state": "online"})
         wire.publish_one(broker.host, broker.port, f"cluster/{PROBE_NODE}/status", probe, True)
         target = plan.total + 1
-        argv = _consumer_argv(kind, broker, target, workdir, ha, master_args)
+        argv = _consumer_argv(kind, broker, target, workdir, ha, master_args, db)
         profile_dir = os.environ.get("BENCH_PROFILE")
         if profile_dir and kind != "mosquitto_sub":
             profiling = True

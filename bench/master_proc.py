@@ -15,6 +15,7 @@ import ctypes
 import gc
 import json
 import logging
+import os
 import re
 import sys
 import threading
@@ -141,7 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the master until the target is committed; write the result file."""
     parser = argparse.ArgumentParser(prog="python -m bench.master_proc")
     parser.add_argument("--broker", required=True)
-    parser.add_argument("--db", required=True)
+    parser.add_argument(
+        "--db", required=True, help="SQLite file or PostgreSQL URL (password: CLUSTER_DB_PASSWORD)"
+    )
     parser.add_argument("--target", type=int, required=True)
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--out", required=True)
@@ -161,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = MasterSettings(
         broker=args.broker,
         db=args.db,
+        db_password=os.environ.get("CLUSTER_DB_PASSWORD"),
         client_id="bench-master",
         ha_discovery=not args.no_ha,
         ingest_client=args.ingest_client,

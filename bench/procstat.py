@@ -9,12 +9,15 @@ from pathlib import Path
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int | str = "self") -> float:
-    """User + system CPU seconds the process has used so far."""
+def cpu_seconds(pid: int | str = "self", *, reaped_children: bool = False) -> float:
+    """User + system CPU seconds the process (and, if asked, its reaped children) used so far."""
     text = Path(f"/proc/{pid}/stat").read_text()
     # The command name (field 2) may hold spaces: split after its closing parenthesis.
     fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped_children:  # cutime + cstime: children that exited and were waited for
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / CLOCK_TICKS
 
 
 def memory_kib(pid: int | str = "self") -> dict[str, int]:

@@ -104,9 +104,9 @@ def _run_summary(result: RunResult) -> dict[str, Any]:
     return summary
 
 
-def ingest(workdir: Path, messages: int, repeats: int) -> tuple[dict[str, Any], list[Row]]:
-    """The same flat-out load against the master, a counting paho client and mosquitto_sub."""
-    plan = Plan(
+def ingest_plan(messages: int) -> Plan:
+    """100 nodes announce themselves, then send `messages` metrics envelopes flat out."""
+    return Plan(
         nodes=INGEST_NODES,
         metrics=messages,
         rate=0.0,
@@ -114,6 +114,11 @@ def ingest(workdir: Path, messages: int, repeats: int) -> tuple[dict[str, Any], 
         birth_rate=0.0,
         interval_s=1.0,
     )
+
+
+def ingest(workdir: Path, messages: int, repeats: int) -> tuple[dict[str, Any], list[Row]]:
+    """The same flat-out load against the master, a counting paho client and mosquitto_sub."""
+    plan = ingest_plan(messages)
     runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in CONSUMERS}
     for repeat in range(repeats):
         for kind in CONSUMERS:  # interleaved, so drift on the machine hits all three alike
@@ -246,41 +251,51 @@ def _short(thread_name: str) -> str:
     return thread_name.removeprefix("picluster-")
 
 
-def latency(workdir: Path, duration_s: float) -> tuple[dict[str, Any], list[Row]]:
-    """End-to-end latency (node ts -> committed) at a fixed 5,000 msg/s."""
-    plan = Plan(
+def latency_plan(rate: float, duration_s: float) -> Plan:
+    """500 nodes offering `rate` metrics envelopes/s for `duration_s`, paced by the generator."""
+    return Plan(
         nodes=LATENCY_NODES,
-        metrics=int(LATENCY_RATE * duration_s),
-        rate=LATENCY_RATE,
+        metrics=int(rate * duration_s),
+        rate=rate,
         births=True,
-        birth_rate=LATENCY_RATE / 2,
-        interval_s=LATENCY_NODES / LATENCY_RATE,
+        birth_rate=rate / 2,
+        interval_s=LATENCY_NODES / rate,
     )
-    result = run_load("master", plan, workdir / "latency")
+
+
+def latency_figures(result: RunResult) -> dict[str, Any]:
+    """Latency node ts -> committed of one paced master run, the first seconds left out."""
     assert result.master is not None
+    plan = result.plan
     after = result.generator["t_metrics_start"] + LATENCY_WARMUP_S
     latencies = _steady_latencies(result.master, after)
-    p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
-    worst = max(latencies) if latencies else None
     received = result.master.get("receive_latency_s", [])
-    r50, r99 = percentile(received, 0.5), percentile(received, 0.99)
     achieved = plan.metrics / (result.generator["t_sent"] - result.generator["t_metrics_start"])
-    _progress(f"latency at {LATENCY_RATE:,.0f} msg/s: p99 {_fmt(p99, '.3f', ' s')}")
-    figures = {
-        "offered_msg_s": LATENCY_RATE,
+    return {
+        "offered_msg_s": plan.rate,
         "achieved_offer_msg_s": achieved,
         "complete": result.complete,
         "samples": len(latencies),
-        "p50_s": p50,
+        "p50_s": percentile(latencies, 0.5),
         "p95_s": percentile(latencies, 0.95),
-        "p99_s": p99,
-        "max_s": worst,
-        "receive_p50_s": r50,
-        "receive_p99_s": r99,
+        "p99_s": percentile(latencies, 0.99),
+        "max_s": max(latencies) if latencies else None,
+        "receive_p50_s": percentile(received, 0.5),
+        "receive_p99_s": percentile(received, 0.99),
         "master_thread_cpu_s": result.master.get("thread_cpu_s"),
         "master_cpu_s": result.cpu_s,
+        "master_cpu_share": _share(result.cpu_s, plan, result),
         "master_rss_kib": result.master["rss_done_kib"],
     }
+
+
+def latency(workdir: Path, duration_s: float) -> tuple[dict[str, Any], list[Row]]:
+    """End-to-end latency (node ts -> committed) at a fixed 5,000 msg/s."""
+    result = run_load("master", latency_plan(LATENCY_RATE, duration_s), workdir / "latency")
+    figures = latency_figures(result)
+    p50, p99, worst = figures["p50_s"], figures["p99_s"], figures["max_s"]
+    r50, r99 = figures["receive_p50_s"], figures["receive_p99_s"]
+    _progress(f"latency at {LATENCY_RATE:,.0f} msg/s: p99 {_fmt(p99, '.3f', ' s')}")
     section = (
         f"latency, {LATENCY_RATE:,.0f} msg/s offered for {duration_s:.0f} s, node ts -> committed"
     )
@@ -302,7 +317,7 @@ def latency(workdir: Path, duration_s: float) -> tuple[dict[str, Any], list[Row]
         Row(
             section,
             "master CPU while at 5k msg/s",
-            _fmt(_share(result.cpu_s, plan, result), ".0%", " of a core"),
+            _fmt(figures["master_cpu_share"], ".0%", " of a core"),
         ),
     ]
     return figures, rows
