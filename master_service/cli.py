@@ -25,7 +25,7 @@ from master_service.control import fleet_cli
 from master_service.control.placement import render_placement
 from master_service.settings import build_parser, load_settings
 from master_service.status_table import render_table
-from master_service.storage.database import database_errors
+from master_service.storage.database import DatabaseUnavailableError, database_errors
 
 logger = logging.getLogger(__name__)
 
@@ -235,12 +235,16 @@ def run_master(args: argparse.Namespace) -> int:
     logging.getLogger("apprise").propagate = False
     from master_service.app import build  # the master extra is needed only here
 
+    # Not settings (those exit 2): a disk or a database server that may come back, exit 1.
     unusable: tuple[type[BaseException], ...] = (OSError, *database_errors())
     try:
         service = build(settings)
     except SettingsError as error:  # e.g. a CA file that exists but does not load
         _err(f"bad setting {error}")
         return 2
+    except DatabaseUnavailableError as error:
+        _err(str(error))  # it names the server; exit 1, so systemd tries again
+        return 1
     except unusable as error:
         _err(f"cannot open the database {settings.database.name}: {error}")
         return 1

@@ -22,7 +22,7 @@ from master_service.auth.accounts import AccountError, Accounts, Role
 from master_service.auth.passwords import PasswordError, check_new_password
 from master_service.cli_output import complainer, out
 from master_service.settings import default_db_path
-from master_service.storage.database import Database, Engine, engine_of
+from master_service.storage.database import Database, DatabaseUnavailableError, Engine, engine_of
 from master_service.storage.store import connect
 
 INSTALLED_CONFIG: Final = Path("/etc/picluster/master.toml")
@@ -194,6 +194,9 @@ def run(args: argparse.Namespace) -> int:
         connection = connect(database)
     except SettingsError as error:  # a newer schema, a server that refuses the login
         _err(f"bad setting {error}")
+        return 3
+    except DatabaseUnavailableError as error:
+        _err(str(error))
         return 3
     except Exception as error:
         _err(f"cannot open the database {database.name}: {error}")

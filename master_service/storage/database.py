@@ -83,11 +83,22 @@ class Connection(Protocol):
     def __exit__(self, *exc_info: Any) -> Any: ...
 
 
-class DatabaseUnavailableError(SettingsError):
-    """The database named by `db` cannot be opened: unreachable, login refused, no driver."""
+class DatabaseRefusedError(SettingsError):
+    """The database named by `db` answered but will not serve us: a setting to fix.
+
+    A refused login, a database that does not exist, a role that may not create tables, no
+    driver installed. `cluster-master run` exits with 2, which systemd does not restart.
+    """
 
     def __init__(self, problem: str) -> None:
         super().__init__("db", problem)
+
+
+class DatabaseUnavailableError(RuntimeError):
+    """The database server cannot be reached (down, or the network): it may come back.
+
+    `cluster-master run` exits with 1, so systemd tries again; a running master retries.
+    """
 
 
 def engine_of(target: str | Connection) -> Engine:
@@ -235,7 +246,7 @@ class PostgresConnection:
     def open(
         cls, url: str, password: str | None, *, read_only: bool, autocommit: bool = False
     ) -> PostgresConnection:
-        """Connect, or raise DatabaseUnavailableError with libpq's reason."""
+        """Connect, or raise DatabaseRefusedError / DatabaseUnavailableError (libpq's reason)."""
 
         def reopen() -> psycopg.Connection[Any]:
             return _connect(url, password, read_only=read_only, autocommit=autocommit)
@@ -315,13 +326,13 @@ class PostgresConnection:
 def _connect(
     url: str, password: str | None, *, read_only: bool, autocommit: bool
 ) -> psycopg.Connection[Any]:
-    """A psycopg connection, or DatabaseUnavailableError with libpq's reason."""
+    """A psycopg connection, or DatabaseRefusedError / DatabaseUnavailableError."""
     try:
         import psycopg
     except ImportError as error:
-        raise DatabaseUnavailableError(
-            "PostgreSQL needs psycopg: install picluster with its master extra "
-            "(pip install 'picluster[master]')"
+        raise DatabaseRefusedError(
+            "PostgreSQL needs psycopg: install picluster with its postgresql extra "
+            "(pip install 'picluster[master,postgresql]')"
         ) from error
     extra: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S}
     if password is not None:
@@ -331,14 +342,35 @@ def _connect(
         # the retention job's partition drops wait for.
         raw = psycopg.connect(url, autocommit=read_only or autocommit, **extra)
     except psycopg.Error as error:
-        raise DatabaseUnavailableError(
-            f"cannot connect to PostgreSQL at {redacted(url)}: {_first_line(error)}"
-        ) from error
+        problem = f"cannot connect to PostgreSQL at {redacted(url)}: {_first_line(error)}"
+        if _refused(str(error)):
+            raise DatabaseRefusedError(problem) from error
+        raise DatabaseUnavailableError(problem) from error
     if read_only:
         # Not `raw.read_only`: that marks the transactions psycopg begins, and in autocommit
         # it begins none.
         raw.execute("SET default_transaction_read_only = on")
     return raw
+
+
+# libpq's words when the server answered but will not let us in, and, among those, the ones
+# of a server that will in a moment (psycopg gives no SQLSTATE for errors while connecting).
+_REFUSALS: Final = ("FATAL:", "fe_sendauth:")
+_PASSING: Final = (
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "the database system is not yet accepting connections",
+    "too many clients already",
+    "remaining connection slots are reserved",
+)
+
+
+def _refused(message: str) -> bool:
+    """True when a failed connection is the server saying no, not a server away."""
+    return any(word in message for word in _REFUSALS) and not any(
+        passing in message for passing in _PASSING
+    )
 
 
 def _first_line(error: Exception) -> str:

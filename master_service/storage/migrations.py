@@ -214,7 +214,7 @@ class SchemaTooNewError(SettingsError):
             "db",
             f"{path} has schema version {found}, but this picluster knows versions up to "
             f"{SCHEMA_VERSION}: it was written by a newer release. Upgrade picluster, or set "
-            "db to another file; the database was not modified.",
+            "db to another database; it was not modified.",
         )
         self.path = path
         self.found = found

@@ -13,6 +13,8 @@ import calendar
 import logging
 import re
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Final
 
 from master_service.storage.database import Connection
@@ -22,6 +24,8 @@ logger = logging.getLogger(__name__)
 DAY_S: Final = 86400
 DAYS_AHEAD: Final = 2
 """Partitions exist from today to this many days after it."""
+LOCK_WAIT_S: Final = 1
+"""How long a partition change may wait for metrics_raw's lock before it is left for later."""
 PARTITION_LOCK: Final = 0x7069_636C_0002
 """Advisory lock key held while partitions are changed (several masters share the tables)."""
 
@@ -64,11 +68,40 @@ def ensure_partitions(connection: Connection, now: float) -> list[str]:
     created = []
     for offset in range(DAYS_AHEAD + 1):
         day = today + offset * DAY_S
-        if day not in have:
-            created.append(_create(connection, day))
+        if day in have:
+            continue
+        if not _briefly(connection, partial(_create, connection, day)):
+            break  # locked: the next pass tries again, and there are days in hand
+        created.append(partition_name(day))
     if created:
         logger.info("history: created partitions %s", ", ".join(created))
     return created
+
+
+def _briefly(connection: Connection, change: Callable[[], object]) -> bool:
+    """Run a partition change if its locks come within LOCK_WAIT_S; False if they did not.
+
+    Creating or dropping a partition locks metrics_raw, and waits behind whoever holds it (a
+    pg_dump, a long report). The writer must not wait with it: ingest would stop. Days are
+    created ahead and dropped late, so a change left for the next pass harms nothing.
+    """
+    import psycopg
+
+    connection.execute("SAVEPOINT partition_change")
+    connection.execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT_S}s'")
+    try:
+        change()
+    except psycopg.errors.LockNotAvailable:
+        connection.execute("ROLLBACK TO SAVEPOINT partition_change")
+        connection.execute("SET LOCAL lock_timeout = DEFAULT")
+        logger.warning(
+            "history: metrics_raw is locked by another session (a pg_dump?): partitions "
+            "are changed at a later pass"
+        )
+        return False
+    connection.execute("SET LOCAL lock_timeout = DEFAULT")
+    connection.execute("RELEASE SAVEPOINT partition_change")
+    return True
 
 
 def _create(connection: Connection, day: int) -> str:
@@ -94,9 +127,18 @@ def drop_partitions_before(connection: Connection, before: float) -> int:
     for day, name in sorted(existing_days(connection).items()):
         if day + DAY_S > before:
             continue
-        (count,) = connection.execute(f"SELECT COUNT(*) FROM {name}").fetchone()
-        connection.execute(f"DROP TABLE {name}")
-        rows += int(count)
+        counted: list[int] = []
+
+        def drop(name: str = name, counted: list[int] = counted) -> None:
+            # Detached first: its lock keeps anyone from adding rows to the day being counted.
+            connection.execute(f"ALTER TABLE metrics_raw DETACH PARTITION {name}")
+            (count,) = connection.execute(f"SELECT COUNT(*) FROM {name}").fetchone()
+            connection.execute(f"DROP TABLE {name}")
+            counted.append(int(count))
+
+        if not _briefly(connection, drop):
+            break
+        rows += counted[0]
         dropped.append(name)
     if dropped:
         logger.info("history: dropped partitions %s past retention", ", ".join(dropped))

@@ -14,7 +14,7 @@ import logging
 import re
 from typing import Final
 
-from master_service.storage.database import Connection
+from master_service.storage.database import Connection, DatabaseRefusedError
 from master_service.storage.migrations import MIGRATIONS, SCHEMA_VERSION, SchemaTooNewError
 
 logger = logging.getLogger(__name__)
@@ -75,6 +75,8 @@ def migrate(connection: Connection, name: str) -> tuple[int, int]:
     if old == SCHEMA_VERSION:
         connection.commit()
         return old, old
+    import psycopg
+
     try:
         for migration in MIGRATIONS[old:]:
             for statement in migration.statements:
@@ -84,6 +86,12 @@ def migrate(connection: Connection, name: str) -> tuple[int, int]:
         connection.execute("DELETE FROM schema_version")
         connection.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
         connection.commit()
+    except psycopg.errors.InsufficientPrivilege as error:
+        connection.rollback()
+        raise DatabaseRefusedError(
+            f"the role may not create the master's tables in {name}: make it the database's "
+            "owner (createdb -O ROLE) or grant it CREATE on schema public"
+        ) from error
     except BaseException:
         connection.rollback()
         raise

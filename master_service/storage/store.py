@@ -18,6 +18,7 @@ from master_service.storage import migrations, partitions, postgres_schema
 from master_service.storage.database import (
     Connection,
     Database,
+    DatabaseUnavailableError,
     Engine,
     PostgresConnection,
     as_database,
@@ -73,7 +74,8 @@ def connect(target: str | Database) -> Connection:
     """Open the database at the current schema (SQLite: WAL, so readers never block the writer).
 
     A database written by a newer picluster raises SchemaTooNewError before anything is
-    written; an unreachable PostgreSQL raises DatabaseUnavailableError.
+    written; a PostgreSQL that refuses the login raises DatabaseRefusedError, one that cannot
+    be reached DatabaseUnavailableError.
     """
     database = as_database(target)
     if database.engine is Engine.POSTGRESQL:
@@ -232,10 +234,15 @@ class Store:
         """Drop what was written since the last commit (reconnecting to a restarted server)."""
         self.connection.rollback()
         if isinstance(self.connection, PostgresConnection) and self.connection.broken:
-            # The next flush retries on a new connection; if the server is still away this
-            # raises DatabaseUnavailableError, and the ingestor retries again later.
+            # The next flush retries on a new connection. While the server is away the old,
+            # closed one stays: that flush fails at once, and the one after tries again.
+            try:
+                connection = self.database.connect()
+            except DatabaseUnavailableError as error:
+                logger.debug("the database is still away: %s", error)
+                return
             self.connection.close()
-            self.connection = self.database.connect()
+            self.connection = connection
 
     def close(self) -> None:
         """Commit and close."""

@@ -45,13 +45,11 @@ def master_run(db: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
     )
 
 
-def test_an_unreachable_server_stops_the_master_with_a_clear_message() -> None:
+def test_an_unreachable_server_stops_the_master_with_a_clear_message_and_status_1() -> None:
     url = f"postgresql://picluster@127.0.0.1:{free_port()}/picluster"
     done = master_run(url, {})
-    assert done.returncode == 2
-    assert done.stderr.startswith(
-        f"cluster-master: bad setting db: cannot connect to PostgreSQL at {url}: "
-    )
+    assert done.returncode == 1  # not 2: the server may come back, so systemd tries again
+    assert done.stderr.startswith(f"cluster-master: cannot connect to PostgreSQL at {url}: ")
     assert "Traceback" not in done.stderr
 
 
