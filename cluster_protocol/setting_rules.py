@@ -9,7 +9,7 @@ import math
 import re
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from cluster_protocol.broker_url import BrokerUrlError, parse_broker_url
 from cluster_protocol.node_id import NodeIdError, validate_node_id
@@ -92,7 +92,8 @@ def database(value: str) -> str | None:
         parts.port  # noqa: B018 (raises on a port that is not a number)
     except ValueError as error:
         return f"is not a valid postgresql:// URL: {error}"
-    if parts.password is not None:
+    query_keys = {key.lower() for key, _ in parse_qsl(parts.query, keep_blank_values=True)}
+    if parts.password is not None or query_keys & {"password", "sslpassword"}:
         return (
             "holds a password, which would show in `ps` and in config files: give it with "
             "db_password_file or CLUSTER_DB_PASSWORD (or PGPASSWORD, ~/.pgpass)"

@@ -15,7 +15,7 @@ from master_service.alerts.model import Alert, AlertState, Changes, Silence
 from master_service.alerts.outbox import enqueue
 from master_service.alerts.rules import Severity
 from master_service.alerts.settings import Channel
-from master_service.storage.database import Connection
+from master_service.storage.database import Connection, insert_returning_id
 from master_service.storage.store import Store
 
 _ALERT_COLUMNS: Final = (
@@ -142,12 +142,12 @@ def insert_silence(
     store: Store, node: str, rule: str | None, starts: float, ends: float, comment: str
 ) -> Silence:
     """Store a new silence (a write task); returns it with its id."""
-    (silence_id,) = store.connection.execute(
-        "INSERT INTO alert_silences (node, rule, starts, ends, comment) VALUES (?,?,?,?,?)"
-        " RETURNING id",
+    silence_id = insert_returning_id(
+        store.connection,
+        "INSERT INTO alert_silences (node, rule, starts, ends, comment) VALUES (?,?,?,?,?)",
         (node, rule, starts, ends, comment),
-    ).fetchone()
-    return Silence(int(silence_id), node, rule, starts, ends, comment)
+    )
+    return Silence(silence_id, node, rule, starts, ends, comment)
 
 
 def delete_silence(store: Store, silence_id: int) -> bool:

@@ -23,7 +23,7 @@ from master_service.auth.passwords import (
     hash_password,
     verify_password,
 )
-from master_service.storage.database import Connection, integrity_errors
+from master_service.storage.database import Connection, insert_returning_id, integrity_errors
 
 SESSION_TTL_S: Final = 30 * 86400.0
 USER_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
@@ -244,12 +244,12 @@ class Accounts:
         with self._db() as db:
             if db.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone() is None:
                 raise AccountError(f"no user {name!r}")
-            (token_id,) = db.execute(
-                'INSERT INTO user_tokens (token_hash, "user", label, created) VALUES (?, ?, ?, ?)'
-                " RETURNING id",
+            token_id = insert_returning_id(
+                db,
+                'INSERT INTO user_tokens (token_hash, "user", label, created) VALUES (?, ?, ?, ?)',
                 (secret_hash(token), name, label, self._clock()),
-            ).fetchone()
-        return int(token_id), token
+            )
+        return token_id, token
 
     def tokens(self, name: str | None = None) -> list[TokenInfo]:
         """API tokens (of one user, or all), oldest first."""

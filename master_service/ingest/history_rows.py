@@ -42,6 +42,9 @@ def _derive(m: Metric) -> Callable[[Mapping[str, Any]], float | None]:
 INSERT_SQL: Final = (
     f"INSERT INTO metrics_raw (node, ts, {', '.join((*DIRECT, *(m.key for m in DERIVED)))}) "
     f"VALUES ({', '.join('?' for _ in range(2 + len(HISTORY_METRICS)))})"
+    # PostgreSQL keeps (node, ts) unique: a batch retried after a commit that did happen
+    # adds nothing (storage/postgres_schema.py).
+    " ON CONFLICT DO NOTHING"
 )
 
 

@@ -57,6 +57,11 @@ class CommandRecord:
         return {**asdict(self), "ok": self.ok}
 
 
+def _text(value: Any) -> Any:
+    """A node's text as stored: PostgreSQL's text cannot hold NUL, which JSON can carry."""
+    return value.replace("\x00", "\ufffd") if isinstance(value, str) else value
+
+
 def _record(row: tuple[Any, ...]) -> CommandRecord:
     (cid, node, command, args, sent_at, expires, status, result, error, replied_at) = row
     return CommandRecord(
@@ -118,7 +123,7 @@ class CommandLog:
         values = (
             status,
             json.dumps(reply.get("result")),
-            reply.get("error"),
+            _text(reply.get("error")),
             at,
             reply.get("id"),
             node,

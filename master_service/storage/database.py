@@ -15,7 +15,7 @@ import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol, Self
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 POSTGRES_SCHEMES: Final = ("postgresql", "postgres")
+_SECRET_PARAMETER: Final = re.compile(r"(?i)\b(password|sslpassword)=[^&]*")
 CONNECT_TIMEOUT_S: Final = 10
 """How long a PostgreSQL connection attempt may take before the master reports it."""
 
@@ -116,11 +117,11 @@ def redacted(target: str) -> str:
     if engine_of(target) is Engine.SQLITE:
         return target
     parts = urlsplit(target)
-    if parts.password is None:
-        return target
-    userinfo = f"{parts.username or ''}:***@"
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=userinfo + host).geturl()
+    if parts.password is not None:
+        userinfo = f"{parts.username or ''}:***@"
+        parts = parts._replace(netloc=userinfo + parts.netloc.rpartition("@")[2])
+    query = _SECRET_PARAMETER.sub(r"\1=***", parts.query)
+    return parts._replace(query=query).geturl()
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +133,7 @@ class Database:
     """
 
     target: str
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
 
     @property
     def engine(self) -> Engine:
@@ -176,6 +177,20 @@ def open_sqlite(path: str) -> sqlite3.Connection:
     # (NORMAL in WAL mode can roll the last commits back on power loss.) One fsync per flush.
     connection.execute("PRAGMA synchronous=FULL")
     return connection
+
+
+def insert_returning_id(connection: Connection, sql: str, parameters: Sequence[Any]) -> int:
+    """Run one INSERT into a table with an `id` key; return the new row's id.
+
+    SQLite's cursor knows it (`lastrowid`, on every SQLite a Pi may have: RETURNING needs
+    3.35); PostgreSQL is asked with RETURNING.
+    """
+    if isinstance(connection, sqlite3.Connection):
+        cursor = connection.execute(sql, parameters)
+        assert cursor.lastrowid is not None  # an INSERT into a rowid table always sets it
+        return cursor.lastrowid
+    (row_id,) = connection.execute(f"{sql} RETURNING id", parameters).fetchone()
+    return int(row_id)
 
 
 def database_errors() -> tuple[type[Exception], ...]:
@@ -263,7 +278,7 @@ class PostgresConnection:
 
         An autocommit connection (the API's readers, logins) that the server dropped, say
         in a restart, connects again before the statement: no transaction can be lost there.
-        A read-only one also retries the statement that found it dropped.
+        It also retries the statement that found it dropped.
         """
         import psycopg
 
@@ -273,7 +288,9 @@ class PostgresConnection:
         try:
             return self.raw.execute(psycopg_sql(sql), parameters)
         except psycopg.OperationalError:
-            if not (self.read_only and self.broken):
+            # Outside a transaction, in autocommit, a connection found dropped never ran the
+            # statement (the server had ended the session): running it again is safe.
+            if not (self.broken and self.raw.autocommit and not self._transactions):
                 raise
         self._reconnect()
         return self.raw.execute(psycopg_sql(sql), parameters)
@@ -308,10 +325,22 @@ class PostgresConnection:
 
     def __enter__(self) -> PostgresConnection:
         # As sqlite3's: a transaction, not (as psycopg's own) the connection's lifetime.
-        if self.raw.autocommit:
+        if not self.raw.autocommit:
+            return self
+        import psycopg
+
+        if self.broken and not self._transactions:
+            self._reconnect()
+        transaction = self.raw.transaction()
+        try:
+            transaction.__enter__()
+        except psycopg.OperationalError:
+            if not (self.broken and not self._transactions):
+                raise
+            self._reconnect()  # the BEGIN found the connection dropped: nothing had started
             transaction = self.raw.transaction()
             transaction.__enter__()
-            self._transactions.append(transaction)
+        self._transactions.append(transaction)
         return self
 
     def __exit__(self, *exc_info: Any) -> None:

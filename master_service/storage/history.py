@@ -171,7 +171,14 @@ def open_reader(target: str | Database) -> Connection:
 
 
 class HistoryReader:
-    """Answers history queries for the API: one read-only connection per server thread."""
+    """Answers history queries for the API on a few read-only connections, reused.
+
+    A connection is taken for one query and given back. The server's worker threads come and
+    go (AnyIO retires idle ones), so connections belong to the reader, not to a thread.
+    """
+
+    KEPT: Final = 4
+    """Idle connections kept for the next queries; more, opened in a burst, are closed."""
 
     def __init__(
         self, target: str | Database, raw_days: float, clock: Callable[[], float] = time.time
@@ -179,22 +186,32 @@ class HistoryReader:
         self.database = as_database(target)
         self.raw_retention_s = raw_days * 86400.0
         self.clock = clock
-        self._local = threading.local()
-        self._opened: list[Connection] = []
-        self._opened_lock = threading.Lock()
+        self._idle: list[Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
 
     def read(self, query: HistoryQuery) -> HistoryResult:
         """Answer one query (raw samples still kept are newer than now - history_raw_days)."""
-        connection: Connection | None = getattr(self._local, "connection", None)
+        with self._lock:
+            connection = self._idle.pop() if self._idle else None
         if connection is None:
-            connection = self._local.connection = open_reader(self.database)
-            with self._opened_lock:
-                self._opened.append(connection)
-        return read_history(connection, query, self.clock() - self.raw_retention_s)
+            connection = open_reader(self.database)
+        try:
+            return read_history(connection, query, self.clock() - self.raw_retention_s)
+        finally:
+            self._give_back(connection)
+
+    def _give_back(self, connection: Connection) -> None:
+        with self._lock:
+            if not self._closed and len(self._idle) < self.KEPT:
+                self._idle.append(connection)
+                return
+        connection.close()
 
     def close(self) -> None:
-        """Close every thread's connection (at shutdown, once no request runs)."""
-        with self._opened_lock:
-            opened, self._opened = self._opened, []
-        for connection in opened:
+        """Close the idle connections; one in use is closed when its query ends."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for connection in idle:
             connection.close()

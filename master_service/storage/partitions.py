@@ -91,7 +91,7 @@ def _briefly(connection: Connection, change: Callable[[], object]) -> bool:
     connection.execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT_S}s'")
     try:
         change()
-    except psycopg.errors.LockNotAvailable:
+    except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
         connection.execute("ROLLBACK TO SAVEPOINT partition_change")
         connection.execute("SET LOCAL lock_timeout = DEFAULT")
         logger.warning(

@@ -23,6 +23,7 @@ MIGRATION_LOCK: Final = 0x7069_636C_0001
 """Advisory lock key held while migrating ("picl" and 1; any bigint unlikely to collide)."""
 
 _RAW_TABLE: Final = "CREATE TABLE IF NOT EXISTS metrics_raw ("
+_RAW_INDEX: Final = "CREATE INDEX IF NOT EXISTS metrics_raw_node_ts ON metrics_raw (node, ts)"
 
 # (pattern, replacement) applied in order to every statement.
 _RULES: Final = (
@@ -41,6 +42,10 @@ def postgres_statements(statement: str) -> tuple[str, ...]:
     """One SQLite schema statement as the PostgreSQL statements that do the same."""
     for pattern, replacement in _RULES:
         statement = pattern.sub(replacement, statement)
+    if statement.startswith(_RAW_INDEX):
+        # Unique on PostgreSQL, where a commit cut off by a dropped connection may have
+        # happened after all: the retried batch's rows are then dropped, not stored twice.
+        return (statement.replace("CREATE INDEX", "CREATE UNIQUE INDEX", 1),)
     if statement.startswith(_RAW_TABLE):
         # `id` stands in for SQLite's rowid (the roll-up's progress mark). Rows whose day has
         # no partition yet go to the default one, so an insert never fails for its ts.

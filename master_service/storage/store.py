@@ -43,7 +43,9 @@ CommitObserver = Callable[[list[float]], None]
 # Inserts name their columns: a file's column order depends on the version that added each.
 _COLUMNS: Final = ", ".join(("node", "ts", *HISTORY_METRICS))
 _PLACEHOLDERS: Final = ", ".join("?" for _ in range(len(HISTORY_METRICS) + 2))
-_INSERT_RAW: Final = f"INSERT INTO metrics_raw ({_COLUMNS}) VALUES ({_PLACEHOLDERS})"
+_INSERT_RAW: Final = (
+    f"INSERT INTO metrics_raw ({_COLUMNS}) VALUES ({_PLACEHOLDERS}) ON CONFLICT DO NOTHING"
+)
 _HISTORY: Final = tuple(metric(key) for key in HISTORY_METRICS)
 
 ROW_ID: Final = {Engine.SQLITE: "rowid", Engine.POSTGRESQL: "id"}
@@ -151,7 +153,11 @@ class Store:
         """
         if self.engine is Engine.POSTGRESQL:
             partitions.ensure_partitions(self.connection, now)  # days ahead, made in time
-        done = self._meta(META_ROLLED_ROWID, 0.0)
+            # Committed at once: holding the default partition's lock from its ATTACH while
+            # prune's DROP waits for a reader of the parent would be a deadlock.
+            self.commit()
+        # An int: compared with a float, PostgreSQL casts every id and cannot use its index.
+        done = int(self._meta(META_ROLLED_ROWID, 0.0))
         row_id = self._row_id
         (last,) = self.connection.execute(
             f"SELECT COALESCE(MAX({row_id}), 0) FROM metrics_raw"
@@ -170,7 +176,7 @@ class Store:
             ") AS t JOIN metrics_raw AS r "
             f"ON r.node = t.node AND r.ts >= t.minute AND r.ts < t.minute + {ROLLUP_STEP_S} "
             f"GROUP BY t.node, t.minute ON CONFLICT (node, ts) DO UPDATE SET {updates}",
-            (done, last, raw_since),
+            (done, int(last), raw_since),
         )
         self._set_meta(META_ROLLED_ROWID, float(last))
         self._set_meta(META_ROLLED_UNTIL, _minute(now - ROLLUP_GRACE_S))

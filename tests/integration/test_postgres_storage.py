@@ -9,20 +9,27 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import TypeVar
 
 import psycopg
 import pytest
 
+from cluster_protocol import setting_rules
 from cluster_protocol.config import SettingsError
 from master_service.state import NodeState
 from master_service.storage import partitions
+from master_service.storage.command_log import CommandLog, CommandRecord
 from master_service.storage.database import (
     Database,
     DatabaseRefusedError,
     DatabaseUnavailableError,
     psycopg_sql,
+    redacted,
 )
+from master_service.storage.history import HistoryQuery, HistoryReader
 from master_service.storage.migrations import SCHEMA_VERSION, SchemaTooNewError
 from master_service.storage.retention import run_retention
 from master_service.storage.store import Store
@@ -30,6 +37,7 @@ from tests.support.broker import free_port
 from tests.support.postgres import PostgresServer
 
 DAY = partitions.DAY_S
+T = TypeVar("T")
 T0 = 1_764_028_800.0  # 2025-11-25 00:00:00 UTC, a day boundary
 
 
@@ -217,3 +225,79 @@ def test_placeholders_outside_quotes_become_psycopgs() -> None:
         "SELECT %s WHERE a = %s AND b LIKE 'x?%%'"
     )
     assert psycopg_sql("SELECT :since, x::bigint, 5 % 2") == ("SELECT %(since)s, x::bigint, 5 %% 2")
+
+
+def test_history_reads_from_threads_that_come_and_go_keep_a_few_connections(
+    pg_store: Store, postgres_url: str
+) -> None:
+    # The API's worker threads are retired when idle; their reads must not each leave a
+    # connection behind (PostgreSQL has 100 slots, SQLite a file descriptor limit).
+    add(pg_store, "pi-01", time.time())
+    reader = HistoryReader(pg_store.database, raw_days=7)
+    for _ in range(3 * HistoryReader.KEPT):
+        worker = threading.Thread(
+            target=reader.read, args=(HistoryQuery("pi-01", "cpu_percent", 0, time.time() + 1),)
+        )
+        worker.start()
+        worker.join()
+    database = postgres_url.rsplit("/", 1)[1]
+    with psycopg.connect(postgres_url) as admin:
+        row = admin.execute(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (database,),
+        ).fetchone()
+    assert row is not None
+    (sessions,) = row
+    reader.close()
+    assert sessions <= HistoryReader.KEPT + 1  # the readers kept, and the writer
+
+
+def test_a_batch_stored_twice_keeps_one_row_per_sample(pg_store: Store) -> None:
+    # A commit cut off by a dropped connection may have happened: the batch is retried.
+    now = time.time()
+    add(pg_store, "pi-01", now, now + 1)
+    add(pg_store, "pi-01", now, now + 1)
+    assert rows_in(pg_store, "metrics_raw") == 2
+
+
+def test_a_nul_in_a_nodes_error_text_is_stored(pg_store: Store) -> None:
+    def write_now(task: Callable[[Store], T]) -> Future[T]:
+        future: Future[T] = Future()
+        future.set_result(task(pg_store))
+        return future
+
+    log = CommandLog(pg_store, write_now)
+    log.add(CommandRecord("c-1", "pi-01", "ping", {}, 1.0, 31.0, "pending"))
+    assert log.answer("pi-01", {"id": "c-1", "ok": False, "error": "bad\x00byte"}, 2.0).result()
+    pg_store.commit()
+    record = log.get("c-1")
+    log.close()
+    assert record is not None
+    assert (record.status, record.error) == ("error", "bad\ufffdbyte")
+
+
+def test_a_password_in_the_url_query_is_refused_and_redacted() -> None:
+    url = "postgresql://picluster@db.example/picluster?sslmode=require&password=hunter2"
+    assert "password" in str(setting_rules.database(url))
+    assert "hunter2" not in redacted(url)
+    assert "hunter2" not in repr(Database("postgresql://u@h/db", "hunter2"))
+
+
+def test_login_connections_come_back_after_a_server_restart(tmp_path: Path) -> None:
+    with PostgresServer(tmp_path / "postgres") as server:
+        url = server.create_database("logins")
+        connection = Database(url).connect(autocommit=True)
+        try:
+            assert connection.execute("SELECT 1").fetchone() == (1,)
+            server.stop()
+            server.start()
+            # The statement that finds the connection dropped runs on a new one...
+            assert connection.execute("SELECT 2").fetchone() == (2,)
+            server.stop()
+            server.start()
+            # ...and so does a transaction begun on a dropped one.
+            with connection:
+                connection.execute("CREATE TABLE marks (x INTEGER)")
+            assert connection.execute("SELECT COUNT(*) FROM marks").fetchall() == [(0,)]
+        finally:
+            connection.close()
