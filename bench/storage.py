@@ -8,7 +8,8 @@ in `bench/master_proc.py`, the load generator), so the two engines see the same 
 
 - ingest: the ingest section's flat-out load (100 nodes, N envelopes at QoS 1), repeated and
   interleaved SQLite, PostgreSQL, SQLite, ...; rate = envelopes / (first byte -> commit);
-- latency: the latency section's paced load at fixed offered rates, node `ts` -> committed;
+- latency: the latency section's paced load at fixed offered rates (2,000 and 5,000 msg/s),
+  node `ts` -> committed, repeated and interleaved the same way;
 - CPU: the master process's (from `master_proc`, ready -> done) beside the PostgreSQL server's,
   the postmaster and all its children (`ServerCpu`, sampled from /proc over the same window),
   split by process role (the master's connections, the WAL writer, the checkpointer, ...).
@@ -216,14 +217,16 @@ def storage(
         try:
             bench = Bench(workdir / "storage", server, cpu)
             ingest = _ingest(bench, messages, repeats)
-            latency = {f"{rate:.0f}": _latency(bench, rate, latency_s) for rate in LATENCY_RATES}
+            latency = {
+                f"{rate:.0f}": _latency(bench, rate, latency_s, repeats) for rate in LATENCY_RATES
+            }
         finally:
             cpu.stop()
     version = server.bindir.parent.name if server.bindir else "?"
     figures = {"postgresql": version, "ingest": ingest, "latency": latency}
     section = (
-        f"storage, SQLite vs PostgreSQL {version} (fsync on), master on each; ingest "
-        f"{ingest['messages']:,} msgs, median of {repeats}; latency {latency_s:.0f} s per rate"
+        f"storage, SQLite vs PostgreSQL {version} (fsync on): ingest {ingest['messages']:,} "
+        f"msgs; latency {latency_s:.0f} s per rate; median of {repeats}"
     )
     return figures, _ingest_rows(section, ingest) + _latency_rows(section, latency)
 
@@ -268,18 +271,28 @@ def _ingest(bench: Bench, messages: int, repeats: int) -> dict[str, Any]:
     return out
 
 
-def _latency(bench: Bench, rate: float, duration_s: float) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for engine in ENGINES:
-        result, server = bench.run(engine, latency_plan(rate, duration_s), f"latency-{rate:.0f}")
-        figures = latency_figures(result)
-        if server:
-            figures["server"] = server
-        out[engine] = figures
-        _progress(
-            f"storage latency {engine} at {rate:,.0f} msg/s: p99 "
-            f"{_fmt(figures['p99_s'], '.3f', ' s')}"
-        )
+def _latency(bench: Bench, rate: float, duration_s: float, repeats: int) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, Any]]] = {engine: [] for engine in ENGINES}
+    plan = latency_plan(rate, duration_s)
+    for repeat in range(repeats):
+        for engine in ENGINES:  # interleaved, as the ingest runs
+            result, server = bench.run(engine, plan, f"latency-{rate:.0f}-{repeat}")
+            figures = latency_figures(result)
+            if server:
+                figures["server"] = server
+            runs[engine].append(figures)
+            _progress(
+                f"storage latency {engine} at {rate:,.0f} msg/s #{repeat + 1}: p99 "
+                f"{_fmt(figures['p99_s'], '.3f', ' s')}"
+            )
+    out: dict[str, Any] = {"repeats": repeats, "runs": runs}
+    for engine, engine_runs in runs.items():
+        keys = ("p50_s", "p99_s", "max_s", "master_cpu_share")
+        out[engine] = {key: median([run[key] for run in engine_runs]) for key in keys}
+        out[engine]["complete"] = all(run["complete"] for run in engine_runs)
+    out["postgresql"]["server_cpu_share"] = median(
+        [run["server"]["cpu_share"] for run in runs["postgresql"]]
+    )
     return out
 
 
@@ -375,7 +388,7 @@ def _latency_rows(section: str, latency: dict[str, Any]) -> list[Row]:
             Row(
                 section,
                 f"  at {int(rate):,} msg/s: cores busy, master + server",
-                f"{_fmt(pg['master_cpu_share'], '.0%')} + {_fmt(pg['server']['cpu_share'], '.0%')}",
+                f"{_fmt(pg['master_cpu_share'], '.0%')} + {_fmt(pg['server_cpu_share'], '.0%')}",
                 f"SQLite {_fmt(lite['master_cpu_share'], '.0%')}",
             ),
         ]
