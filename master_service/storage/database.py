@@ -254,6 +254,8 @@ class PostgresConnection:
     ) -> None:
         self.raw = raw
         self.read_only = read_only
+        self.prepared: set[str] = set()
+        """Names of what this session has set up once (temporary tables)."""
         self._reopen = reopen
         self._transactions: list[AbstractContextManager[Any]] = []
 
@@ -298,6 +300,13 @@ class PostgresConnection:
     def _reconnect(self) -> None:
         self.raw.close()
         self.raw = self._reopen()
+        self.prepared.clear()  # temporary tables went with the old session
+
+    def copy_rows(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Send rows through `COPY ... FROM STDIN` (`sql`): one stream, no statement per row."""
+        with self.raw.cursor().copy(sql) as copy:
+            for row in rows:
+                copy.write_row(row)
 
     def executemany(self, sql: str, seq_of_parameters: Iterable[Any], /) -> Cursor:
         """Run one statement per parameter row (psycopg pipelines them: one round trip)."""
@@ -316,6 +325,7 @@ class PostgresConnection:
 
     def rollback(self) -> None:
         """Roll the open transaction back (nothing to do on a broken connection)."""
+        self.prepared.clear()  # what was set up in this transaction is undone too
         if not self.broken:
             self.raw.rollback()
 
