@@ -6,7 +6,6 @@ import asyncio
 import json
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -59,8 +58,8 @@ def make_state(**nodes: str) -> ClusterState:
 class Master:
     """The store, its writer thread and the command service, as the master wires them."""
 
-    def __init__(self, path: Path, publish: FakeBroker, state: ClusterState, up: bool = True):
-        self.store = Store(str(path))
+    def __init__(self, target: str, publish: FakeBroker, state: ClusterState, up: bool = True):
+        self.store = Store(target)
         self.ingestor = Ingestor(Context(state, IngestCounters()), self.store)
         log = CommandLog(self.store, self.ingestor.write)
         self.commands = CommandService(log, publish, state, lambda: up, "cluster")
@@ -78,9 +77,9 @@ def broker() -> FakeBroker:
 
 
 @pytest.fixture
-def service(tmp_path: Path, broker: FakeBroker) -> Iterator[CommandService]:
+def service(db_target: str, broker: FakeBroker) -> Iterator[CommandService]:
     state = make_state(n1=NodeStatus.ONLINE, n2=NodeStatus.ONLINE, gone=NodeStatus.OFFLINE)
-    master = Master(tmp_path / "master.db", broker, state)
+    master = Master(db_target, broker, state)
     yield master.commands
     master.close()
 
@@ -165,20 +164,19 @@ def test_a_command_too_large_is_413_and_args_not_json_are_422_neither_published(
 
 def test_not_connected_to_the_broker_is_refused(tmp_path, broker):
     state = make_state(n1=NodeStatus.ONLINE)
-    master = Master(tmp_path / "m.db", broker, state, up=False)
+    master = Master(str(tmp_path / "m.db"), broker, state, up=False)
     with pytest.raises(CommandRefusedError) as caught:
         master.commands.send("n1", "ping", timeout_s=1)
     assert caught.value.status == 503
     master.close()
 
 
-def test_history_is_newest_first_survives_a_restart_and_goes_with_forget(tmp_path, broker):
+def test_history_is_newest_first_survives_a_restart_and_goes_with_forget(db_target, broker):
     state = make_state(n1=NodeStatus.ONLINE)
-    path = tmp_path / "m.db"
-    first = Master(path, broker, state)
+    first = Master(db_target, broker, state)
     ids = [first.commands.send("n1", name, timeout_s=0.05).id for name in ("ping", "refresh")]
     first.close()
-    second = Master(path, broker, state)
+    second = Master(db_target, broker, state)
     assert [r.id for r in second.commands.recent("n1")] == ids[::-1]
     second.commands.node_forgotten("n1")
     wait_until(lambda: second.commands.recent("n1") == [], message="the commands forgotten")
