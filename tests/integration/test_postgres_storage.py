@@ -20,6 +20,7 @@ import pytest
 from cluster_protocol import setting_rules
 from cluster_protocol.config import SettingsError
 from master_service.state import NodeState
+from master_service.storage import database as database_module
 from master_service.storage import partitions
 from master_service.storage.command_log import CommandLog, CommandRecord
 from master_service.storage.database import (
@@ -301,3 +302,22 @@ def test_login_connections_come_back_after_a_server_restart(tmp_path: Path) -> N
             assert connection.execute("SELECT COUNT(*) FROM marks").fetchall() == [(0,)]
         finally:
             connection.close()
+
+
+@pytest.mark.parametrize(
+    ("libpq_says", "refused"),
+    [
+        ('connection to server at "db", port 5432 failed: Connection refused', False),
+        ('connection to server at "db", port 5432 failed: timeout expired', False),
+        ("failed to resolve host 'db': [Errno -2] Name or service not known", False),
+        ("... failed: FATAL:  the database system is starting up", False),
+        ("... failed: FATAL:  sorry, too many clients already", False),
+        ('... failed: FATAL:  password authentication failed for user "picluster"', True),
+        ('... failed: FATAL:  database "picluster" does not exist', True),
+        ('... failed: FATAL:  no pg_hba.conf entry for host "10.0.0.5"', True),
+        ("... failed: fe_sendauth: no password supplied", True),
+    ],
+)
+def test_a_server_that_may_come_back_is_not_a_refusal(libpq_says: str, refused: bool) -> None:
+    # Refused: a setting to fix, exit 2 (systemd leaves it). Away: exit 1 (systemd retries).
+    assert database_module._refused(libpq_says) is refused
