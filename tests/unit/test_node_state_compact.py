@@ -50,6 +50,17 @@ def test_state_survives_a_master_restart(db_target: str) -> None:
     assert restored.view(150.0, 3.0) == node.view(150.0, 3.0)
 
 
+def test_a_flush_of_many_nodes_saves_each_and_a_later_one_replaces_them(store: Store) -> None:
+    first = [NodeState(f"pi-{i:02d}", last_seq=i) for i in range(5)]
+    store.save_nodes(first, 100.0)
+    store.commit()
+    later = [NodeState(f"pi-{i:02d}", last_seq=10 + i) for i in range(2, 7)]
+    store.save_nodes(later, 200.0)
+    store.commit()
+    saved = {state.node: state.last_seq for state in store.load_nodes()}
+    assert saved == {"pi-00": 0, "pi-01": 1, **{f"pi-{i:02d}": 10 + i for i in range(2, 7)}}
+
+
 def test_cluster_views_decode_outside_the_lock() -> None:
     cluster = ClusterState(lambda: 101.0)
     with cluster.lock:
