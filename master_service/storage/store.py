@@ -47,9 +47,6 @@ _INSERT_RAW: Final = (
     f"INSERT INTO metrics_raw ({_COLUMNS}) VALUES ({_PLACEHOLDERS}) ON CONFLICT DO NOTHING"
 )
 _HISTORY: Final = tuple(metric(key) for key in HISTORY_METRICS)
-_NODE_UPSERT: Final = (
-    "ON CONFLICT (node) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at"
-)
 
 ROW_ID: Final = {Engine.SQLITE: "rowid", Engine.POSTGRESQL: "id"}
 """The column that numbers metrics_raw's rows in insertion order, per engine."""
@@ -125,17 +122,10 @@ class Store:
         rows = [(s.node, _state_json(s), now) for s in states]
         if not rows:
             return
-        if self.engine is Engine.POSTGRESQL:
-            # One statement for the whole flush: psycopg's executemany runs one per row.
-            nodes, records, _ = zip(*rows, strict=True)
-            self.connection.execute(
-                f"INSERT INTO nodes (node, state, updated_at) SELECT n, s, ? FROM "
-                f"unnest(CAST(? AS TEXT[]), CAST(? AS TEXT[])) AS u (n, s) {_NODE_UPSERT}",
-                (now, list(nodes), list(records)),
-            )
-            return
         self.connection.executemany(
-            f"INSERT INTO nodes (node, state, updated_at) VALUES (?, ?, ?) {_NODE_UPSERT}", rows
+            "INSERT INTO nodes (node, state, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(node) DO UPDATE SET state=excluded.state, updated_at=excluded.updated_at",
+            rows,
         )
 
     def delete_node(self, node: str) -> None:
