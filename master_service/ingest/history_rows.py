@@ -72,15 +72,42 @@ def insert_history(
 ) -> list[float]:
     """Insert the samples in one statement (not committed); return their sender `ts`."""
     values = [history_values(node, ts, payload) for node, ts, payload in rows]
-    if isinstance(connection, PostgresConnection):
+    if isinstance(connection, PostgresConnection) and may_stage(connection):
         copy_history(connection, values)
-    else:
+    elif isinstance(connection, PostgresConnection):
         connection.executemany(INSERT_SQL, values)
+    else:
+        _insert_sqlite(connection, values)
     return [row[1] for row in values]
+
+
+def _insert_sqlite(connection: Connection, values: list[tuple[Any, ...]]) -> None:
+    """SQLite: the rows in one executemany; an int past 64 bits is stored as its float.
+
+    Such an int is valid JSON and a valid number, but SQLite cannot bind it (OverflowError):
+    once, that kept the whole batch, and every later one, out of the store for ever. The
+    executemany stops at that row, so a savepoint takes back the rows before it.
+    """
+    if not connection.in_transaction:
+        connection.execute("BEGIN")  # or the savepoint's RELEASE would commit
+    connection.execute("SAVEPOINT history_rows")
+    try:
+        connection.executemany(INSERT_SQL, values)
+    except OverflowError:
+        connection.execute("ROLLBACK TO history_rows")
+        logger.warning("a metrics sample held an integer too large for SQLite: stored as a float")
+        connection.executemany(INSERT_SQL, [_as_floats(row) for row in values])
+    connection.execute("RELEASE history_rows")
+
+
+def _as_floats(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    node, ts, *columns = row
+    return (node, ts, *(float(v) if type(v) is int else v for v in columns))
 
 
 _COLUMN_LIST: Final = ", ".join(("node", "ts", *DIRECT, *(m.key for m in DERIVED)))
 _STAGING: Final = "metrics_staging"
+_NO_STAGING: Final = "no temporary tables"
 _CREATE_STAGING: Final = (
     f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGING} "
     "(LIKE metrics_raw INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
@@ -90,6 +117,27 @@ _MOVE_STAGED: Final = (
     f"INSERT INTO metrics_raw ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM staged "
     "ON CONFLICT DO NOTHING"
 )
+
+
+def may_stage(connection: PostgresConnection) -> bool:
+    """True when this session may create the staging table (TEMPORARY on the database).
+
+    A role without it (a hardened set-up) still stores history, one statement per row.
+    """
+    if _STAGING in connection.prepared:
+        return True
+    if _NO_STAGING in connection.prepared:
+        return False
+    (allowed,) = connection.execute(
+        "SELECT has_database_privilege(current_database(), 'TEMPORARY')"
+    ).fetchone()
+    if not allowed:
+        connection.prepared.add(_NO_STAGING)
+        logger.warning(
+            "the database role may not create temporary tables: history is written row by "
+            "row, which costs the master more (GRANT TEMPORARY ON DATABASE ... TO the role)"
+        )
+    return bool(allowed)
 
 
 def copy_history(connection: PostgresConnection, values: list[tuple[Any, ...]]) -> None:

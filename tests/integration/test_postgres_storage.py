@@ -19,6 +19,7 @@ import pytest
 
 from cluster_protocol import setting_rules
 from cluster_protocol.config import SettingsError
+from master_service.ingest.history_rows import insert_history
 from master_service.state import NodeState
 from master_service.storage import database as database_module
 from master_service.storage import partitions
@@ -321,3 +322,28 @@ def test_login_connections_come_back_after_a_server_restart(tmp_path: Path) -> N
 def test_a_server_that_may_come_back_is_not_a_refusal(libpq_says: str, refused: bool) -> None:
     # Refused: a setting to fix, exit 2 (systemd leaves it). Away: exit 1 (systemd retries).
     assert database_module._refused(libpq_says) is refused
+
+
+def test_a_role_without_temporary_tables_still_stores_history(
+    postgres_server: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = f"hardened_{uuid.uuid4().hex[:8]}"
+    admin_base = postgres_server.admin_url.rsplit("/", 1)[0]
+    with psycopg.connect(postgres_server.admin_url, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {name} LOGIN PASSWORD 'lowly-secret'")
+        admin.execute(f"CREATE DATABASE {name}")
+        admin.execute(f"REVOKE TEMPORARY ON DATABASE {name} FROM PUBLIC")
+    with psycopg.connect(f"{admin_base}/{name}", autocommit=True) as admin:
+        admin.execute(f"GRANT CREATE ON SCHEMA public TO {name}")
+    url = f"postgresql://{name}:lowly-secret@127.0.0.1:{postgres_server.port}/{name}"
+    store = Store(url)
+    try:
+        now = time.time()
+        insert_history(store.connection, [("pi-01", now, {"cpu_percent": 5.0})])
+        store.commit()
+        insert_history(store.connection, [("pi-01", now + 1, {"cpu_percent": 6.0})])
+        store.commit()
+        assert rows_in(store, "metrics_raw") == 2
+    finally:
+        store.close()
+    assert "may not create temporary tables" in caplog.text

@@ -189,6 +189,24 @@ def test_an_unexpected_dispatch_error_is_counted_not_kept(running):
     assert ingestor.crashes == []  # a production master keeps no list growing for ever
 
 
+def test_an_integer_too_large_for_sqlite_stops_nothing(running):
+    # Valid JSON, a valid number: SQLite cannot bind it. It once held the whole batch, and
+    # every batch after it, out of the store for ever.
+    ingestor, acked = running
+    huge = RawMessage(
+        "cluster/big-1/metrics",
+        encode_envelope(Envelope("metrics", "big-1", 1002.0, 2, {"cpu_percent": 2**63})),
+        False,
+        time.time(),
+    )
+    ingestor.submit(metrics("big-1", 1))
+    ingestor.submit(huge)
+    ingestor.submit(metrics("big-1", 3))
+    wait_until(lambda: sum(acked) == 3, message="all three committed")
+    rows = read(ingestor.store, "SELECT ts, cpu_percent FROM metrics_raw ORDER BY ts")
+    assert rows == [(1001.0, 1.0), (1002.0, float(2**63)), (1003.0, 3.0)]
+
+
 def test_a_faulty_queued_write_fails_alone_and_the_batch_is_stored(running):
     ingestor, acked = running
 
