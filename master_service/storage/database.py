@@ -290,8 +290,9 @@ class PostgresConnection:
         try:
             return self.raw.execute(psycopg_sql(sql), parameters)
         except psycopg.OperationalError:
-            # Outside a transaction, in autocommit, a connection found dropped never ran the
-            # statement (the server had ended the session): running it again is safe.
+            # Outside a transaction, in autocommit, the statement that finds the connection
+            # dropped runs again. Only reads run there (logins write inside `with`): a write
+            # whose answer was lost could have happened, and must not be run twice.
             if not (self.broken and self.raw.autocommit and not self._transactions):
                 raise
         self._reconnect()
@@ -359,7 +360,7 @@ class PostgresConnection:
         elif exc_info[0] is None:
             self.raw.commit()
         else:
-            self.raw.rollback()
+            self.rollback()
 
 
 def _connect(
@@ -392,24 +393,23 @@ def _connect(
     return raw
 
 
-# libpq's words when the server answered but will not let us in, and, among those, the ones
-# of a server that will in a moment (psycopg gives no SQLSTATE for errors while connecting).
-_REFUSALS: Final = ("FATAL:", "fe_sendauth:")
-_PASSING: Final = (
-    "the database system is starting up",
-    "the database system is shutting down",
-    "the database system is in recovery mode",
-    "the database system is not yet accepting connections",
-    "too many clients already",
-    "remaining connection slots are reserved",
+# libpq's words when the server answered and will not let us in: a setting to fix. Anything
+# else (refused or timed-out connections, a server starting up, too many clients, or words
+# of a server whose messages are translated) counts as a server away, which systemd retries:
+# a master left stopped by a passing fault is worse than one retrying a wrong setting.
+_REFUSALS: Final = (
+    "password authentication failed",
+    "no password supplied",
+    "no pg_hba.conf entry",
+    "does not exist",  # the database or the role
+    "is not permitted to log in",
+    "permission denied for database",
 )
 
 
 def _refused(message: str) -> bool:
     """True when a failed connection is the server saying no, not a server away."""
-    return any(word in message for word in _REFUSALS) and not any(
-        passing in message for passing in _PASSING
-    )
+    return any(words in message for words in _REFUSALS)
 
 
 def _first_line(error: Exception) -> str:

@@ -62,7 +62,8 @@ def ensure_partitions(connection: Connection, now: float) -> list[str]:
     Runs in the caller's transaction. Rows already in the default partition for a new day
     move into it, so nothing is left behind where retention would not find it.
     """
-    connection.execute("SELECT pg_advisory_xact_lock(?)", (PARTITION_LOCK,))
+    if not _partition_lock(connection):
+        return []
     have = existing_days(connection)
     today = day_of(now)
     created = []
@@ -76,6 +77,14 @@ def ensure_partitions(connection: Connection, now: float) -> list[str]:
     if created:
         logger.info("history: created partitions %s", ", ".join(created))
     return created
+
+
+def _partition_lock(connection: Connection) -> bool:
+    """Take the partition lock for this transaction; False when another session holds it."""
+    (taken,) = connection.execute(
+        "SELECT pg_try_advisory_xact_lock(?)", (PARTITION_LOCK,)
+    ).fetchone()
+    return bool(taken)
 
 
 def _briefly(connection: Connection, change: Callable[[], object]) -> bool:
@@ -121,7 +130,8 @@ def _create(connection: Connection, day: int) -> str:
 
 def drop_partitions_before(connection: Connection, before: float) -> int:
     """Drop the day partitions that end at or before `before`; return the rows they held."""
-    connection.execute("SELECT pg_advisory_xact_lock(?)", (PARTITION_LOCK,))
+    if not _partition_lock(connection):
+        return 0
     rows = 0
     dropped = []
     for day, name in sorted(existing_days(connection).items()):
@@ -130,9 +140,10 @@ def drop_partitions_before(connection: Connection, before: float) -> int:
         counted: list[int] = []
 
         def drop(name: str = name, counted: list[int] = counted) -> None:
-            # Detached first: its lock keeps anyone from adding rows to the day being counted.
-            connection.execute(f"ALTER TABLE metrics_raw DETACH PARTITION {name}")
+            # Counted before the DETACH's exclusive lock: ingest and readers need not wait for
+            # a scan of a whole day. An expired day gets no new rows.
             (count,) = connection.execute(f"SELECT COUNT(*) FROM {name}").fetchone()
+            connection.execute(f"ALTER TABLE metrics_raw DETACH PARTITION {name}")
             connection.execute(f"DROP TABLE {name}")
             counted.append(int(count))
 

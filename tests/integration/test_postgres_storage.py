@@ -313,9 +313,11 @@ def test_login_connections_come_back_after_a_server_restart(tmp_path: Path) -> N
         ("failed to resolve host 'db': [Errno -2] Name or service not known", False),
         ("... failed: FATAL:  the database system is starting up", False),
         ("... failed: FATAL:  sorry, too many clients already", False),
+        ("... failed: FATAL:  le système de bases de données se lance", False),  # translated
         ('... failed: FATAL:  password authentication failed for user "picluster"', True),
         ('... failed: FATAL:  database "picluster" does not exist', True),
         ('... failed: FATAL:  no pg_hba.conf entry for host "10.0.0.5"', True),
+        ('... failed: FATAL:  role "ghost" does not exist', True),
         ("... failed: fe_sendauth: no password supplied", True),
     ],
 )
