@@ -193,31 +193,28 @@ def insert_returning_id(connection: Connection, sql: str, parameters: Sequence[A
     return int(row_id)
 
 
-def database_errors() -> tuple[type[Exception], ...]:
-    """The exceptions a failing database raises, for the engines installed."""
+def _errors(sqlite_error: type[Exception], *psycopg_names: str) -> tuple[type[Exception], ...]:
+    """`sqlite_error`, and psycopg's errors of these names when psycopg is installed."""
     try:
         import psycopg
     except ImportError:
-        return (sqlite3.Error,)
-    return (sqlite3.Error, psycopg.Error)
+        return (sqlite_error,)
+    return (sqlite_error, *(getattr(psycopg, name) for name in psycopg_names))
+
+
+def database_errors() -> tuple[type[Exception], ...]:
+    """The exceptions a failing database raises, for the engines installed."""
+    return _errors(sqlite3.Error, "Error")
 
 
 def outage_errors() -> tuple[type[Exception], ...]:
     """The exceptions of a database in trouble (disk full, locked, server gone), not of a query."""
-    try:
-        import psycopg
-    except ImportError:
-        return (sqlite3.OperationalError,)
-    return (sqlite3.OperationalError, psycopg.OperationalError, psycopg.InterfaceError)
+    return _errors(sqlite3.OperationalError, "OperationalError", "InterfaceError")
 
 
 def integrity_errors() -> tuple[type[Exception], ...]:
     """The exceptions a broken constraint (a duplicate key) raises, for either engine."""
-    try:
-        import psycopg
-    except ImportError:
-        return (sqlite3.IntegrityError,)
-    return (sqlite3.IntegrityError, psycopg.IntegrityError)
+    return _errors(sqlite3.IntegrityError, "IntegrityError")
 
 
 # A placeholder outside quotes: `?`, or `:name` (not the `::` of a cast); and `%`, which
@@ -284,7 +281,7 @@ class PostgresConnection:
         """
         import psycopg
 
-        if self.broken and self.raw.autocommit and not self._transactions:
+        if self._dropped_between_statements:
             self._reconnect()
         # Parameters are always given, even empty: psycopg then reads `%%` as one `%`.
         try:
@@ -293,10 +290,15 @@ class PostgresConnection:
             # Outside a transaction, in autocommit, the statement that finds the connection
             # dropped runs again. Only reads run there (logins write inside `with`): a write
             # whose answer was lost could have happened, and must not be run twice.
-            if not (self.broken and self.raw.autocommit and not self._transactions):
+            if not self._dropped_between_statements:
                 raise
         self._reconnect()
         return self.raw.execute(psycopg_sql(sql), parameters)
+
+    @property
+    def _dropped_between_statements(self) -> bool:
+        """Dropped by the server while no transaction of ours was open: safe to start over."""
+        return self.broken and self.raw.autocommit and not self._transactions
 
     def _reconnect(self) -> None:
         self.raw.close()
@@ -325,10 +327,19 @@ class PostgresConnection:
         self.raw.commit()
 
     def rollback(self) -> None:
-        """Roll the open transaction back (nothing to do on a broken connection)."""
+        """Roll the open transaction back; on a connection the server dropped, connect again.
+
+        After a rollback nothing of ours is open, so a new session loses nothing. While the
+        server is still away the closed connection stays, and the next rollback tries again.
+        """
         self.prepared.clear()  # what was set up in this transaction is undone too
         if not self.broken:
             self.raw.rollback()
+            return
+        try:
+            self._reconnect()
+        except DatabaseUnavailableError as error:
+            logger.debug("the database is still away: %s", error)
 
     def close(self) -> None:
         """Close the connection (what is not committed is rolled back)."""
@@ -340,13 +351,13 @@ class PostgresConnection:
             return self
         import psycopg
 
-        if self.broken and not self._transactions:
+        if self._dropped_between_statements:
             self._reconnect()
         transaction = self.raw.transaction()
         try:
             transaction.__enter__()
         except psycopg.OperationalError:
-            if not (self.broken and not self._transactions):
+            if not self._dropped_between_statements:
                 raise
             self._reconnect()  # the BEGIN found the connection dropped: nothing had started
             transaction = self.raw.transaction()

@@ -18,9 +18,7 @@ from master_service.storage import migrations, partitions, postgres_schema
 from master_service.storage.database import (
     Connection,
     Database,
-    DatabaseUnavailableError,
     Engine,
-    PostgresConnection,
     as_database,
     engine_of,
     open_sqlite,
@@ -239,16 +237,6 @@ class Store:
     def rollback(self) -> None:
         """Drop what was written since the last commit (reconnecting to a restarted server)."""
         self.connection.rollback()
-        if isinstance(self.connection, PostgresConnection) and self.connection.broken:
-            # The next flush retries on a new connection. While the server is away the old,
-            # closed one stays: that flush fails at once, and the one after tries again.
-            try:
-                connection = self.database.connect()
-            except DatabaseUnavailableError as error:
-                logger.debug("the database is still away: %s", error)
-                return
-            self.connection.close()
-            self.connection = connection
 
     def close(self) -> None:
         """Commit and close."""
