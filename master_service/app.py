@@ -30,9 +30,16 @@ from master_service.ingest.ingestor import Ingestor
 from master_service.ingest.listener import Listener
 from master_service.ingest.mqtt5_listener import Mqtt5Listener
 from master_service.ingest.observers import Notice, Observer, notify
+from master_service.ingest.router import RawMessage
+from master_service.peers.follower import forward_batch
+from master_service.peers.leadership import FOLLOWER, LEADER, SOLE
+from master_service.peers.mirror import NodeMirror
+from master_service.peers.topics import follower_topics, leader_topics
 from master_service.settings import MasterSettings
 from master_service.state import ClusterState, NodeState
 from master_service.storage.command_log import CommandLog
+from master_service.storage.database import Connection
+from master_service.storage.forwarded import take_forwarded
 from master_service.storage.node_tags import NodeTags, delete_node_tags, load_node_tags
 from master_service.storage.retention import RetentionJob
 from master_service.storage.store import Store
@@ -46,7 +53,12 @@ SUMMARY_EVERY_S: Final = 10.0
 STATUS_ECHO_WAIT_S: Final = 2.0  # at stop: our offline status back on the ingest connection
 
 
-def build(settings: MasterSettings, clock: Callable[[], float] = time.time) -> MasterService:
+def build(
+    settings: MasterSettings,
+    clock: Callable[[], float] = time.time,
+    role: str = SOLE,
+    leader_api: Callable[[], str | None] = lambda: None,
+) -> MasterService:
     """Open the database (migrating it), restore the nodes it holds, and wire a master.
 
     All the I/O of setting a master up happens here, so `MasterService(...)` itself stays a
@@ -60,7 +72,9 @@ def build(settings: MasterSettings, clock: Callable[[], float] = time.time) -> M
     except BaseException:
         store.close()
         raise
-    return MasterService(settings, store, nodes, clock, restored, master_tags)
+    return MasterService(
+        settings, store, nodes, clock, restored, master_tags, role=role, leader_api=leader_api
+    )
 
 
 def dashboard_url(settings: MasterSettings) -> str:
@@ -84,8 +98,16 @@ class MasterService:
         clock: Callable[[], float] = time.time,
         restored: Restored | None = None,
         master_tags: Mapping[str, Iterable[str]] | None = None,
+        *,
+        role: str = SOLE,
+        leader_api: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.settings = settings
+        # Several masters (master_service.peers): a follower stores its share of the metrics
+        # and forwards them; the leader does everything else. SOLE: the only master.
+        self.role = role
+        self.leader_api = leader_api
+        self.own_api = dashboard_url(settings)
         self.clock = clock
         self.store = store
         self.state = ClusterState(clock, settings.stale_factor)
@@ -98,11 +120,26 @@ class MasterService:
         # Who receives cluster/#: paho's Listener itself, or a connection of its own on the
         # mqtt5 codec (`ingest_client`); the Listener publishes either way.
         self.listener = Listener(
-            settings, self.ingestor.submit, receive=settings.ingest_client == "paho"
+            settings,
+            self.ingestor.submit,
+            receive=settings.ingest_client == "paho",
+            announce=role != FOLLOWER,
         )
         self.receiver: Listener | Mqtt5Listener = self.listener
         if settings.ingest_client == "mqtt5":
-            self.receiver = Mqtt5Listener(settings, self.ingestor.submit_many, clock)
+            topics = {LEADER: leader_topics, FOLLOWER: follower_topics}.get(role)
+            self.receiver = Mqtt5Listener(
+                settings,
+                self.ingestor.submit_many,
+                clock,
+                topics=topics(settings.prefix) if topics else None,
+            )
+        self.mirror: NodeMirror | None = None
+        if role == FOLLOWER:
+            self.ingestor.route = forward_batch
+            self.mirror = NodeMirror(self.state, self.ingestor.call_in_writer)
+        elif role == LEADER:
+            self.ingestor.drain = _drain_forwarded
         self.ingestor.commit_listeners.append(self.receiver.acknowledge)  # PUBACK once stored
         self.ingestor.commit_listeners.append(self.state.committed)  # the API's listing
         self.commands = CommandService(
@@ -131,7 +168,7 @@ class MasterService:
         )
         self.home_assistant: HomeAssistantObserver | None = None
         self._announce_home_assistant: Callable[[], None] = lambda: None
-        if settings.ha_discovery:
+        if settings.ha_discovery and role != FOLLOWER:
             self._attach_home_assistant()
         self.alerting = Alerting.create(
             settings.alerts,
@@ -212,6 +249,9 @@ class MasterService:
         self.listener.start()
         if self.receiver is not self.listener:
             self.receiver.start()
+        if self.mirror is not None:
+            self.mirror.start()
+            return  # a follower: the summary, retention and alerts are the leader's
         self._ticker.start()
         self.retention.start()
         self.alerting.start()
@@ -219,6 +259,8 @@ class MasterService:
     def stop(self) -> None:
         """Drain and flush the queue, say offline, stop listening, close the store."""
         self._ticker_stop.set()
+        if self.mirror is not None:
+            self.mirror.stop()
         self.retention.stop()
         self.alerting.stop()  # before ingest: delivery waits on ingest's writes
         # Flush first, while still connected: the PUBACKs of what was stored go out now,
@@ -229,7 +271,11 @@ class MasterService:
             # would take a place in our session's queue (no_local spares only our own
             # connection's messages). Then the flush, then its PUBACKs and the DISCONNECT.
             seen = self.receiver.watch(master_status_topic(self.settings.prefix))
-            echo = self.listener.connected.is_set() and self.receiver.connected.is_set()
+            echo = (
+                self.listener.announce
+                and self.listener.connected.is_set()
+                and self.receiver.connected.is_set()
+            )
             self.listener.stop()
             if echo:
                 seen.wait(STATUS_ECHO_WAIT_S)
@@ -259,8 +305,12 @@ class MasterService:
         self.ingestor.call_in_writer(forget_in_writer)
         return known
 
-    def serve(self) -> None:
-        """Run everything until SIGINT or SIGTERM, then shut down in order."""
+    def serve(self, watch: Callable[[], str | None] | None = None) -> str | None:
+        """Run everything until SIGINT or SIGTERM, then shut down in order.
+
+        `watch`, called every second, may end the run early by returning a reason (several
+        masters: a follower that took the lead, a leader that lost it), which is returned.
+        """
         stop = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())
@@ -279,8 +329,12 @@ class MasterService:
         http.start()
         logger.info("API and dashboard on http://%s/", self.settings.http)
         failed = False
+        reason: str | None = None
         try:
             while not stop.wait(1.0):
+                if watch is not None and (reason := watch()) is not None:
+                    logger.info("this master stops as %s: %s", self.role, reason)
+                    break
                 if not http.is_alive():
                     logger.error("the HTTP server stopped (is %s free?)", self.settings.http)
                     break
@@ -300,6 +354,7 @@ class MasterService:
             self.stop()
         if failed or (not http.is_alive() and not server.started):
             raise SystemExit(1)
+        return reason
 
     def health(self) -> Health:
         """The ingest path's health; `/healthz` answers 503 with the reasons when not ok."""
@@ -355,3 +410,11 @@ class MasterService:
                 self.listener.publish(topic, encode_envelope(envelope), qos=1, retain=True)
             except Exception:
                 logger.exception("publishing the cluster summary failed")
+
+
+def _drain_forwarded(connection: Connection) -> list[RawMessage]:
+    """A leader's source of the metrics its followers stored (in the open transaction)."""
+    return [
+        RawMessage(topic, payload, False, received_at)
+        for topic, payload, received_at in take_forwarded(connection)
+    ]

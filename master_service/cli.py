@@ -11,8 +11,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from cluster_protocol.commands import CommandName
 from cluster_protocol.config import SettingsError
@@ -23,7 +23,7 @@ from master_service.auth import cli as users_cli
 from master_service.cli_output import complainer, out
 from master_service.control import fleet_cli
 from master_service.control.placement import render_placement
-from master_service.settings import build_parser, load_settings
+from master_service.settings import MasterSettings, build_parser, load_settings
 from master_service.status_table import render_table
 from master_service.storage.database import DatabaseUnavailableError, database_errors
 
@@ -233,12 +233,40 @@ def run_master(args: argparse.Namespace) -> int:
     # Apprise logs every refused attempt itself; delivery reports each outage once, with the
     # reason it reads from Apprise's result.
     logging.getLogger("apprise").propagate = False
-    from master_service.app import build  # the master extra is needed only here
+    from master_service.app import build, dashboard_url  # the master extra is needed only here
 
+    if settings.several_masters:
+        from master_service.peers.leadership import LeaderLock
+        from master_service.peers.run import run_several
+        from master_service.storage.store import Store
+
+        def run_one_of_several() -> int:
+            Store(settings.database).close()  # migrated first: the lock keeps a row in it
+            lock = LeaderLock(settings.database, settings.client_id, dashboard_url(settings))
+            return run_several(
+                lock,
+                lambda role, leader_api: _opened(
+                    settings, lambda: build(settings, role=role, leader_api=leader_api)
+                ),
+            )
+
+        return _opened(settings, run_one_of_several)
+    service = _opened(settings, lambda: build(settings))
+    if isinstance(service, int):
+        return service
+    service.serve()
+    return 0
+
+
+T = TypeVar("T")
+
+
+def _opened(settings: MasterSettings, open_it: Callable[[], T]) -> T | int:
+    """What `open_it` gives, or the exit status after a clear line on why it could not."""
     # Not settings (those exit 2): a disk or a database server that may come back, exit 1.
     unusable: tuple[type[BaseException], ...] = (OSError, *database_errors())
     try:
-        service = build(settings)
+        return open_it()
     except SettingsError as error:  # e.g. a CA file that exists but does not load
         _err(f"bad setting {error}")
         return 2
@@ -248,8 +276,6 @@ def run_master(args: argparse.Namespace) -> int:
     except unusable as error:
         _err(f"cannot open the database {settings.database.name}: {error}")
         return 1
-    service.serve()
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

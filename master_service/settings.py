@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -14,9 +16,10 @@ from cluster_protocol import setting_rules as rules
 from cluster_protocol import settings as declared
 from cluster_protocol.broker_settings import BrokerClientSettings
 from cluster_protocol.broker_url import BrokerAddress, parse_broker_url
+from cluster_protocol.config import SettingsError
 from cluster_protocol.settings import setting
 from master_service.alerts.settings import AlertSettings, parse_alerts
-from master_service.storage.database import Database
+from master_service.storage.database import Database, Engine
 
 DEFAULT_HTTP: Final = "127.0.0.1:8080"
 DEFAULT_CLIENT_ID: Final = "picluster-master"
@@ -124,6 +127,11 @@ class MasterSettings(BrokerClientSettings):
         normalize=str.lower,
         metavar="CLIENT",
     )
+    several_masters: bool = setting(
+        False,
+        help="one of several masters on one PostgreSQL database: metrics shared between them, "
+        "one leader for the rest (docs/scale-out.md)",
+    )
     alerts: AlertSettings = setting(  # noqa: RUF009 (a field declaration, not a default)
         default_factory=AlertSettings,
         help="[alerts] table: channels, heartbeat, built-in and custom rules (docs/alerts.md)",
@@ -133,6 +141,23 @@ class MasterSettings(BrokerClientSettings):
 
     def __post_init__(self) -> None:
         declared.finish(self)
+        if self.several_masters:
+            self._check_several_masters()
+
+    def _check_several_masters(self) -> None:
+        if self.database.engine is not Engine.POSTGRESQL:
+            raise SettingsError(
+                "several_masters", "needs db = postgresql://... (the masters share one database)"
+            )
+        if self.ingest_client != "mqtt5":
+            raise SettingsError(
+                "several_masters", "needs ingest_client = mqtt5 (a shared MQTT 5 subscription)"
+            )
+        if self.client_id == DEFAULT_CLIENT_ID:
+            # Each master needs a session of its own: the same id on two heads would make the
+            # broker drop one connection for the other, back and forth.
+            host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()) or "head"
+            object.__setattr__(self, "client_id", f"{DEFAULT_CLIENT_ID}-{host}")
 
     @property
     def database(self) -> Database:

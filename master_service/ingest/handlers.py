@@ -42,6 +42,11 @@ class Context:
     reraise_handler_errors: bool = False
     # Topic -> node of the metrics topics the batch path has parsed (router.dispatch_batch).
     routes: dict[str, str] = field(default_factory=dict)
+    # Several masters (master_service.peers): a follower's metrics messages (topic, payload,
+    # received at), stored for the leader with the history rows; and True while the leader
+    # routes such messages, whose history a follower has stored already.
+    forwarded: list[tuple[str, bytes, float]] = field(default_factory=list)
+    history_stored: bool = False
 
 
 def handle_status(incoming: Incoming, ctx: Context) -> None:
@@ -91,7 +96,8 @@ def handle_metrics(incoming: Incoming, ctx: Context) -> None:
     node = ctx.state.node(envelope.node)
     if not incoming.retained:
         node.last_heard = incoming.received_at
-    ctx.pending_history.append((node.node, envelope.ts, envelope.payload))
+    if not ctx.history_stored:
+        ctx.pending_history.append((node.node, envelope.ts, envelope.payload))
     if node.metrics_ts is None or envelope.ts >= node.metrics_ts:
         node.metrics, node.metrics_ts = envelope.payload, envelope.ts
         if ctx.observers:

@@ -7,7 +7,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, Final, TypeVar
 
@@ -16,7 +16,8 @@ from master_service.ingest.history_rows import insert_history
 from master_service.ingest.inbox import Inbox
 from master_service.ingest.router import RawMessage, dispatch, dispatch_batch
 from master_service.state import NodeState
-from master_service.storage.database import outage_errors
+from master_service.storage.database import Connection, outage_errors
+from master_service.storage.forwarded import Forwarded, write_forwarded
 from master_service.storage.store import Store
 
 logger = logging.getLogger(__name__)
@@ -42,8 +43,11 @@ GATHER_S: Final = 0.005
 GIVE_UP_AFTER: Final = 5
 RETRY_MAX_S: Final = 2.0  # longest wait between two flush attempts while the store fails
 LOOP_RETRY_S: Final = 0.2
+DRAIN_EVERY_S: Final = 0.1  # how often a leader takes the metrics its followers stored
 
 Write = tuple[Callable[[Store], Any], "Future[Any]"]
+Route = Callable[[Sequence[RawMessage], Context, Callable[[RawMessage, Exception], None]], None]
+Drain = Callable[[Connection], list[RawMessage]]
 # The store's own trouble (disk full, locked, server gone): the whole batch is retried.
 _STORE_TROUBLE: Final[tuple[type[BaseException], ...]] = (*outage_errors(), OSError)
 
@@ -88,6 +92,14 @@ class Ingestor(threading.Thread):
         # The batch path (`dispatch_batch`); False routes one message at a time through
         # `dispatch`, the path it replaced (kept for bench/ingest_cost.py's baseline).
         self.batch_dispatch = True
+        # How a taken batch is handled: `dispatch_batch`, or a follower's forwarding of
+        # metrics to the leader (master_service.peers.forwarding).
+        self.route: Route = dispatch_batch
+        # A leader's source of the metrics its followers stored: taken inside the open
+        # transaction, so they are gone from the table only when the state they made is.
+        self.drain: Drain | None = None
+        self._drained = 0  # messages taken by `drain` since the last commit
+        self._next_drain = 0.0
 
     def submit(self, message: RawMessage) -> None:
         """Queue one message (called on the paho network thread; blocks only when full)."""
@@ -187,7 +199,10 @@ class Ingestor(threading.Thread):
                 if len(self.ctx.pending_history) >= FLUSH_ROWS and self._store_may_retry():
                     self.flush()
         self._run_tasks()
-        if (self._pending or self._writes) and time.monotonic() >= self._next_flush_at():
+        self._drain_forwarded()
+        if (self._pending or self._writes or self._drained) and (
+            time.monotonic() >= self._next_flush_at()
+        ):
             self.flush()
         if self._stopping.is_set() and self.queue.empty():
             self.flush()
@@ -199,7 +214,9 @@ class Ingestor(threading.Thread):
     def _next_flush_at(self) -> float:
         """When the next flush is due (monotonic): queued writes go at once, unless retrying."""
         interval = FLUSH_BUSY_S if self._pending >= FLUSH_BUSY_ROWS else FLUSH_EVERY_S
-        due = 0.0 if self._writes else self._last_flush + interval
+        # What a leader drained is committed in the same turn: a writer task's commit in
+        # between would make the rows gone from the table before the state they made is saved.
+        due = 0.0 if self._writes or self._drained else self._last_flush + interval
         return max(due, self._retry_at)
 
     def _store_may_retry(self) -> bool:
@@ -210,11 +227,34 @@ class Ingestor(threading.Thread):
         batch, self._batch = self._batch, deque()
         messages = [message for message in batch if message is not None]
         try:
-            dispatch_batch(messages, self.ctx, self._failed)
+            self.route(messages, self.ctx, self._failed)
         except Exception as error:  # a bug in the batch path itself: the batch is not retried
             self._failed(messages[0] if messages else None, error)
         finally:
             self._pending += len(messages)
+
+    def _drain_forwarded(self) -> None:
+        """A leader: route what followers stored, without storing its history again."""
+        drain = self.drain
+        if drain is None or time.monotonic() < max(self._next_drain, self._retry_at):
+            return
+        try:
+            messages = drain(self.store.connection)
+        except _STORE_TROUBLE:
+            # Nothing taken: the rows stay for the next try; the flush reports the outage.
+            self._rollback()
+            self._next_drain = time.monotonic() + RETRY_MAX_S
+            return
+        # A full take means more wait: go again on the next turn.
+        self._next_drain = 0.0 if len(messages) >= FLUSH_ROWS else time.monotonic() + DRAIN_EVERY_S
+        if not messages:
+            return
+        self.ctx.history_stored = True
+        try:
+            dispatch_batch(messages, self.ctx, self._failed)
+        finally:
+            self.ctx.history_stored = False
+            self._drained += len(messages)
 
     def _failed(self, message: RawMessage | None, error: Exception) -> None:
         """A message whose routing raised (a bug, never bad input): log, count, go on."""
@@ -261,11 +301,13 @@ class Ingestor(threading.Thread):
         rows: list[tuple[str, float, Any]],
         dirty: list[str],
         writes: list[Write],
+        forwarded: list[Forwarded],
     ) -> None:
         self._rollback()
         state = self.ctx.state
         with state.lock:
             self.ctx.pending_history[:0] = rows
+            self.ctx.forwarded[:0] = forwarded
             state.dirty.update(dirty)
         with self._writes_lock:
             self._writes[:0] = writes
@@ -289,6 +331,7 @@ class Ingestor(threading.Thread):
         state = self.ctx.state
         with state.lock:
             rows, self.ctx.pending_history = self.ctx.pending_history, []
+            forwarded, self.ctx.forwarded = self.ctx.forwarded, []
             dirty = state.take_dirty()  # also noted as changed for the next listings
             nodes = [node for n in dirty if (node := state.get(n)) is not None]
         with self._writes_lock:
@@ -297,9 +340,9 @@ class Ingestor(threading.Thread):
         try:
             # Outside the cluster lock: this thread is the only one that changes node states,
             # and the API's readers must not wait for the disk.
-            self._save(nodes, rows, writes, outcomes)
+            self._save(nodes, rows, writes, outcomes, forwarded)
         except Exception as error:
-            self._store_failed(error, rows, dirty, writes)
+            self._store_failed(error, rows, dirty, writes, forwarded)
             return
         if self.store_error is not None:
             logger.warning(
@@ -307,6 +350,7 @@ class Ingestor(threading.Thread):
             )
             self.store_error = None
         self._outage_failures, self._retry_at = 0, 0.0
+        self._drained = 0
         self.committed += self._pending
         done, self._pending = self._pending, 0
         self._last_flush = time.monotonic()
@@ -332,6 +376,7 @@ class Ingestor(threading.Thread):
         rows: list[tuple[str, float, Any]],
         writes: list[Write],
         outcomes: list[tuple[Any, BaseException | None]],
+        forwarded: list[Forwarded],
     ) -> None:
         connection = self.store.connection
         if writes and not connection.in_transaction:
@@ -345,6 +390,8 @@ class Ingestor(threading.Thread):
             committed_ts = insert_history(connection, rows)
         elif rows:
             self.store.append_history(rows)
+        if forwarded:
+            write_forwarded(connection, forwarded)
         self.store.commit()
         if committed_ts:
             self._tell_commit_observers(committed_ts)

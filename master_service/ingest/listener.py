@@ -59,8 +59,12 @@ class Listener:
         submit: Callable[[RawMessage], None],
         extra_topics: dict[str, Callable[[bytes], None]] | None = None,
         receive: bool = True,
+        announce: bool = True,
     ) -> None:
         self.settings = settings
+        # False on a follower of several masters: the master's online/offline status (and
+        # its will) is the leader's to say.
+        self.announce = announce
         self.submit = submit
         self._stopping = False
         # False when another connection (Mqtt5Listener) receives cluster/#: this one then
@@ -95,9 +99,10 @@ class Listener:
                 raise SettingsError(
                     "ca_file", f"cannot load CA certificate {settings.ca_file!r}: {error}"
                 ) from error
-        self.client.will_set(
-            master_status_topic(settings.prefix), master_status("offline"), qos=1, retain=True
-        )
+        if announce:
+            self.client.will_set(
+                master_status_topic(settings.prefix), master_status("offline"), qos=1, retain=True
+            )
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
@@ -126,7 +131,7 @@ class Listener:
     def stop(self) -> None:
         """Announce offline, disconnect cleanly and stop the network thread."""
         self._stopping = True
-        if self.connected.is_set():
+        if self.connected.is_set() and self.announce:
             info = self.client.publish(
                 master_status_topic(self.settings.prefix), master_status("offline"), 1, True
             )
@@ -193,9 +198,10 @@ class Listener:
             ]
             if topics:
                 client.subscribe(topics)
-            client.publish(
-                master_status_topic(self.settings.prefix), master_status("online"), 1, True
-            )
+            if self.announce:
+                client.publish(
+                    master_status_topic(self.settings.prefix), master_status("online"), 1, True
+                )
             self.connected.set()
             self.disconnected_since = None
         except Exception:

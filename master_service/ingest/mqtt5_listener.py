@@ -22,7 +22,7 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import mqtt5
@@ -87,8 +87,11 @@ class Mqtt5Listener:
         submit_many: Callable[[list[RawMessage]], None],
         clock: Callable[[], float] = time.time,
         receive_maximum: int = RECEIVE_MAXIMUM,
+        topics: Sequence[str] | None = None,
     ) -> None:
         self.settings = settings
+        # cluster/# unless told otherwise (several masters: master_service.peers.topics).
+        self.topics = list(topics) if topics is not None else [subscription(settings.prefix)]
         self.submit_many = submit_many
         self.clock = clock
         self.address = settings.broker_address
@@ -115,13 +118,17 @@ class Mqtt5Listener:
         # retain_as_published off (mqtt5's default is on, paho's off): a message published
         # retained but delivered live must arrive with retain=0, or the master would take a
         # node's birth for the broker's replay of an old one (docs/protocol.md, seq).
-        topic = mqtt5.TopicFilter(
-            subscription(settings.prefix),
-            max_qos=mqtt5.QoS.AT_LEAST_ONCE,
-            no_local=True,
-            retain_as_published=False,
-        )
-        self._subscribe = mqtt5.SubscribePacket(_SUBSCRIBE_ID, [topic]).write()
+        # No Local on a shared subscription is a protocol error (MQTT 5, 3.8.3.1).
+        filters = [
+            mqtt5.TopicFilter(
+                topic,
+                max_qos=mqtt5.QoS.AT_LEAST_ONCE,
+                no_local=not topic.startswith("$share/"),
+                retain_as_published=False,
+            )
+            for topic in self.topics
+        ]
+        self._subscribe = mqtt5.SubscribePacket(_SUBSCRIBE_ID, filters).write()
         # (connection number, packet id; 0 for QoS 0) of every submitted message, in submit
         # order: the ingest thread commits in that same order.
         self._unacked: deque[tuple[int, int]] = deque()
@@ -427,13 +434,13 @@ class Mqtt5Listener:
             refused = [code for code in packet.reason_codes if int(code) >= 0x80]
             if refused:
                 raise ConnectionEndedError(
-                    f"the broker refused the subscription to {subscription(self.settings.prefix)}"
+                    f"the broker refused the subscription to {', '.join(self.topics)}"
                     f": {refused[0].name} (check the master user's ACL)"
                 )
             self.connects += 1
             self.connected.set()
             self.disconnected_since = None
-            logger.info("subscribed to %s", subscription(self.settings.prefix))
+            logger.info("subscribed to %s", ", ".join(self.topics))
             return
         if isinstance(packet, mqtt5.DisconnectPacket):
             raise ConnectionEndedError(

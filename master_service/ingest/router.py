@@ -135,7 +135,7 @@ def dispatch_batch(
                 failed(raw, error)
 
 
-def _node_of_metrics(topic: str, ctx: Context) -> str | None:
+def node_of_metrics(topic: str, ctx: Context) -> str | None:
     """The node of a `<prefix>/<node>/metrics` topic (remembered), else None."""
     routes = ctx.routes
     node = routes.get(topic)
@@ -163,6 +163,7 @@ def _metrics_run(
     state, counters = ctx.state, ctx.counters
     pending, dirty = ctx.pending_history, state.dirty
     observe, routes = bool(ctx.observers), ctx.routes
+    store_history = not ctx.history_stored
     latest: dict[str, tuple[NodeState, Any]] = {}  # each node's newest payload in this run
     samples: list[tuple[str, Any]] = []  # (node, payload) owed to the observers
     index, count = start, len(messages)
@@ -171,7 +172,7 @@ def _metrics_run(
         try:
             while index < count:
                 raw = messages[index]
-                node_id = routes.get(raw.topic) or _node_of_metrics(raw.topic, ctx)
+                node_id = routes.get(raw.topic) or node_of_metrics(raw.topic, ctx)
                 if node_id is None:
                     break
                 decoded = decode_metrics(raw.payload, node_id)
@@ -192,7 +193,8 @@ def _metrics_run(
                     dirty.add(node_id)
                     if not retained:
                         node.last_heard = raw.received_at
-                    pending.append((node_id, ts, payload))
+                    if store_history:
+                        pending.append((node_id, ts, payload))
                     if node.metrics_ts is None or ts >= node.metrics_ts:
                         node.metrics_ts = ts
                         latest[node_id] = (node, payload)

@@ -166,6 +166,21 @@ _USERS_STATEMENTS: Final = (
     " created REAL NOT NULL)",
 )
 
+# Several masters on one PostgreSQL (master_service/peers): the metrics a follower stored, kept
+# for the leader's live state until it takes them, and the masters sharing the database.
+_PEERS_STATEMENTS: Final = (
+    "CREATE TABLE forwarded_metrics ("
+    " id INTEGER PRIMARY KEY,"
+    " topic TEXT NOT NULL,"
+    " payload BLOB NOT NULL,"
+    " received_at REAL NOT NULL)",
+    "CREATE TABLE masters ("
+    " client_id TEXT PRIMARY KEY,"
+    " role TEXT NOT NULL,"
+    " api TEXT NOT NULL,"
+    " seen REAL NOT NULL)",
+)
+
 # Statements of a version other than its new history columns (which come from the metric
 # table). A change that is not a new metric column (an index, a new table) goes here, keyed
 # by the next version number.
@@ -176,6 +191,7 @@ _STATEMENTS: Final[Mapping[int, Sequence[str]]] = {
     4: _NODE_TAGS_STATEMENTS,
     5: _ENROLL_TOKENS_STATEMENTS,
     6: _USERS_STATEMENTS,
+    7: _PEERS_STATEMENTS,
 }
 
 

@@ -28,6 +28,7 @@ _RAW_INDEX: Final = "CREATE INDEX IF NOT EXISTS metrics_raw_node_ts ON metrics_r
 # (pattern, replacement) applied in order to every statement.
 _RULES: Final = (
     (re.compile(r"\bREAL\b"), "DOUBLE PRECISION"),
+    (re.compile(r"\bBLOB\b"), "BYTEA"),
     (re.compile(r"\)\s*WITHOUT ROWID\s*$"), ")"),
     (
         re.compile(r"\bid INTEGER PRIMARY KEY\b"),

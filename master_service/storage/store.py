@@ -115,6 +115,20 @@ class Store:
             record["missing"] = set(record.get("missing", ()))
             yield NodeState(**record)
 
+    def load_changed_nodes(self, since: float | None) -> tuple[list[NodeState], float | None]:
+        """Node states saved at `since` or later (all when None), and the newest save time."""
+        sql = "SELECT state, updated_at FROM nodes"
+        rows = self.connection.execute(
+            *((sql,) if since is None else (sql + " WHERE updated_at >= ?", (since,)))
+        ).fetchall()
+        states = []
+        for state_json, _ in rows:
+            record = json.loads(state_json)
+            record["missing"] = set(record.get("missing", ()))
+            states.append(NodeState(**record))
+        newest = max((float(updated) for _, updated in rows), default=None)
+        return states, newest
+
     def save_nodes(self, states: Iterable[NodeState], now: float) -> None:
         """Upsert node states (not committed until `commit`)."""
         rows = [(s.node, _state_json(s), now) for s in states]

@@ -22,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from master_service.auth.throttle import LoginThrottle
+from master_service.peers.leadership import FOLLOWER
 from master_service.storage.history import HistoryQuery, HistoryQueryError, HistoryReader
 from master_service.storage.store import HISTORY_METRICS
 from master_service.web.access import Access
@@ -31,6 +32,7 @@ from master_service.web.control import NodeId, control_router
 from master_service.web.enroll import enroll_router
 from master_service.web.errors import error_responses, install_error_handlers
 from master_service.web.login import login_router
+from master_service.web.masters import masters_router, send_writes_to_leader
 from master_service.web.ports import MasterPort
 from master_service.web.prometheus import chunked, metrics_router
 from master_service.web.tags import tags_router
@@ -91,6 +93,9 @@ def create_app(port: MasterPort) -> FastAPI:
     app.include_router(metrics_router(port.metrics, settings.metrics_token))
     app.include_router(login_router(access, LoginThrottle()))
     app.include_router(catalog_router(), dependencies=reader)
+    app.include_router(masters_router(port.role, port.leader_api, port.own_api, reader))
+    if port.role == FOLLOWER:
+        send_writes_to_leader(app, port.leader_api)
 
     @app.get(
         "/healthz",

@@ -209,6 +209,20 @@ class MasterPort(Protocol):
         """Is the master storing what it receives; the reasons when not."""
         ...
 
+    @property
+    def role(self) -> str:
+        """sole, or leader or follower among several masters (master_service.peers)."""
+        ...
+
+    @property
+    def own_api(self) -> str:
+        """This master's dashboard address, as other masters point to it."""
+        ...
+
+    def leader_api(self) -> str | None:
+        """The leading master's dashboard address, when known."""
+        ...
+
     def forget(self, node: str) -> bool:
         """Drop a node everywhere; True when it was known."""
         ...

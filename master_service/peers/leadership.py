@@ -1,0 +1,144 @@
+"""Who leads: a PostgreSQL advisory lock held on a connection of its own, and who is who.
+
+The lock is tied to its session: a leader that dies, or whose connection the server closes,
+frees it, and a follower polling `try_lead` takes it. Each master also keeps its row in
+`masters` (role, API address, last seen), which followers read to point at the leader.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from master_service.storage.database import Database, PostgresConnection
+
+logger = logging.getLogger(__name__)
+
+LEADER_LOCK: Final = 0x7069_636C_0002
+"""Advisory lock key of the leader ("picl" and 2; the migrations use 1)."""
+
+# A head that loses power never closes its connection: the server frees the lock only when
+# TCP keepalive gives up on it. Server-side keepalive, set for this session: about 2 + 1 * 3 s.
+_KEEPALIVE: Final = (
+    "SET tcp_keepalives_idle = 2",
+    "SET tcp_keepalives_interval = 1",
+    "SET tcp_keepalives_count = 3",
+)
+_HEARTBEAT: Final = (
+    "INSERT INTO masters (client_id, role, api, seen) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (client_id) DO UPDATE SET role = excluded.role, api = excluded.api, "
+    "seen = excluded.seen"
+)
+
+SOLE: Final = "sole"  # the only master (SQLite, or PostgreSQL without several_masters)
+LEADER: Final = "leader"
+FOLLOWER: Final = "follower"
+
+
+class LeaderLock:
+    """The leader's advisory lock, polled by followers and kept by the leader."""
+
+    def __init__(
+        self,
+        database: Database,
+        client_id: str,
+        api: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.database = database
+        self.client_id = client_id
+        self.api = api
+        self.clock = clock
+        self.held = False
+        self._raw: Any = None  # psycopg's connection: no silent reconnect, which loses the lock
+        self._lock = threading.Lock()  # the API's threads ask for the leader's address too
+
+    def try_lead(self) -> bool:
+        """Take the lock if it is free; True while this master holds it.
+
+        Raises the database's errors when it cannot be reached (the caller retries).
+        """
+        with self._lock:
+            return self._try_lead()
+
+    def _try_lead(self) -> bool:
+        raw = self._connection()
+        if not self.held:
+            (self.held,) = raw.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK,)).fetchone()
+            if self.held:
+                logger.info("this master (%s) leads", self.client_id)
+        self._heartbeat(raw)
+        return bool(self.held)
+
+    def still_held(self) -> bool:
+        """True while the lock is ours; after its connection broke, True only if taken again.
+
+        A server that cannot be reached keeps the answer True: nobody else can take the lock
+        there either, unless only this head lost its way to it (docs/scale-out.md).
+        """
+        with self._lock:
+            return self._still_held()
+
+    def _still_held(self) -> bool:
+        if self._raw is not None and not self._raw.broken and not self._raw.closed:
+            try:
+                self._heartbeat(self._raw)
+                return True
+            except Exception as error:  # the connection went, with the lock
+                logger.warning("the leader's lock connection broke: %s", error)
+        self._drop()
+        try:
+            return self._try_lead()
+        except Exception as error:
+            logger.warning("cannot reach the database to keep the lead: %s", error)
+            return True
+
+    def leader_api(self) -> str | None:
+        """The API address of the master that leads (by the latest heartbeat), if any."""
+        with self._lock:
+            raw = self._connection()
+            row = raw.execute(
+                "SELECT api FROM masters WHERE role = %s ORDER BY seen DESC LIMIT 1", (LEADER,)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def release(self) -> None:
+        """Give the lock up (closing the session frees it) and leave the masters' table."""
+        with self._lock:
+            self._release()
+
+    def _release(self) -> None:
+        if self._raw is not None and not self._raw.broken:
+            try:
+                self._raw.execute("DELETE FROM masters WHERE client_id = %s", (self.client_id,))
+            except Exception as error:  # the server may be gone: the row ages out anyway
+                logger.debug("leaving the masters' table failed: %s", error)
+        self._drop()
+
+    def _heartbeat(self, raw: Any) -> None:
+        role = LEADER if self.held else FOLLOWER
+        raw.execute(_HEARTBEAT.replace("?", "%s"), (self.client_id, role, self.api, self.clock()))
+
+    def _connection(self) -> Any:
+        if self._raw is None or self._raw.broken or self._raw.closed:
+            self._drop()
+            connection = self.database.connect(autocommit=True)
+            assert isinstance(connection, PostgresConnection)  # several masters: checked
+            for statement in _KEEPALIVE:
+                connection.raw.execute(statement)
+            self._raw = connection.raw
+        return self._raw
+
+    def _drop(self) -> None:
+        if self.held:
+            logger.warning("this master (%s) no longer holds the lead", self.client_id)
+        self.held = False
+        if self._raw is not None:
+            try:
+                self._raw.close()
+            except Exception:  # already gone
+                logger.debug("closing the lock connection failed", exc_info=True)
+        self._raw = None

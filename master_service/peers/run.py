@@ -1,0 +1,56 @@
+"""Run one of several masters: lead while holding the lock, follow otherwise, switch over."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+from master_service.peers.leadership import FOLLOWER, LEADER, LeaderLock
+
+if TYPE_CHECKING:
+    from master_service.app import MasterService
+
+logger = logging.getLogger(__name__)
+
+TOOK_THE_LEAD: Final = "took the lead"
+LOST_THE_LEAD: Final = "lost the lead"
+
+# Builds the master for a role (with where to find the leader), or says how to exit.
+Start = Callable[[str, Callable[[], str | None]], "MasterService | int"]
+
+
+def run_several(lock: LeaderLock, start: Start) -> int:
+    """Serve as leader or follower until stopped; rebuild in the other role when it changes.
+
+    A follower polls the lock every second (the run's watch): when the leader dies, its
+    session ends, the lock is free, and the first follower to take it stops following and
+    starts again as the leader, in the same process, with the lock held throughout.
+    """
+    try:
+        while True:
+            role = LEADER if lock.try_lead() else FOLLOWER
+            logger.info("starting as the %s of several masters", role)
+            service = start(role, lock.leader_api)
+            if isinstance(service, int):
+                return service
+            watch = _lead_kept(lock) if role == LEADER else _lead_free(lock)
+            if service.serve(watch) is None:
+                return 0  # stopped by a signal
+    finally:
+        lock.release()
+
+
+def _lead_free(lock: LeaderLock) -> Callable[[], str | None]:
+    def watch() -> str | None:
+        try:
+            return TOOK_THE_LEAD if lock.try_lead() else None
+        except Exception as error:  # the database is away: go on following
+            logger.debug("cannot poll the leader's lock: %s", error)
+            return None
+
+    return watch
+
+
+def _lead_kept(lock: LeaderLock) -> Callable[[], str | None]:
+    return lambda: None if lock.still_held() else LOST_THE_LEAD
