@@ -244,6 +244,7 @@ def run_master(args: argparse.Namespace) -> int:
             Store(settings.database).close()  # migrated first: the lock keeps a row in it
             lock = LeaderLock(settings.database, settings.client_id, dashboard_url(settings))
             return run_several(
+                settings,
                 lock,
                 lambda role, leader_api: _opened(
                     settings, lambda: build(settings, role=role, leader_api=leader_api)

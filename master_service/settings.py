@@ -132,6 +132,13 @@ class MasterSettings(BrokerClientSettings):
         help="one of several masters on one PostgreSQL database: metrics shared between them, "
         "one leader for the rest (docs/scale-out.md)",
     )
+    member_timeout: float = setting(
+        30.0,
+        help="several masters: seconds a master may be silent before the leader takes over "
+        "and ends its broker session, storing what it held",
+        check=rules.positive,
+        metavar="SECONDS",
+    )
     alerts: AlertSettings = setting(  # noqa: RUF009 (a field declaration, not a default)
         default_factory=AlertSettings,
         help="[alerts] table: channels, heartbeat, built-in and custom rules (docs/alerts.md)",

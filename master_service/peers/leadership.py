@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable
 from typing import Any, Final
 
 from master_service.storage.database import Database, PostgresConnection
@@ -27,8 +25,11 @@ _KEEPALIVE: Final = (
     "SET tcp_keepalives_interval = 1",
     "SET tcp_keepalives_count = 3",
 )
+# `seen` by the server's clock: the heads' clocks may disagree, and a head judged silent by
+# a clock running ahead would have its session taken from under it.
+_NOW: Final = "EXTRACT(EPOCH FROM clock_timestamp())"
 _HEARTBEAT: Final = (
-    "INSERT INTO masters (client_id, role, api, seen) VALUES (?, ?, ?, ?) "
+    f"INSERT INTO masters (client_id, role, api, seen) VALUES (%s, %s, %s, {_NOW}) "
     "ON CONFLICT (client_id) DO UPDATE SET role = excluded.role, api = excluded.api, "
     "seen = excluded.seen"
 )
@@ -46,12 +47,10 @@ class LeaderLock:
         database: Database,
         client_id: str,
         api: str,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         self.database = database
         self.client_id = client_id
         self.api = api
-        self.clock = clock
         self.held = False
         self._raw: Any = None  # psycopg's connection: no silent reconnect, which loses the lock
         self._lock = threading.Lock()  # the API's threads ask for the leader's address too
@@ -105,22 +104,32 @@ class LeaderLock:
             ).fetchone()
         return None if row is None else str(row[0])
 
-    def release(self) -> None:
-        """Give the lock up (closing the session frees it) and leave the masters' table."""
+    def silent_members(self, timeout_s: float) -> list[str]:
+        """Client ids of the other masters not heard of for `timeout_s` (gone, or stopped)."""
         with self._lock:
-            self._release()
+            rows = self._connection().execute(
+                f"SELECT client_id FROM masters WHERE client_id <> %s AND seen < {_NOW} - %s",
+                (self.client_id, timeout_s),
+            )
+            return [str(client_id) for (client_id,) in rows.fetchall()]
 
-    def _release(self) -> None:
-        if self._raw is not None and not self._raw.broken:
-            try:
-                self._raw.execute("DELETE FROM masters WHERE client_id = %s", (self.client_id,))
-            except Exception as error:  # the server may be gone: the row ages out anyway
-                logger.debug("leaving the masters' table failed: %s", error)
-        self._drop()
+    def forget_member(self, client_id: str) -> None:
+        """Drop a master from the table (its session was ended)."""
+        with self._lock:
+            self._connection().execute("DELETE FROM masters WHERE client_id = %s", (client_id,))
+
+    def release(self) -> None:
+        """Give the lock up: closing the session frees it.
+
+        The row in `masters` stays: a master stopped for longer than `member_timeout` has
+        its session (its share of the metrics, queued meanwhile) taken over by the leader.
+        """
+        with self._lock:
+            self._drop()
 
     def _heartbeat(self, raw: Any) -> None:
         role = LEADER if self.held else FOLLOWER
-        raw.execute(_HEARTBEAT.replace("?", "%s"), (self.client_id, role, self.api, self.clock()))
+        raw.execute(_HEARTBEAT, (self.client_id, role, self.api))
 
     def _connection(self) -> Any:
         if self._raw is None or self._raw.broken or self._raw.closed:

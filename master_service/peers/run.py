@@ -6,7 +6,9 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
+from master_service.peers.adoption import Adoptions
 from master_service.peers.leadership import FOLLOWER, LEADER, LeaderLock
+from master_service.settings import MasterSettings
 
 if TYPE_CHECKING:
     from master_service.app import MasterService
@@ -20,7 +22,7 @@ LOST_THE_LEAD: Final = "lost the lead"
 Start = Callable[[str, Callable[[], str | None]], "MasterService | int"]
 
 
-def run_several(lock: LeaderLock, start: Start) -> int:
+def run_several(settings: MasterSettings, lock: LeaderLock, start: Start) -> int:
     """Serve as leader or follower until stopped; rebuild in the other role when it changes.
 
     A follower polls the lock every second (the run's watch): when the leader dies, its
@@ -34,9 +36,21 @@ def run_several(lock: LeaderLock, start: Start) -> int:
             service = start(role, lock.leader_api)
             if isinstance(service, int):
                 return service
-            watch = _lead_kept(lock) if role == LEADER else _lead_free(lock)
-            if service.serve(watch) is None:
-                return 0  # stopped by a signal
+            if role == FOLLOWER:
+                if service.serve(_lead_free(lock)) is None:
+                    return 0  # stopped by a signal
+                continue
+            adoptions = Adoptions(
+                settings,
+                lambda: lock.silent_members(settings.member_timeout),
+                lock.forget_member,
+            )
+            adoptions.start()
+            try:
+                if service.serve(_lead_kept(lock)) is None:
+                    return 0
+            finally:
+                adoptions.stop()
     finally:
         lock.release()
 
