@@ -137,7 +137,12 @@ class MasterService:
         self.mirror: NodeMirror | None = None
         if role == FOLLOWER:
             self.ingestor.route = forward_batch
-            self.mirror = NodeMirror(self.state, self.ingestor.call_in_writer)
+            # The alerts are built below; the lambda reads them when a pass runs.
+            self.mirror = NodeMirror(
+                self.state,
+                self.ingestor.call_in_writer,
+                also=[lambda store: self.alerting.reload(store)],
+            )
         elif role == LEADER:
             self.ingestor.drain = _drain_forwarded
         self.ingestor.commit_listeners.append(self.receiver.acknowledge)  # PUBACK once stored

@@ -70,6 +70,8 @@ class Alerting:
     delivery: Delivery | None = None
     heartbeat: Heartbeat | None = None
     timer: AlertTimer | None = field(default=None)
+    # Builds the engine again from stored alert state (a follower's copy of the leader's).
+    remake: Callable[[Restored], AlertEngine] | None = None
 
     @classmethod
     def create(
@@ -90,17 +92,21 @@ class Alerting:
         clock: Callable[[], float] = time.time,
     ) -> Alerting:
         """Build every part (no I/O: the database was read into `restored`)."""
-        engine = AlertEngine(
-            settings.active_rules,
-            state,
-            clock,
-            link_base=settings.dashboard_url or link_base,
-            alerts=restored.alerts,
-            silences=restored.silences,
-            gaps_reported=restored.gaps_reported,
-            blind=lambda: not connected(),
-            monotonic=time.monotonic,
-        )
+
+        def remake(restored: Restored) -> AlertEngine:
+            return AlertEngine(
+                settings.active_rules,
+                state,
+                clock,
+                link_base=settings.dashboard_url or link_base,
+                alerts=restored.alerts,
+                silences=restored.silences,
+                gaps_reported=restored.gaps_reported,
+                blind=lambda: not connected(),
+                monotonic=time.monotonic,
+            )
+
+        engine = remake(restored)
         delivery = (
             Delivery(settings, store.database, ingestor.write, clock) if settings.channels else None
         )
@@ -135,7 +141,13 @@ class Alerting:
             delivery=delivery,
             heartbeat=heartbeat,
             timer=timer,
+            remake=remake,
         )
+
+    def reload(self, store: Store) -> None:
+        """A follower: show the alerts and silences the leader stored (never started here)."""
+        if self.remake is not None:
+            self.engine = self.remake(Restored.load(store, self.clock()))
 
     def start(self) -> None:
         """Start the timer, the delivery worker and the heartbeat."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from master_service.state import ClusterState
@@ -25,15 +25,17 @@ FULL_EVERY: Final = 30  # passes between two full reads (nodes forgotten on the 
 
 
 class NodeMirror:
-    """Copies the leader's saved node states and master-side tags into this master's state."""
+    """Copies the leader's saved node states, master-side tags (and alerts) into this master."""
 
     def __init__(
         self,
         state: ClusterState,
         call_in_writer: Callable[[Callable[[Store], None]], None],
+        also: Sequence[Callable[[Store], None]] = (),
     ) -> None:
         self.state = state
         self.call_in_writer = call_in_writer
+        self.also = also  # more to read again on every pass (the alerts)
         self.refreshed = threading.Event()  # set after every pass (tests, first listing)
         self._since: float | None = None
         self._passes = 0
@@ -67,6 +69,8 @@ class NodeMirror:
             for node in self.state.node_ids():
                 if node not in kept:
                     self.state.forget(node)
+        for refresh in self.also:
+            refresh(store)
         if newest is not None:
             self._since = newest - OVERLAP_S
         elif self._since is None:

@@ -161,6 +161,17 @@ def test_two_masters_share_the_metrics_and_one_leads(heads: Heads) -> None:
         assert first.api in body["detail"]
         status, _ = post(first, f"/api/nodes/{node_ids[0]}/commands", {"command": "ping"})
         assert status == 200
+        # Alerts too: a silence set on the leader shows on the follower.
+        silence = {"node": node_ids[1], "for": "1h", "comment": "maintenance"}
+        assert post(second, "/api/alerts/silences", silence)[0] == 503
+        status, made = post(first, "/api/alerts/silences", silence)
+        assert status == 201
+        wait_until(
+            lambda: [s["id"] for s in second.get("/api/alerts/silences")["silences"]]
+            == [made["id"]],
+            5,
+            message="the leader's silence on the follower",
+        )
     finally:
         for node in nodes:
             node.stop()
