@@ -302,6 +302,16 @@ def test_master_hears_home_assistant_button_presses(session: Any, watch_as: Any)
     assert [m.payload for m in master.on("cluster/_master/ha_command")] == [press]
 
 
+def test_several_masters_share_the_metrics_under_the_shipped_acl(
+    session: Any, watch_as: Any
+) -> None:
+    # `--several-masters`: the master user's `read cluster/#` covers the shared subscription.
+    shared = watch_as(MASTER, "$share/picluster/cluster/+/metrics")
+    payload = marker()
+    assert session("node-a").publish("cluster/node-a/metrics", payload) in ACCEPTED
+    assert shared.wait_for("cluster/node-a/metrics")[0].payload == payload
+
+
 def test_shipped_acl_has_no_anonymous_grants() -> None:
     # Lines before the first `user` apply to anonymous clients: there must be none.
     rules = [
