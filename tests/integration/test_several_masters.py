@@ -167,8 +167,9 @@ def test_two_masters_share_the_metrics_and_one_leads(heads: Heads) -> None:
         status, made = post(first, "/api/alerts/silences", silence)
         assert status == 201
         wait_until(
-            lambda: [s["id"] for s in second.get("/api/alerts/silences")["silences"]]
-            == [made["id"]],
+            lambda: (
+                [s["id"] for s in second.get("/api/alerts/silences")["silences"]] == [made["id"]]
+            ),
             5,
             message="the leader's silence on the follower",
         )

@@ -179,3 +179,33 @@ def test_the_database_password_is_refused_in_the_config_file(tmp_path):
 def test_a_login_is_required_beyond_loopback_or_when_asked(http, extra, required):
     settings = parse_settings(["--http", http, *extra], {})
     assert settings.login_required is required
+
+
+PG = "postgresql://picluster@db.lan:5432/picluster"
+
+
+@pytest.mark.parametrize(
+    ("argv", "needs"),
+    [
+        (["--several-masters"], "needs db = postgresql://"),
+        (["--several-masters", "--db", PG, "--ingest-client", "paho"], "needs ingest_client"),
+        (["--several-masters", "--db", PG, "--member-timeout", "0"], None),
+    ],
+)
+def test_several_masters_needs_postgresql_and_the_mqtt5_client(argv, needs):
+    with pytest.raises(SettingsError) as caught:
+        parse_settings(argv, {})
+    expected = "member_timeout" if needs is None else "several_masters"
+    assert caught.value.field == expected
+    if needs is not None:
+        assert needs in str(caught.value)
+
+
+def test_several_masters_give_each_head_its_own_default_client_id(monkeypatch):
+    monkeypatch.setattr("socket.gethostname", lambda: "head 2")
+    settings = parse_settings(["--several-masters", "--db", PG], {})
+    # One session per head: the same id on two heads would make the broker drop one for the other.
+    assert settings.client_id == "picluster-master-head-2"
+    chosen = parse_settings(["--several-masters", "--db", PG, "--client-id", "east"], {})
+    assert chosen.client_id == "east"
+    assert parse_settings(["--db", PG], {}).client_id == "picluster-master"

@@ -64,7 +64,11 @@ FLAG_SAMPLES: dict[str, tuple[str, Any]] = {
     "ha_per_entity": ("on", True),
     "ingest_client": ("MQTT5", "mqtt5"),
     "require_login": ("on", True),
+    "several_masters": ("yes", True),
+    "member_timeout": ("12", 12.0),
 }
+# Flags valid only beside another setting: what each needs with it.
+FLAG_NEEDS: dict[str, list[str]] = {"several_masters": ["--db", "postgresql://pi@db/picluster"]}
 
 
 @pytest.mark.parametrize(
@@ -86,7 +90,7 @@ def test_every_key_but_secrets_has_a_flag_that_sets_it(
     for name, flag in flagged.items():
         raw, expected = FLAG_SAMPLES[name]
         expected = str(files[raw]) if raw in files else expected
-        settings = load([str(flag), str(files.get(raw, raw))], {})
+        settings = load([str(flag), str(files.get(raw, raw)), *FLAG_NEEDS.get(name, [])], {})
         assert getattr(settings, name) == expected, flag
 
 
