@@ -144,7 +144,7 @@ class MasterService:
                 also=[lambda store: self.alerting.reload(store)],
             )
         elif role == LEADER:
-            self.ingestor.drain = _drain_forwarded
+            self.ingestor.drain = lambda connection: _drain_forwarded(connection, clock)
         self.ingestor.commit_listeners.append(self.receiver.acknowledge)  # PUBACK once stored
         self.ingestor.commit_listeners.append(self.state.committed)  # the API's listing
         self.commands = CommandService(
@@ -310,13 +310,19 @@ class MasterService:
         self.ingestor.call_in_writer(forget_in_writer)
         return known
 
-    def serve(self, watch: Callable[[], str | None] | None = None) -> str | None:
+    def serve(
+        self,
+        watch: Callable[[], str | None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> str | None:
         """Run everything until SIGINT or SIGTERM, then shut down in order.
 
         `watch`, called every second, may end the run early by returning a reason (several
         masters: a follower that took the lead, a leader that lost it), which is returned.
+        `stop` is the event the signals set: one kept across runs, so that a signal between
+        two of them is not lost.
         """
-        stop = threading.Event()
+        stop = stop or threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())
         self.start()
@@ -417,9 +423,13 @@ class MasterService:
                 logger.exception("publishing the cluster summary failed")
 
 
-def _drain_forwarded(connection: Connection) -> list[RawMessage]:
-    """A leader's source of the metrics its followers stored (in the open transaction)."""
+def _drain_forwarded(connection: Connection, clock: Callable[[], float]) -> list[RawMessage]:
+    """A leader's source of the metrics its followers stored (in the open transaction).
+
+    Received "now" by the leader's clock, not the follower's: a node's last-heard time must
+    not jump about with the heads' clocks (the delay is a tenth of a second or so).
+    """
+    now = clock()
     return [
-        RawMessage(topic, payload, False, received_at)
-        for topic, payload, received_at in take_forwarded(connection)
+        RawMessage(topic, payload, False, now) for topic, payload, _ in take_forwarded(connection)
     ]

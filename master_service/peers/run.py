@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
@@ -29,15 +30,16 @@ def run_several(settings: MasterSettings, lock: LeaderLock, start: Start) -> int
     session ends, the lock is free, and the first follower to take it stops following and
     starts again as the leader, in the same process, with the lock held throughout.
     """
+    stopped = threading.Event()  # set by SIGTERM or SIGINT, in whichever run it comes
     try:
-        while True:
+        while not stopped.is_set():
             role = LEADER if lock.try_lead() else FOLLOWER
             logger.info("starting as the %s of several masters", role)
             service = start(role, lock.leader_api)
             if isinstance(service, int):
                 return service
             if role == FOLLOWER:
-                if service.serve(_lead_free(lock)) is None:
+                if service.serve(_lead_free(lock), stopped) is None:
                     return 0  # stopped by a signal
                 continue
             adoptions = Adoptions(
@@ -47,10 +49,11 @@ def run_several(settings: MasterSettings, lock: LeaderLock, start: Start) -> int
             )
             adoptions.start()
             try:
-                if service.serve(_lead_kept(lock)) is None:
+                if service.serve(_lead_kept(lock), stopped) is None:
                     return 0
             finally:
                 adoptions.stop()
+        return 0
     finally:
         lock.release()
 

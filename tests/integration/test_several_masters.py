@@ -201,6 +201,9 @@ def test_killing_a_master_under_load_loses_nothing(heads: Heads, victim: str) ->
         )
         took_over_s = time.monotonic() - killed_at
         assert took_over_s < FAILOVER_LIMIT_S
+        # It leads in deed: commands go through it.
+        status, answer = post(survivor, f"/api/nodes/{node_ids[0]}/commands", {"command": "ping"})
+        assert (status, answer["ok"]) == (200, True)
         # The killed head comes back, as systemd restarts it: it follows, and what its session
         # kept for it (taken before the kill but not acknowledged, or queued while it was
         # away) reaches the leader through it.
