@@ -13,6 +13,7 @@ from typing import Final
 import uvicorn
 
 from cluster_protocol import MASTER_NODE_ID, Envelope, encode_envelope, master_status_topic
+from master_service.alerts.engine import GAP_SETTLE_MIN_S
 from master_service.alerts.service import Alerting, Restored
 from master_service.auth.accounts import Accounts
 from master_service.control.commands import CommandService
@@ -27,14 +28,15 @@ from master_service.ingest.counters import IngestCounters
 from master_service.ingest.handlers import Context
 from master_service.ingest.health import Health, assess
 from master_service.ingest.ingestor import Ingestor
-from master_service.ingest.listener import Listener
+from master_service.ingest.listener import Listener, master_status
 from master_service.ingest.mqtt5_listener import Mqtt5Listener
 from master_service.ingest.observers import Notice, Observer, notify
 from master_service.ingest.router import RawMessage
-from master_service.peers.follower import forward_batch
-from master_service.peers.leadership import FOLLOWER, LEADER, SOLE
+from master_service.peers.adoption import CHECK_EVERY_S as ADOPTION_CHECK_EVERY_S
+from master_service.peers.follower import forward_batch, share_history_writes
+from master_service.peers.leadership import FOLLOWER, LEADER, SOLE, LeaderLock
 from master_service.peers.mirror import NodeMirror
-from master_service.peers.topics import follower_topics, leader_topics
+from master_service.peers.topics import follower_topics, leader_topics, left_behind
 from master_service.settings import MasterSettings
 from master_service.state import ClusterState, NodeState
 from master_service.storage.command_log import CommandLog
@@ -57,7 +59,7 @@ def build(
     settings: MasterSettings,
     clock: Callable[[], float] = time.time,
     role: str = SOLE,
-    leader_api: Callable[[], str | None] = lambda: None,
+    lock: LeaderLock | None = None,
 ) -> MasterService:
     """Open the database (migrating it), restore the nodes it holds, and wire a master.
 
@@ -72,9 +74,7 @@ def build(
     except BaseException:
         store.close()
         raise
-    return MasterService(
-        settings, store, nodes, clock, restored, master_tags, role=role, leader_api=leader_api
-    )
+    return MasterService(settings, store, nodes, clock, restored, master_tags, role=role, lock=lock)
 
 
 def dashboard_url(settings: MasterSettings) -> str:
@@ -100,13 +100,13 @@ class MasterService:
         master_tags: Mapping[str, Iterable[str]] | None = None,
         *,
         role: str = SOLE,
-        leader_api: Callable[[], str | None] = lambda: None,
+        lock: LeaderLock | None = None,
     ) -> None:
         self.settings = settings
         # Several masters (master_service.peers): a follower stores its share of the metrics
         # and forwards them; the leader does everything else. SOLE: the only master.
         self.role = role
-        self.leader_api = leader_api
+        self.leader_api: Callable[[], str | None] = lock.leader_api if lock else lambda: None
         self.own_api = dashboard_url(settings)
         self.clock = clock
         self.store = store
@@ -127,16 +127,19 @@ class MasterService:
         )
         self.receiver: Listener | Mqtt5Listener = self.listener
         if settings.ingest_client == "mqtt5":
-            topics = {LEADER: leader_topics, FOLLOWER: follower_topics}.get(role)
+            topics_of = {LEADER: leader_topics, FOLLOWER: follower_topics}.get(role)
+            topics = topics_of(settings.prefix) if topics_of else None
             self.receiver = Mqtt5Listener(
                 settings,
                 self.ingestor.submit_many,
                 clock,
-                topics=topics(settings.prefix) if topics else None,
+                topics=topics,
+                unsubscribe=left_behind(settings.prefix, topics) if topics else (),
             )
         self.mirror: NodeMirror | None = None
         if role == FOLLOWER:
             self.ingestor.route = forward_batch
+            self.ingestor.guard = share_history_writes
             # The alerts are built below; the lambda reads them when a pass runs.
             self.mirror = NodeMirror(
                 self.state,
@@ -145,6 +148,8 @@ class MasterService:
             )
         elif role == LEADER:
             self.ingestor.drain = lambda connection: _drain_forwarded(connection, clock)
+            if lock is not None:
+                self.ingestor.guard = lock.check_epoch
         self.ingestor.commit_listeners.append(self.receiver.acknowledge)  # PUBACK once stored
         self.ingestor.commit_listeners.append(self.state.committed)  # the API's listing
         self.commands = CommandService(
@@ -189,6 +194,7 @@ class MasterService:
             healthy=lambda: self.health().ok,
             connected=self.listener.connected.is_set,
             clock=clock,
+            gap_settle_s=gap_settle_s(settings),
         )
         self.observers.append(self.alerting.observer)
         self._ticker_stop = threading.Event()
@@ -419,6 +425,12 @@ class MasterService:
                 )
                 topic = cluster_summary_topic(self.settings.prefix)
                 self.listener.publish(topic, encode_envelope(envelope), qos=1, retain=True)
+                if self.role == LEADER:
+                    # A predecessor's will (its head lost power: sent a keepalive and a half
+                    # later) or its stop says offline after this leader said online.
+                    prefix = self.settings.prefix
+                    status = master_status("online", self.clock)
+                    self.listener.publish(master_status_topic(prefix), status, qos=1, retain=True)
             except Exception:
                 logger.exception("publishing the cluster summary failed")
 
@@ -433,3 +445,14 @@ def _drain_forwarded(connection: Connection, clock: Callable[[], float]) -> list
     return [
         RawMessage(topic, payload, False, now) for topic, payload, _ in take_forwarded(connection)
     ]
+
+
+def gap_settle_s(settings: MasterSettings) -> float:
+    """How long a gap may be filled before `data_loss` reports it.
+
+    With several masters, a silent master's share comes late: when it restarts, or when the
+    leader takes its session over, up to `member_timeout` and a check later.
+    """
+    if not settings.several_masters:
+        return GAP_SETTLE_MIN_S
+    return max(GAP_SETTLE_MIN_S, settings.member_timeout + ADOPTION_CHECK_EVERY_S + 10.0)

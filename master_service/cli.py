@@ -246,9 +246,7 @@ def run_master(args: argparse.Namespace) -> int:
             return run_several(
                 settings,
                 lock,
-                lambda role, leader_api: _opened(
-                    settings, lambda: build(settings, role=role, leader_api=leader_api)
-                ),
+                lambda role, lock: _opened(settings, lambda: build(settings, role=role, lock=lock)),
             )
 
         return _opened(settings, run_one_of_several)

@@ -110,8 +110,12 @@ class AlertEngine:
         blind: Callable[[], bool] = lambda: False,
         gaps_reported: Mapping[str, int] | None = None,
         monotonic: Callable[[], float] | None = None,
+        gap_settle_s: float = GAP_SETTLE_MIN_S,
     ) -> None:
         self._lock = threading.RLock()
+        # How long a gap may still be filled before it is reported (several masters: until a
+        # silent master's session is taken over, member_timeout and more).
+        self._gap_settle_s = gap_settle_s
         self._state = state
         self._clock = clock
         self._link_base = link_base
@@ -157,7 +161,7 @@ class AlertEngine:
             reported = (gaps_reported or {}).get(node.node)
             watch.gaps_seen = node.seq_gaps if reported is None else reported
             if node.seq_gaps > watch.gaps_seen:  # seen before a restart, never reported
-                watch.gap_check_at = self.started + GAP_SETTLE_MIN_S
+                watch.gap_check_at = self.started + self._gap_settle_s
                 self._schedule(watch.gap_check_at, Timer.GAP, node.node)
             self._schedule(self.started, Timer.LIVENESS, node.node)
 
@@ -627,7 +631,7 @@ class AlertEngine:
             watch.gaps_seen = facts.seq_gaps  # late envelopes filled them
             changes.gaps_reported[facts.node] = facts.seq_gaps
         elif facts.seq_gaps > watch.gaps_seen and watch.gap_check_at is None:
-            watch.gap_check_at = now + max(GAP_SETTLE_MIN_S, 2 * facts.interval_s)
+            watch.gap_check_at = now + max(self._gap_settle_s, 2 * facts.interval_s)
             self._schedule(watch.gap_check_at, Timer.GAP, facts.node)
             # Stored now (the seq counters are stored with this batch too), so a restart
             # during the wait still knows these gaps are news.

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from master_service.alerts import records
 from master_service.alerts.delivery import ChannelCounters, Delivery, TestResult, send_test
-from master_service.alerts.engine import AlertEngine
+from master_service.alerts.engine import GAP_SETTLE_MIN_S, AlertEngine
 from master_service.alerts.heartbeat import Heartbeat
 from master_service.alerts.model import Alert, Silence
 from master_service.alerts.observer import AlertObserver, Publish
@@ -90,6 +90,7 @@ class Alerting:
         healthy: Callable[[], bool],
         connected: Callable[[], bool] = lambda: True,
         clock: Callable[[], float] = time.time,
+        gap_settle_s: float = GAP_SETTLE_MIN_S,
     ) -> Alerting:
         """Build every part (no I/O: the database was read into `restored`)."""
 
@@ -104,6 +105,7 @@ class Alerting:
                 gaps_reported=restored.gaps_reported,
                 blind=lambda: not connected(),
                 monotonic=time.monotonic,
+                gap_settle_s=gap_settle_s,
             )
 
         engine = remake(restored)

@@ -99,6 +99,9 @@ class Ingestor(threading.Thread):
         # transaction, so they are gone from the table only when the state they made is.
         self.drain: Drain | None = None
         self._drained = 0  # messages taken by `drain` since the last commit
+        # Run first in every flush's transaction (several masters: a leader's check that it
+        # still leads, a follower's share of the history writers' lock); raising fails it.
+        self.guard: Callable[[Connection], None] | None = None
         self._next_drain = 0.0
 
     def submit(self, message: RawMessage) -> None:
@@ -381,6 +384,8 @@ class Ingestor(threading.Thread):
         connection = self.store.connection
         if writes and not connection.in_transaction:
             connection.execute("BEGIN")  # so the savepoints below nest in the batch's transaction
+        if self.guard is not None:
+            self.guard(connection)
         for task, _ in writes:
             outcomes.append(self._run_write(task))
         if nodes:

@@ -57,6 +57,7 @@ POLL_MAX_S: Final = 1.0
 _PUBACK: Final = struct.Struct(">BBH")  # PUBACK, remaining length 2, packet id (success)
 _PINGREQ: Final = mqtt5.PingReqPacket().write()
 _SUBSCRIBE_ID: Final = 1
+_UNSUBSCRIBE_ID: Final = 2
 # Mosquitto 2.0 (Debian 12's 2.0.11) sends more than our Receive Maximum when PUBACKs come in
 # batches: measured 65,614 in flight for 65,534, 1,348 for 1,000, and up to 602 for 200 (its
 # outgoing quota accounting; eclipse-mosquitto/mosquitto#2301 describes the same on bridges).
@@ -88,6 +89,7 @@ class Mqtt5Listener:
         clock: Callable[[], float] = time.time,
         receive_maximum: int = RECEIVE_MAXIMUM,
         topics: Sequence[str] | None = None,
+        unsubscribe: Sequence[str] = (),
     ) -> None:
         self.settings = settings
         # cluster/# unless told otherwise (several masters: master_service.peers.topics).
@@ -129,6 +131,10 @@ class Mqtt5Listener:
             for topic in self.topics
         ]
         self._subscribe = mqtt5.SubscribePacket(_SUBSCRIBE_ID, filters).write()
+        # Filters a persistent session may still hold from another role (several masters: a
+        # leader become follower keeps the other types), dropped on every connect.
+        if unsubscribe:
+            self._subscribe += mqtt5.UnsubscribePacket(_UNSUBSCRIBE_ID, list(unsubscribe)).write()
         # (connection number, packet id; 0 for QoS 0) of every submitted message, in submit
         # order: the ingest thread commits in that same order.
         self._unacked: deque[tuple[int, int]] = deque()
@@ -442,6 +448,8 @@ class Mqtt5Listener:
             self.disconnected_since = None
             logger.info("subscribed to %s", ", ".join(self.topics))
             return
+        if isinstance(packet, mqtt5.UnsubAckPacket) and packet.packet_id == _UNSUBSCRIBE_ID:
+            return  # "no subscription existed" is as good as removed
         if isinstance(packet, mqtt5.DisconnectPacket):
             raise ConnectionEndedError(
                 f"the broker disconnected us: {reason_text(packet.reason_code)}"

@@ -14,6 +14,7 @@ import logging
 import ssl
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
@@ -24,12 +25,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from cluster_protocol import MessageType
+from cluster_protocol import MASTER_NODE_ID
 from master_service.ingest.counters import IngestCounters
 from master_service.ingest.handlers import Context
 from master_service.ingest.history_rows import insert_history
 from master_service.ingest.router import RawMessage
-from master_service.peers.follower import forward_batch
+from master_service.peers.follower import forward_batch, share_history_writes
 from master_service.peers.topics import leader_topics
 from master_service.settings import MasterSettings
 from master_service.state import ClusterState
@@ -40,10 +41,8 @@ logger = logging.getLogger(__name__)
 
 CHECK_EVERY_S: Final = 5.0
 CONNECT_WAIT_S: Final = 10.0
-IDLE_S: Final = 1.0  # nothing more for this long after the UNSUBACK: the session is empty
 ADOPTION_LIMIT_S: Final = 120.0
 POLL_S: Final = 0.05
-_METRICS_LEVEL: Final = f"/{MessageType.METRICS.value}"
 
 
 class AdoptionError(RuntimeError):
@@ -87,7 +86,7 @@ class Adoptions:
                 if self._stop.is_set():
                     return
                 try:
-                    taken = adopt_session(self.settings, member)
+                    taken = adopt_session(self.settings, member, self._stop.is_set)
                 except Exception as error:  # tried again on the next check
                     logger.warning("cannot take over the session of master %s: %s", member, error)
                     continue
@@ -95,14 +94,16 @@ class Adoptions:
                 self.adopted.append(member)
                 logger.warning(
                     "master %s was silent for %.0f s: its broker session is ended, and the "
-                    "%d metrics messages it held are stored",
+                    "%d messages it held are stored",
                     member,
                     self.settings.member_timeout,
                     taken,
                 )
 
 
-def adopt_session(settings: MasterSettings, client_id: str) -> int:
+def adopt_session(
+    settings: MasterSettings, client_id: str, stopping: Callable[[], bool] = lambda: False
+) -> int:
     """Store what a master's session holds, then end it and its publisher's; return messages.
 
     Everything is acknowledged only after its commit, so a leader that dies half-way leaves
@@ -111,7 +112,7 @@ def adopt_session(settings: MasterSettings, client_id: str) -> int:
     session = _Session(settings, client_id, keep=True)
     try:
         session.wait_connected()
-        taken = _empty(session, settings.database, settings.prefix)
+        taken = _empty(session, settings.database, settings.prefix, stopping)
         session.end()
     finally:
         session.close()
@@ -125,29 +126,40 @@ def adopt_session(settings: MasterSettings, client_id: str) -> int:
     return taken
 
 
-def _empty(session: _Session, database: Database, prefix: str) -> int:
-    """Unsubscribe, then store and acknowledge what arrives until it stops coming."""
-    session.client.unsubscribe(leader_topics(prefix))  # whichever of them it had
+def _empty(session: _Session, database: Database, prefix: str, stopping: Callable[[], bool]) -> int:
+    """Unsubscribe, then store and acknowledge everything the session holds; return how many.
+
+    The end is known, not guessed from a pause: after the UNSUBACK nothing new joins the
+    session, and a marker it publishes to itself comes back behind everything it held.
+    """
+    marker_topic = f"{prefix}/{MASTER_NODE_ID}/adoption/{uuid.uuid4().hex}"
     connection = database.connect()
     ctx = Context(ClusterState(time.time), IngestCounters(), prefix)
     taken = 0
-    started = last = time.monotonic()
+    started = time.monotonic()
     try:
+        session.client.unsubscribe(leader_topics(prefix))  # whichever of them it had
+        session.wait(session.unsubscribed, "UNSUBACK")
+        session.client.subscribe(marker_topic, qos=1)
+        session.wait(session.subscribed, "SUBACK")
+        session.client.publish(marker_topic, b"end", qos=1)
         while True:
-            now = time.monotonic()
-            batch = session.take()
             if session.taken_back:
                 raise AdoptionError("the master came back and took its session")
-            if batch:
-                last = now
-                taken += _store(batch, ctx, connection)
-                for message in batch:
-                    session.client.ack(message.mid, message.qos)
-            elif session.unsubscribed.is_set() and now - last >= IDLE_S:
+            if stopping():
+                raise AdoptionError("this master stops (the rest stays in the session)")
+            if time.monotonic() - started > ADOPTION_LIMIT_S:
+                raise AdoptionError(f"not emptied in {ADOPTION_LIMIT_S:.0f} s")
+            batch = session.take()
+            held = [m for m in batch if m.topic != marker_topic]
+            if held:
+                taken += _store(held, ctx, connection)
+            for message in batch:  # after the commit
+                session.client.ack(message.mid, message.qos)
+            if len(held) < len(batch):
                 return taken
-            elif now - started > ADOPTION_LIMIT_S:
-                raise AdoptionError(f"the session still sends after {ADOPTION_LIMIT_S:.0f} s")
-            time.sleep(POLL_S)
+            if not batch:
+                time.sleep(POLL_S)
     finally:
         connection.close()
 
@@ -155,19 +167,17 @@ def _empty(session: _Session, database: Database, prefix: str) -> int:
 def _store(batch: list[mqtt.MQTTMessage], ctx: Context, connection: Any) -> int:
     """Commit the metrics among `batch` as a follower would; return how many were valid."""
     now = time.time()
-    metrics = [
-        RawMessage(m.topic, bytes(m.payload), False, now)
-        for m in batch
-        if m.topic.endswith(_METRICS_LEVEL)
-    ]
-    forward_batch(metrics, ctx, lambda raw, error: logger.error("%s: %s", raw.topic, error))
+    messages = [RawMessage(m.topic, bytes(m.payload), False, now) for m in batch]
+    forward_batch(messages, ctx, lambda raw, error: logger.error("%s: %s", raw.topic, error))
     rows, forwarded = ctx.pending_history, ctx.forwarded
     ctx.pending_history, ctx.forwarded = [], []
+    share_history_writes(connection)
     if rows:
         insert_history(connection, rows)
+    if forwarded:
         write_forwarded(connection, forwarded)
     connection.commit()
-    return len(rows)
+    return len(forwarded)
 
 
 class _Session:
@@ -178,6 +188,7 @@ class _Session:
         self.connected = threading.Event()
         self.disconnected = threading.Event()
         self.unsubscribed = threading.Event()
+        self.subscribed = threading.Event()
         self.refusal: str | None = None
         self.ending = False
         self.taken_back = False  # the master itself connected again: it keeps its session
@@ -193,6 +204,7 @@ class _Session:
         client.on_connect = self._on_connect
         client.on_message = lambda _client, _userdata, message: self._received.append(message)
         client.on_unsubscribe = lambda *_: self.unsubscribed.set()
+        client.on_subscribe = lambda *_: self.subscribed.set()
         client.on_disconnect = self._on_disconnect
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         # keep: resume the session as it is (clean start off, its expiry); otherwise start
@@ -229,6 +241,11 @@ class _Session:
             raise AdoptionError(f"no answer from the broker as {self.client_id}")
         if self.refusal is not None:
             raise AdoptionError(f"the broker refused {self.client_id}: {self.refusal}")
+
+    def wait(self, event: threading.Event, what: str) -> None:
+        """Wait for the broker's answer; raise AdoptionError without one."""
+        if not event.wait(CONNECT_WAIT_S):
+            raise AdoptionError(f"no {what} from the broker as {self.client_id}")
 
     def take(self) -> list[mqtt.MQTTMessage]:
         """What arrived since the last take."""

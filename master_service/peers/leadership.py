@@ -11,7 +11,7 @@ import logging
 import threading
 from typing import Any, Final
 
-from master_service.storage.database import Database, PostgresConnection
+from master_service.storage.database import Connection, Database, PostgresConnection
 
 logger = logging.getLogger(__name__)
 
@@ -39,21 +39,27 @@ LEADER: Final = "leader"
 FOLLOWER: Final = "follower"
 
 
+class NotLeaderError(RuntimeError):
+    """A commit of a leader whose lead another master has taken since."""
+
+
 class LeaderLock:
     """The leader's advisory lock, polled by followers and kept by the leader."""
 
-    def __init__(
-        self,
-        database: Database,
-        client_id: str,
-        api: str,
-    ) -> None:
+    def __init__(self, database: Database, client_id: str, api: str) -> None:
         self.database = database
         self.client_id = client_id
         self.api = api
         self.held = False
-        self._raw: Any = None  # psycopg's connection: no silent reconnect, which loses the lock
-        self._lock = threading.Lock()  # the API's threads ask for the leader's address too
+        self.epoch: int | None = None  # leader_epoch when this master took the lead
+        # psycopg's own connection for the lock: it must never reconnect silently, which
+        # would lose the lock without a word.
+        self._raw: Any = None
+        self._lock = threading.Lock()
+        # Everything else (the leader's address, silent members) on a connection of its own,
+        # which may reconnect: asking must never touch the lock's.
+        self._side: PostgresConnection | None = None
+        self._side_lock = threading.Lock()
 
     def try_lead(self) -> bool:
         """Take the lock if it is free; True while this master holds it.
@@ -66,57 +72,66 @@ class LeaderLock:
     def _try_lead(self) -> bool:
         raw = self._connection()
         if not self.held:
-            (self.held,) = raw.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK,)).fetchone()
-            if self.held:
-                logger.info("this master (%s) leads", self.client_id)
+            (taken,) = raw.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK,)).fetchone()
+            if taken:
+                # The epoch first: a predecessor's commit still under way (it holds the row
+                # FOR SHARE) finishes before this, and every later one of its fails the check.
+                (self.epoch,) = raw.execute(
+                    "UPDATE leader_epoch SET epoch = epoch + 1 RETURNING epoch"
+                ).fetchone()
+                self.held = True
+                logger.info("this master (%s) leads (epoch %d)", self.client_id, self.epoch)
         self._heartbeat(raw)
-        return bool(self.held)
+        return self.held
 
     def still_held(self) -> bool:
         """True while the lock is ours; after its connection broke, True only if taken again.
 
         A server that cannot be reached keeps the answer True: nobody else can take the lock
-        there either, unless only this head lost its way to it (docs/scale-out.md).
+        there either, unless only this head lost its way to it; its commits are fenced off
+        meanwhile (`check_epoch`).
         """
         with self._lock:
-            return self._still_held()
-
-    def _still_held(self) -> bool:
-        if self._raw is not None and not self._raw.broken and not self._raw.closed:
+            raw = self._raw
+            if raw is not None and not raw.broken and not raw.closed and self.held:
+                try:
+                    self._heartbeat(raw)
+                    return True
+                except Exception as error:  # the connection went, with the lock
+                    logger.warning("the leader's lock connection broke: %s", error)
+            self._drop()
             try:
-                self._heartbeat(self._raw)
+                return self._try_lead()
+            except Exception as error:
+                logger.warning("cannot reach the database to keep the lead: %s", error)
                 return True
-            except Exception as error:  # the connection went, with the lock
-                logger.warning("the leader's lock connection broke: %s", error)
-        self._drop()
-        try:
-            return self._try_lead()
-        except Exception as error:
-            logger.warning("cannot reach the database to keep the lead: %s", error)
-            return True
+
+    def check_epoch(self, connection: Connection) -> None:
+        """In a leader's commit: raise NotLeaderError if another master has led since."""
+        row = connection.execute("SELECT epoch FROM leader_epoch FOR SHARE").fetchone()
+        if row is None or row[0] != self.epoch:
+            raise NotLeaderError(
+                f"another master leads now (epoch {row[0] if row else None}, ours {self.epoch})"
+            )
 
     def leader_api(self) -> str | None:
         """The API address of the master that leads (by the latest heartbeat), if any."""
-        with self._lock:
-            raw = self._connection()
-            row = raw.execute(
-                "SELECT api FROM masters WHERE role = %s ORDER BY seen DESC LIMIT 1", (LEADER,)
-            ).fetchone()
-        return None if row is None else str(row[0])
+        row = self._ask(
+            "SELECT api FROM masters WHERE role = ? ORDER BY seen DESC LIMIT 1", (LEADER,)
+        )
+        return None if not row else str(row[0][0])
 
     def silent_members(self, timeout_s: float) -> list[str]:
         """Client ids of the other masters not heard of for `timeout_s` (gone, or stopped)."""
-        with self._lock:
-            rows = self._connection().execute(
-                f"SELECT client_id FROM masters WHERE client_id <> %s AND seen < {_NOW} - %s",
-                (self.client_id, timeout_s),
-            )
-            return [str(client_id) for (client_id,) in rows.fetchall()]
+        rows = self._ask(
+            f"SELECT client_id FROM masters WHERE client_id <> ? AND seen < {_NOW} - ?",
+            (self.client_id, timeout_s),
+        )
+        return [str(client_id) for (client_id,) in rows]
 
     def forget_member(self, client_id: str) -> None:
         """Drop a master from the table (its session was ended)."""
-        with self._lock:
-            self._connection().execute("DELETE FROM masters WHERE client_id = %s", (client_id,))
+        self._ask("DELETE FROM masters WHERE client_id = ? RETURNING client_id", (client_id,))
 
     def release(self) -> None:
         """Give the lock up: closing the session frees it.
@@ -126,6 +141,18 @@ class LeaderLock:
         """
         with self._lock:
             self._drop()
+        with self._side_lock:
+            if self._side is not None:
+                self._side.close()
+                self._side = None
+
+    def _ask(self, sql: str, parameters: tuple[Any, ...]) -> list[Any]:
+        with self._side_lock:
+            if self._side is None:
+                side = self.database.connect(autocommit=True)
+                assert isinstance(side, PostgresConnection)  # several masters: checked
+                self._side = side
+            return self._side.execute(sql, parameters).fetchall()
 
     def _heartbeat(self, raw: Any) -> None:
         role = LEADER if self.held else FOLLOWER

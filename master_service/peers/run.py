@@ -19,8 +19,9 @@ logger = logging.getLogger(__name__)
 TOOK_THE_LEAD: Final = "took the lead"
 LOST_THE_LEAD: Final = "lost the lead"
 
-# Builds the master for a role (with where to find the leader), or says how to exit.
-Start = Callable[[str, Callable[[], str | None]], "MasterService | int"]
+# Builds the master for a role (with the lock: the leader's address, its epoch), or says
+# how to exit.
+Start = Callable[[str, LeaderLock], "MasterService | int"]
 
 
 def run_several(settings: MasterSettings, lock: LeaderLock, start: Start) -> int:
@@ -35,7 +36,7 @@ def run_several(settings: MasterSettings, lock: LeaderLock, start: Start) -> int
         while not stopped.is_set():
             role = LEADER if lock.try_lead() else FOLLOWER
             logger.info("starting as the %s of several masters", role)
-            service = start(role, lock.leader_api)
+            service = start(role, lock)
             if isinstance(service, int):
                 return service
             if role == FOLLOWER:

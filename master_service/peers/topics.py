@@ -26,3 +26,9 @@ def leader_topics(prefix: str) -> list[str]:
     """
     others = (t.value for t in MessageType if t is not MessageType.METRICS)
     return [shared_metrics(prefix), *(f"{prefix}/+/{level}" for level in others)]
+
+
+def left_behind(prefix: str, role_topics: list[str]) -> list[str]:
+    """What a session may hold from another role or a single master, and this role does not take."""
+    every = [f"{prefix}/#", *leader_topics(prefix)]
+    return [topic for topic in every if topic not in role_topics]

@@ -179,6 +179,10 @@ _PEERS_STATEMENTS: Final = (
     " role TEXT NOT NULL,"
     " api TEXT NOT NULL,"
     " seen REAL NOT NULL)",
+    # Raised by each new leader; a leader's every commit checks it is still its own, so one
+    # that lost the lock without knowing yet cannot write over its successor's state.
+    "CREATE TABLE leader_epoch (epoch INTEGER NOT NULL)",
+    "INSERT INTO leader_epoch (epoch) VALUES (0)",
 )
 
 # Statements of a version other than its new history columns (which come from the metric

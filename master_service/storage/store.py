@@ -34,6 +34,9 @@ ROLLUP_STEP_S: Final = 60
 ROLLUP_GRACE_S: Final = 10.0
 META_ROLLED_ROWID: Final = "rollup_rowid"  # raw rows up to this rowid are rolled up
 META_ROLLED_UNTIL: Final = "rollup_until"  # the rollup is complete before this time
+HISTORY_WRITERS_LOCK: Final = 0x7069_636C_0003
+"""Advisory lock key: held shared by each master's other writers of raw history (followers,
+session adoption) while they insert, alone by the roll-up while it reads its mark."""
 
 CommitObserver = Callable[[list[float]], None]
 """Called after each commit with the sender `ts` of every metrics sample it made durable."""
@@ -171,9 +174,7 @@ class Store:
         # An int: compared with a float, PostgreSQL casts every id and cannot use its index.
         done = int(self._meta(META_ROLLED_ROWID, 0.0))
         row_id = self._row_id
-        (last,) = self.connection.execute(
-            f"SELECT COALESCE(MAX({row_id}), 0) FROM metrics_raw"
-        ).fetchone()
+        last = self._last_committed_row()
         if last <= done:
             self._set_meta(META_ROLLED_UNTIL, _minute(now - ROLLUP_GRACE_S))
             return 0
@@ -193,6 +194,22 @@ class Store:
         self._set_meta(META_ROLLED_ROWID, float(last))
         self._set_meta(META_ROLLED_UNTIL, _minute(now - ROLLUP_GRACE_S))
         return cursor.rowcount
+
+    def _last_committed_row(self) -> int:
+        """The highest raw row id, once every row up to it is committed.
+
+        Several masters insert at once, and an id is given at insert but seen at commit: a
+        mark read while another master's insert is open would pass its rows by for ever.
+        Every other writer holds HISTORY_WRITERS_LOCK shared while it inserts; taking it
+        alone waits them out, and whatever is inserted after gets a higher id.
+        """
+        sql = f"SELECT COALESCE(MAX({self._row_id}), 0) FROM metrics_raw"
+        if self.engine is not Engine.POSTGRESQL:
+            return int(self.connection.execute(sql).fetchone()[0])
+        self.connection.execute("SELECT pg_advisory_xact_lock(?)", (HISTORY_WRITERS_LOCK,))
+        (last,) = self.connection.execute(sql).fetchone()
+        self.commit()  # the lock goes with it
+        return int(last)
 
     def prune(self, raw_before: float, rollup_before: float) -> tuple[int, int]:
         """Delete raw samples and rollup buckets older than the given times; return counts."""
