@@ -261,5 +261,9 @@ class _Session:
         self.disconnected.wait(CONNECT_WAIT_S)  # sent before the network thread stops
 
     def close(self) -> None:
-        """Stop the network thread."""
+        """Disconnect (the session stays, unless `end` ended it) and stop the network thread."""
+        if not self.ending and self.connected.is_set() and not self.taken_back:
+            self.ending = True
+            self.client.disconnect()
+            self.disconnected.wait(CONNECT_WAIT_S)
         self.client.loop_stop()
