@@ -12,7 +12,13 @@ from typing import Final
 
 import uvicorn
 
-from cluster_protocol import MASTER_NODE_ID, Envelope, encode_envelope, master_status_topic
+from cluster_protocol import (
+    MASTER_NODE_ID,
+    Envelope,
+    encode_envelope,
+    master_status_topic,
+    subscription,
+)
 from master_service.alerts.engine import GAP_SETTLE_MIN_S
 from master_service.alerts.service import Alerting, Restored
 from master_service.auth.accounts import Accounts
@@ -128,13 +134,14 @@ class MasterService:
         self.receiver: Listener | Mqtt5Listener = self.listener
         if settings.ingest_client == "mqtt5":
             topics_of = {LEADER: leader_topics, FOLLOWER: follower_topics}.get(role)
-            topics = topics_of(settings.prefix) if topics_of else None
+            topics = topics_of(settings.prefix) if topics_of else [subscription(settings.prefix)]
             self.receiver = Mqtt5Listener(
                 settings,
                 self.ingestor.submit_many,
                 clock,
                 topics=topics,
-                unsubscribe=left_behind(settings.prefix, topics) if topics else (),
+                # A session that served several masters before holds their filters too.
+                unsubscribe=left_behind(settings.prefix, topics),
             )
         self.mirror: NodeMirror | None = None
         if role == FOLLOWER:

@@ -286,6 +286,8 @@ class Ingestor(threading.Thread):
             except queue.Empty:
                 return
             try:
+                if self.guard is not None:
+                    self.guard(self.store.connection)
                 task(self.store)
                 self.store.commit()
             except Exception:

@@ -25,13 +25,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from cluster_protocol import MASTER_NODE_ID
 from master_service.ingest.counters import IngestCounters
 from master_service.ingest.handlers import Context
 from master_service.ingest.history_rows import insert_history
 from master_service.ingest.router import RawMessage
 from master_service.peers.follower import forward_batch, share_history_writes
-from master_service.peers.topics import leader_topics
+from master_service.peers.topics import adoption_marker, left_behind
 from master_service.settings import MasterSettings
 from master_service.state import ClusterState
 from master_service.storage.database import Database
@@ -43,6 +42,7 @@ CHECK_EVERY_S: Final = 5.0
 CONNECT_WAIT_S: Final = 10.0
 ADOPTION_LIMIT_S: Final = 120.0
 POLL_S: Final = 0.05
+REMARK_AFTER_S: Final = 5.0
 
 
 class AdoptionError(RuntimeError):
@@ -132,17 +132,21 @@ def _empty(session: _Session, database: Database, prefix: str, stopping: Callabl
     The end is known, not guessed from a pause: after the UNSUBACK nothing new joins the
     session, and a marker it publishes to itself comes back behind everything it held.
     """
-    marker_topic = f"{prefix}/{MASTER_NODE_ID}/adoption/{uuid.uuid4().hex}"
+    # One topic per session (dropped by `left_behind` if this is cut short), a new payload
+    # per try.
+    marker_topic = adoption_marker(prefix, session.client_id)
+    marker = uuid.uuid4().hex.encode()
     connection = database.connect()
     ctx = Context(ClusterState(time.time), IngestCounters(), prefix)
     taken = 0
     started = time.monotonic()
     try:
-        session.client.unsubscribe(leader_topics(prefix))  # whichever of them it had
+        session.client.unsubscribe(left_behind(prefix, []))  # whichever of them it had
         session.wait(session.unsubscribed, "UNSUBACK")
         session.client.subscribe(marker_topic, qos=1)
         session.wait(session.subscribed, "SUBACK")
-        session.client.publish(marker_topic, b"end", qos=1)
+        session.client.publish(marker_topic, marker, qos=1)
+        quiet_since = time.monotonic()
         while True:
             if session.taken_back:
                 raise AdoptionError("the master came back and took its session")
@@ -156,9 +160,15 @@ def _empty(session: _Session, database: Database, prefix: str, stopping: Callabl
                 taken += _store(held, ctx, connection)
             for message in batch:  # after the commit
                 session.client.ack(message.mid, message.qos)
-            if len(held) < len(batch):
+            if any(m.topic == marker_topic and m.payload == marker for m in batch):
                 return taken
-            if not batch:
+            if batch:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > REMARK_AFTER_S:
+                # A session at the broker's queue limit drops the marker (and still acks it).
+                session.client.publish(marker_topic, marker, qos=1)
+                quiet_since = time.monotonic()
+            else:
                 time.sleep(POLL_S)
     finally:
         connection.close()

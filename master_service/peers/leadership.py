@@ -18,13 +18,10 @@ logger = logging.getLogger(__name__)
 LEADER_LOCK: Final = 0x7069_636C_0002
 """Advisory lock key of the leader ("picl" and 2; the migrations use 1)."""
 
-# A head that loses power never closes its connection: the server frees the lock only when
-# TCP keepalive gives up on it. Server-side keepalive, set for this session: about 2 + 1 * 3 s.
-_KEEPALIVE: Final = (
-    "SET tcp_keepalives_idle = 2",
-    "SET tcp_keepalives_interval = 1",
-    "SET tcp_keepalives_count = 3",
-)
+# The epoch waits for a predecessor's commit under way; one that never ends (a session the
+# server has not yet found dead: storage/database.py sets keepalive to about 5 s) must not
+# hold this master, and the lock, for long: the lock is given up and taken again later.
+_LOCK_TIMEOUT: Final = "SET lock_timeout = '10s'"
 # `seen` by the server's clock: the heads' clocks may disagree, and a head judged silent by
 # a clock running ahead would have its session taken from under it.
 _NOW: Final = "EXTRACT(EPOCH FROM clock_timestamp())"
@@ -76,16 +73,20 @@ class LeaderLock:
             if taken:
                 # The epoch first: a predecessor's commit still under way (it holds the row
                 # FOR SHARE) finishes before this, and every later one of its fails the check.
-                (self.epoch,) = raw.execute(
-                    "UPDATE leader_epoch SET epoch = epoch + 1 RETURNING epoch"
-                ).fetchone()
+                try:
+                    (self.epoch,) = raw.execute(
+                        "UPDATE leader_epoch SET epoch = epoch + 1 RETURNING epoch"
+                    ).fetchone()
+                except Exception:
+                    self._drop()  # the lock goes with the connection
+                    raise
                 self.held = True
                 logger.info("this master (%s) leads (epoch %d)", self.client_id, self.epoch)
         self._heartbeat(raw)
         return self.held
 
     def still_held(self) -> bool:
-        """True while the lock is ours; after its connection broke, True only if taken again.
+        """True while the lock is ours without a break; False once its connection broke.
 
         A server that cannot be reached keeps the answer True: nobody else can take the lock
         there either, unless only this head lost its way to it; its commits are fenced off
@@ -101,7 +102,10 @@ class LeaderLock:
                     logger.warning("the leader's lock connection broke: %s", error)
             self._drop()
             try:
-                return self._try_lead()
+                # Taken again, it is a new lead (a new epoch): another master may have led
+                # meanwhile, so this one's state is old. False: built again from the database.
+                self._try_lead()
+                return False
             except Exception as error:
                 logger.warning("cannot reach the database to keep the lead: %s", error)
                 return True
@@ -163,8 +167,7 @@ class LeaderLock:
             self._drop()
             connection = self.database.connect(autocommit=True)
             assert isinstance(connection, PostgresConnection)  # several masters: checked
-            for statement in _KEEPALIVE:
-                connection.raw.execute(statement)
+            connection.raw.execute(_LOCK_TIMEOUT)
             self._raw = connection.raw
         return self._raw
 

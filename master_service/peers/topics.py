@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from cluster_protocol import MessageType
+from cluster_protocol import MASTER_NODE_ID, MessageType
 
 SHARE_GROUP: Final = "picluster"
 
@@ -28,7 +28,12 @@ def leader_topics(prefix: str) -> list[str]:
     return [shared_metrics(prefix), *(f"{prefix}/+/{level}" for level in others)]
 
 
+def adoption_marker(prefix: str, client_id: str) -> str:
+    """Where a session being taken over (peers/adoption.py) publishes its end marker."""
+    return f"{prefix}/{MASTER_NODE_ID}/adoption/{client_id}"
+
+
 def left_behind(prefix: str, role_topics: list[str]) -> list[str]:
     """What a session may hold from another role or a single master, and this role does not take."""
-    every = [f"{prefix}/#", *leader_topics(prefix)]
+    every = [f"{prefix}/#", *leader_topics(prefix), adoption_marker(prefix, "+")]
     return [topic for topic in every if topic not in role_topics]

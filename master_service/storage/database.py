@@ -397,10 +397,21 @@ def _connect(
         if _refused(str(error)):
             raise DatabaseRefusedError(problem) from error
         raise DatabaseUnavailableError(problem) from error
+    # A head that loses power never closes its connections: the server notices only when TCP
+    # keepalive gives up (two hours by the kernel's defaults), and until then what the dead
+    # session held (several masters: the leader's lock, a row locked for its commit, a share
+    # of the history writers' lock) stays held. These make it about 5 s.
+    raw.execute(
+        "SELECT set_config('tcp_keepalives_idle', '2', false), "
+        "set_config('tcp_keepalives_interval', '1', false), "
+        "set_config('tcp_keepalives_count', '3', false)"
+    )
     if read_only:
         # Not `raw.read_only`: that marks the transactions psycopg begins, and in autocommit
         # it begins none.
         raw.execute("SET default_transaction_read_only = on")
+    if not raw.autocommit:
+        raw.commit()  # a rollback of the first transaction would undo the settings
     return raw
 
 

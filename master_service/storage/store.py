@@ -175,6 +175,8 @@ class Store:
         done = int(self._meta(META_ROLLED_ROWID, 0.0))
         row_id = self._row_id
         last = self._last_committed_row()
+        if last is None:
+            return 0
         if last <= done:
             self._set_meta(META_ROLLED_UNTIL, _minute(now - ROLLUP_GRACE_S))
             return 0
@@ -195,8 +197,8 @@ class Store:
         self._set_meta(META_ROLLED_UNTIL, _minute(now - ROLLUP_GRACE_S))
         return cursor.rowcount
 
-    def _last_committed_row(self) -> int:
-        """The highest raw row id, once every row up to it is committed.
+    def _last_committed_row(self) -> int | None:
+        """The highest raw row id, once every row up to it is committed (None: not now).
 
         Several masters insert at once, and an id is given at insert but seen at commit: a
         mark read while another master's insert is open would pass its rows by for ever.
@@ -206,7 +208,17 @@ class Store:
         sql = f"SELECT COALESCE(MAX({self._row_id}), 0) FROM metrics_raw"
         if self.engine is not Engine.POSTGRESQL:
             return int(self.connection.execute(sql).fetchone()[0])
-        self.connection.execute("SELECT pg_advisory_xact_lock(?)", (HISTORY_WRITERS_LOCK,))
+        import psycopg
+
+        # Not for long: a writer that hangs (a dead head's session, until the server finds
+        # it gone) would hold up the roll-up, and behind its wait every other writer too.
+        self.connection.execute("SET LOCAL lock_timeout = '2s'")
+        try:
+            self.connection.execute("SELECT pg_advisory_xact_lock(?)", (HISTORY_WRITERS_LOCK,))
+        except psycopg.errors.LockNotAvailable:
+            self.rollback()
+            logger.info("another master's history insert is open: the roll-up waits a pass")
+            return None
         (last,) = self.connection.execute(sql).fetchone()
         self.commit()  # the lock goes with it
         return int(last)
