@@ -5,6 +5,7 @@
     .venv/bin/python -m bench --only ingest,node
     .venv/bin/python -m bench --only alerts   # rule cost per sample, event -> webhook POST
     .venv/bin/python -m bench --only storage  # SQLite beside PostgreSQL (not in the default)
+    .venv/bin/python -m bench --only masters  # 1-3 masters on PostgreSQL (not in the default)
 
 Set BENCH_PROFILE=DIR to record each Python consumer with py-spy (folded stacks in DIR).
 """
@@ -27,15 +28,26 @@ from typing import Any, Final
 
 from bench import sections
 from bench.alerts import alerts
+from bench.masters import masters
 from bench.nodebench import node_footprint
 from bench.sections import Row
 from bench.storage import storage
 from tests.support.postgres import postgres_bindir
 
 RESULTS: Final = Path(__file__).resolve().parent / "results"
-SECTIONS: Final = ("ingest", "latency", "scale", "node", "history", "alerts", "storage")
-# storage starts a PostgreSQL server of its own and takes ~6 minutes: only with --only.
-DEFAULT_SECTIONS: Final = SECTIONS[:-1]
+SECTIONS: Final = (
+    "ingest",
+    "latency",
+    "scale",
+    "node",
+    "history",
+    "alerts",
+    "storage",
+    "masters",
+)
+# storage and masters start a PostgreSQL server of their own and take ~6 and ~12 minutes:
+# only with --only.
+DEFAULT_SECTIONS: Final = SECTIONS[:-2]
 
 
 def machine() -> dict[str, Any]:
@@ -95,8 +107,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for tool in ("mosquitto", "mosquitto_sub"):
         if shutil.which(tool) is None:
             parser.error(f"{tool} not found: apt-get install -y mosquitto mosquitto-clients")
-    if "storage" in chosen and postgres_bindir() is None:
-        parser.error("storage needs the PostgreSQL server: apt-get install -y postgresql")
+    for needs_postgres in ("storage", "masters"):
+        if needs_postgres in chosen and postgres_bindir() is None:
+            parser.error(
+                f"{needs_postgres} needs the PostgreSQL server: apt-get install -y postgresql"
+            )
     quick = args.quick
     messages = args.messages or (30_000 if quick else 100_000)
     repeats = args.repeats or (1 if quick else 3)
@@ -109,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "history": lambda: sections.history(5 if quick else 11),
         "alerts": lambda: alerts(workdir, quick),
         "storage": lambda: storage(workdir, messages, repeats, 10.0 if quick else 20.0),
+        "masters": lambda: masters(workdir, messages, repeats, 10.0 if quick else 20.0),
     }
     started = time.monotonic()
     figures: dict[str, Any] = {"machine": machine(), "quick": quick}
