@@ -99,6 +99,8 @@ class Ingestor(threading.Thread):
         # transaction, so they are gone from the table only when the state they made is.
         self.drain: Drain | None = None
         self._drained = 0  # messages taken by `drain` since the last commit
+        # How soon a few waiting messages are committed (FLUSH_BUSY_S once FLUSH_BUSY_ROWS wait).
+        self.flush_every_s = FLUSH_EVERY_S
         # Run first in every flush's transaction (several masters: a leader's check that it
         # still leads, a follower's share of the history writers' lock); raising fails it.
         self.guard: Callable[[Connection], None] | None = None
@@ -216,7 +218,7 @@ class Ingestor(threading.Thread):
 
     def _next_flush_at(self) -> float:
         """When the next flush is due (monotonic): queued writes go at once, unless retrying."""
-        interval = FLUSH_BUSY_S if self._pending >= FLUSH_BUSY_ROWS else FLUSH_EVERY_S
+        interval = FLUSH_BUSY_S if self._pending >= FLUSH_BUSY_ROWS else self.flush_every_s
         # What a leader drained is committed in the same turn: a writer task's commit in
         # between would make the rows gone from the table before the state they made is saved.
         due = 0.0 if self._writes or self._drained else self._last_flush + interval
