@@ -93,9 +93,9 @@ class Ingestor(threading.Thread):
         # `dispatch`, the path it replaced (kept for bench/ingest_cost.py's baseline).
         self.batch_dispatch = True
         # How a taken batch is handled: `dispatch_batch`, or a follower's forwarding of
-        # metrics to the leader (master_service.peers.forwarding).
+        # metrics to the leader (master_service.peers.follower).
         self.route: Route = dispatch_batch
-        # A leader's source of the metrics its followers stored: taken inside the open
+        # A leader's source of what its followers stored for it: taken inside the open
         # transaction, so they are gone from the table only when the state they made is.
         self.drain: Drain | None = None
         self._drained = 0  # messages taken by `drain` since the last commit
