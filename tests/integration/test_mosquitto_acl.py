@@ -17,6 +17,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from tests.conftest import REPO_ROOT
 from tests.support.broker import MosquittoBroker
+from tests.support.dynsec_broker import DynsecBroker
 from tests.support.waiting import wait_until
 from tests.support.watcher import Watcher
 
@@ -310,6 +311,38 @@ def test_several_masters_share_the_metrics_under_the_shipped_acl(
     payload = marker()
     assert session("node-a").publish("cluster/node-a/metrics", payload) in ACCEPTED
     assert shared.wait_for("cluster/node-a/metrics")[0].payload == payload
+
+
+def test_several_masters_share_the_metrics_under_the_dynamic_security_roles(
+    tmp_path: Path,
+) -> None:
+    # The same with the dynamic security plugin: the master's roles as install-head.sh sets
+    # them up, and a node client with its own topics only.
+    broker = DynsecBroker(tmp_path / "dynsec").start()
+    try:
+        broker.ctrl("createClient", "node-a", "-p", "a-secret")
+        broker.ctrl("createRole", "node-a")
+        broker.ctrl("addRoleACL", "node-a", "publishClientSend", "cluster/node-a/#", "allow")
+        broker.ctrl("addClientRole", "node-a", "node-a")
+        shared = Watcher(
+            broker.host,
+            broker.port,
+            "$share/picluster/cluster/+/metrics",
+            broker.admin,
+            broker.admin_password,
+        )
+        try:
+            payload = marker()
+            node = Session(broker, "node-a", "a-secret")
+            try:
+                assert node.publish("cluster/node-a/metrics", payload) in ACCEPTED
+            finally:
+                node.close()
+            assert shared.wait_for("cluster/node-a/metrics")[0].payload == payload
+        finally:
+            shared.close()
+    finally:
+        broker.stop()
 
 
 def test_shipped_acl_has_no_anonymous_grants() -> None:
