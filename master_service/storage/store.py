@@ -114,9 +114,7 @@ class Store:
     def load_nodes(self) -> Iterator[NodeState]:
         """Every node saved by an earlier run."""
         for (state_json,) in self.connection.execute("SELECT state FROM nodes"):
-            record = json.loads(state_json)
-            record["missing"] = set(record.get("missing", ()))
-            yield NodeState(**record)
+            yield _node_state(state_json)
 
     def load_changed_nodes(self, since: float | None) -> tuple[list[NodeState], float | None]:
         """Node states saved at `since` or later (all when None), and the newest save time."""
@@ -124,11 +122,7 @@ class Store:
         rows = self.connection.execute(
             *((sql,) if since is None else (sql + " WHERE updated_at >= ?", (since,)))
         ).fetchall()
-        states = []
-        for state_json, _ in rows:
-            record = json.loads(state_json)
-            record["missing"] = set(record.get("missing", ()))
-            states.append(NodeState(**record))
+        states = [_node_state(state_json) for state_json, _ in rows]
         newest = max((float(updated) for _, updated in rows), default=None)
         return states, newest
 
@@ -295,3 +289,10 @@ def _state_json(state: NodeState) -> str:
     # Every dirty node is saved on every flush: asdict() + json.dumps cost ~100 us per node,
     # NodeState.record_json() about 2 (bench/README.md).
     return state.record_json().decode()
+
+
+def _node_state(state_json: str) -> NodeState:
+    """A node state as `save_nodes` stored it."""
+    record = json.loads(state_json)
+    record["missing"] = set(record.get("missing", ()))
+    return NodeState(**record)
