@@ -8,7 +8,6 @@ with SIGKILL, as a crash or a power cut would end them.
 from __future__ import annotations
 
 import itertools
-import json
 import signal
 import time
 import urllib.error
@@ -98,26 +97,19 @@ def accepted(master: RunningMaster) -> int:
     return int(master.get("/api/cluster")["master"]["accepted"])
 
 
-def post(master: RunningMaster, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    """POST JSON; the status and the decoded answer."""
-    request = urllib.request.Request(
-        master.api + path,
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+def wait_caught_up(leader: RunningMaster, node_ids: list[str]) -> None:
+    """Wait until every node is 10 seqs past where it is now on the leader, without a gap."""
+    target = {n: (counters(leader, n).get("last_seq") or 0) + 10 for n in node_ids}
 
+    def caught_up() -> bool:
+        seen = {n: counters(leader, n) for n in node_ids}
+        return all(
+            (c.get("last_seq") or 0) >= target[n] and c.get("seq_gaps") == 0
+            for n, c in seen.items()
+        )
 
-def caught_up(leader: RunningMaster, node_ids: list[str], target: dict[str, int]) -> bool:
-    """Every node at its target seq or past it on the leader, without a gap."""
-    seen = {n: counters(leader, n) for n in node_ids}
-    return all(
-        (c.get("last_seq") or 0) >= target[n] and c.get("seq_gaps") == 0 for n, c in seen.items()
+    wait_until(
+        caught_up, 30, interval_s=0.2, message=f"every node up to {target} on the leader, no gap"
     )
 
 
@@ -156,15 +148,15 @@ def test_two_masters_share_the_metrics_and_one_leads(heads: Heads) -> None:
         history = second.get(f"/api/nodes/{node_ids[0]}/history?metric=cpu_percent")
         assert any(value is not None for _, value in history["points"])
         # Changes go to the leader: the follower says where it is.
-        status, body = post(second, f"/api/nodes/{node_ids[0]}/commands", {"command": "ping"})
+        status, body = second.post(f"/api/nodes/{node_ids[0]}/commands", {"command": "ping"})
         assert status == 503
         assert first.api in body["detail"]
-        status, _ = post(first, f"/api/nodes/{node_ids[0]}/commands", {"command": "ping"})
+        status, _ = first.post(f"/api/nodes/{node_ids[0]}/commands", {"command": "ping"})
         assert status == 200
         # Alerts too: a silence set on the leader shows on the follower.
         silence = {"node": node_ids[1], "for": "1h", "comment": "maintenance"}
-        assert post(second, "/api/alerts/silences", silence)[0] == 503
-        status, made = post(first, "/api/alerts/silences", silence)
+        assert second.post("/api/alerts/silences", silence)[0] == 503
+        status, made = first.post("/api/alerts/silences", silence)
         assert status == 201
         wait_until(
             lambda: (
@@ -202,20 +194,14 @@ def test_killing_a_master_under_load_loses_nothing(heads: Heads, victim: str) ->
         took_over_s = time.monotonic() - killed_at
         assert took_over_s < FAILOVER_LIMIT_S
         # It leads in deed: commands go through it.
-        status, answer = post(survivor, f"/api/nodes/{node_ids[0]}/commands", {"command": "ping"})
+        status, answer = survivor.post(f"/api/nodes/{node_ids[0]}/commands", {"command": "ping"})
         assert (status, answer["ok"]) == (200, True)
         # The killed head comes back, as systemd restarts it: it follows, and what its session
         # kept for it (taken before the kill but not acknowledged, or queued while it was
         # away) reaches the leader through it.
         restarted = heads.start(f"{'a' if victim == 'leader' else 'b'}")
         assert (role(restarted) or {}).get("role") == "follower"
-        target = {n: (counters(survivor, n).get("last_seq") or 0) + 10 for n in node_ids}
-        wait_until(
-            lambda: caught_up(survivor, node_ids, target),
-            30,
-            interval_s=0.2,
-            message=f"every node up to {target} on the leader, no gap",
-        )
+        wait_caught_up(survivor, node_ids)
     finally:
         for node in nodes:
             node.stop()
@@ -239,13 +225,7 @@ def test_a_master_gone_for_good_has_its_share_taken_over(heads: Heads, victim: s
         wait_until(lambda: (role(survivor) or {}).get("role") == "leader", FAILOVER_LIMIT_S)
         # Mosquitto keeps giving the dead member its turn: until the leader takes its
         # session over, every other sample of each node waits there, and the gaps grow.
-        target = {n: (counters(survivor, n).get("last_seq") or 0) + 10 for n in node_ids}
-        wait_until(
-            lambda: caught_up(survivor, node_ids, target),
-            30,
-            interval_s=0.2,
-            message=f"every node up to {target} on the survivor, no gap",
-        )
+        wait_caught_up(survivor, node_ids)
     finally:
         for node in nodes:
             node.stop()

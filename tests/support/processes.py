@@ -72,6 +72,21 @@ class RunningMaster(Service):
         with urllib.request.urlopen(request, timeout=5) as response:
             return json.load(response)
 
+    def post(self, path: str, body: Any) -> tuple[int, Any]:
+        """POST JSON to the API; the status and the decoded answer (error answers too)."""
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        request = urllib.request.Request(
+            self.api + path, data=json.dumps(body).encode(), headers=headers, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as error:
+            with error:
+                return error.code, json.load(error)
+
     def node(self, node: str) -> dict[str, Any] | None:
         """One node's view, or None while the master does not know it."""
         try:
